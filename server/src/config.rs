@@ -1,0 +1,104 @@
+//! Typed configuration: every flag has an environment variable, and the doc comments are `--help`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+/// The repo's `static/` folder, found from the crate's own location so that `order-server` serves
+/// the page whatever the working directory is.
+const DEFAULT_STATIC_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../static");
+
+/// Serve the OrderManagement service on one port: native gRPC (HTTP/2 cleartext), gRPC-Web (HTTP/1.1
+/// and HTTP/2, binary and text) and the order lookup page.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "order-server", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on. Use 0.0.0.0:50051 to accept connections from other machines.
+    #[arg(long, env = "ORDER_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Folder of the web page (index.html and the wasm package built into pkg/).
+    #[arg(long, env = "ORDER_STATIC_DIR", default_value = DEFAULT_STATIC_DIR)]
+    pub static_dir: PathBuf,
+
+    /// Origin allowed to call the gRPC-Web API from another site, such as http://localhost:8080.
+    /// Repeat the flag (or separate with commas in the env var) for several. None by default: only
+    /// pages served by this server (same origin) can call it from a browser.
+    #[arg(long = "cors-origin", env = "ORDER_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<http::HeaderValue>,
+
+    /// Largest gRPC message accepted or sent, in bytes. Bigger requests are answered with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ORDER_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_size: usize,
+
+    /// How long in-flight calls may run after SIGINT/SIGTERM before the server stops anyway, in
+    /// seconds.
+    #[arg(long, env = "ORDER_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_seconds)]
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// The defaults, as `order-server` with no flags and no environment would run. For tests.
+    pub fn for_tests() -> Self {
+        Self::parse_from(["order-server"])
+    }
+}
+
+/// Accepts `scheme://host[:port]` exactly as browsers send it in `Origin`.
+fn parse_origin(s: &str) -> Result<http::HeaderValue, String> {
+    let s = s.trim();
+    let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not an origin: {e}"))?;
+    let has_only_origin = uri.scheme().is_some()
+        && uri.authority().is_some()
+        && matches!(uri.path(), "" | "/")
+        && uri.query().is_none()
+        && !s.ends_with('/');
+    if !has_only_origin {
+        return Err(format!(
+            "{s:?} is not an origin: expected scheme://host[:port], e.g. http://localhost:8080"
+        ));
+    }
+    http::HeaderValue::from_str(s).map_err(|e| format!("{s:?} is not an origin: {e}"))
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a number of seconds"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_tutorial() {
+        let config = Config::for_tests();
+        assert_eq!(config.listen, "127.0.0.1:50051".parse().unwrap());
+        assert!(config.cors_origins.is_empty());
+        assert!(config.static_dir.join("index.html").exists());
+    }
+
+    #[test]
+    fn origins_are_checked() {
+        assert!(parse_origin("http://localhost:8080").is_ok());
+        assert!(parse_origin("https://example.com").is_ok());
+        for bad in ["localhost:8080", "http://a/b", "http://a/", "*", ""] {
+            assert!(parse_origin(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn cors_origins_repeat_and_split() {
+        let config = Config::parse_from([
+            "order-server",
+            "--cors-origin",
+            "http://a.test",
+            "--cors-origin",
+            "http://b.test:81,http://c.test",
+        ]);
+        assert_eq!(config.cors_origins.len(), 3);
+    }
+}

@@ -1,0 +1,111 @@
+//! `order-server`: the OrderManagement service of the tutorial on one port, for browsers
+//! (gRPC-Web), services and command-line tools (native gRPC) and people (the web page).
+//!
+//! Modules:
+//! - [`config`]: the typed command line and environment ([`Config`]);
+//! - [`app`]: the axum application that splits gRPC, gRPC-Web and page requests;
+//! - [`service`]: the `OrderManagement` RPCs;
+//! - [`store`]: the shared order storage and the tutorial's sample data;
+//! - [`error`]: the service's errors and their gRPC statuses;
+//! - [`telemetry`]: logging through `tracing`.
+//!
+//! [`run`] serves on a listener the caller binds until the caller's shutdown future completes, so
+//! tests bind `127.0.0.1:0` and stop the server whenever they like.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+
+use std::future::{Future, IntoFuture};
+
+use axum::serve::ListenerExt;
+use order_api::pb::order_management_server::OrderManagementServer;
+use tokio::{net::TcpListener, sync::watch};
+use tracing::{info, warn};
+
+pub use crate::{config::Config, service::OrderService, store::Store};
+
+/// Serves the application on `listener` until `shutdown` completes, then lets in-flight calls
+/// finish for up to [`Config::shutdown_grace`].
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (health_reporter, health) = app::health();
+    health_reporter
+        .set_serving::<OrderManagementServer<OrderService>>()
+        .await;
+    let app = app::app(Store::with_sample_data(), &config, health);
+
+    info!(
+        address = %listener.local_addr()?,
+        static_dir = %config.static_dir.display(),
+        cors_origins = ?config.cors_origins,
+        "serving gRPC, gRPC-Web and the web page",
+    );
+
+    let (stopping_tx, mut stopping_rx) = watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        info!("shutting down: no new connections, finishing in-flight calls");
+        health_reporter
+            .set_not_serving::<OrderManagementServer<OrderService>>()
+            .await;
+        let _ = stopping_tx.send(true);
+    };
+    let listener = listener.tap_io(|tcp| {
+        // gRPC messages are small and latency-bound: send them at once.
+        if let Err(error) = tcp.set_nodelay(true) {
+            warn!(%error, "could not set TCP_NODELAY");
+        }
+    });
+    let serve = axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .into_future();
+    let grace_over = async move {
+        let _ = stopping_rx.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(config.shutdown_grace).await;
+    };
+    tokio::select! {
+        result = serve => {
+            info!("stopped");
+            result
+        }
+        () = grace_over => {
+            warn!(grace = ?config.shutdown_grace, "stopped with calls still in flight after the grace period");
+            Ok(())
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM: what `order-server` stops on.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
