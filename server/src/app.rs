@@ -64,15 +64,17 @@ pub fn app(store: Store, config: &Config, health: HealthServices) -> Router {
 }
 
 /// The health service, built with its reporter by [`crate::run`].
-pub type HealthServices = tonic_health::pb::health_server::HealthServer<
-    tonic_health::server::HealthService,
->;
+pub type HealthServices =
+    tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
 
 /// Makes the health service and the reporter that sets its statuses.
 pub fn health() -> (HealthReporter, HealthServices) {
     let reporter = HealthReporter::new();
     let service = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
-    (reporter, tonic_health::pb::health_server::HealthServer::new(service))
+    (
+        reporter,
+        tonic_health::pb::health_server::HealthServer::new(service),
+    )
 }
 
 /// gRPC and gRPC-Web: the order service, health and reflection, behind tonic-web and CORS.

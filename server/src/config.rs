@@ -48,7 +48,9 @@ impl Config {
 /// Accepts `scheme://host[:port]` exactly as browsers send it in `Origin`.
 fn parse_origin(s: &str) -> Result<http::HeaderValue, String> {
     let s = s.trim();
-    let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not an origin: {e}"))?;
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not an origin: {e}"))?;
     let has_only_origin = uri.scheme().is_some()
         && uri.authority().is_some()
         && matches!(uri.path(), "" | "/")

@@ -54,11 +54,26 @@ pub fn sample_orders() -> Vec<Order> {
         destination: destination.into(),
     };
     vec![
-        order("102", &["Google Pixel 3A", "Mac Book Pro"], "Mountain View, CA", 1800.0),
+        order(
+            "102",
+            &["Google Pixel 3A", "Mac Book Pro"],
+            "Mountain View, CA",
+            1800.0,
+        ),
         order("103", &["Apple Watch S4"], "San Jose, CA", 400.0),
-        order("104", &["Google Home Mini", "Google Nest Hub"], "Mountain View, CA", 400.0),
+        order(
+            "104",
+            &["Google Home Mini", "Google Nest Hub"],
+            "Mountain View, CA",
+            400.0,
+        ),
         order("105", &["Amazon Echo"], "San Jose, CA", 30.0),
-        order("106", &["Amazon Echo", "Apple iPhone XS"], "Mountain View, CA", 300.0),
+        order(
+            "106",
+            &["Amazon Echo", "Apple iPhone XS"],
+            "Mountain View, CA",
+            300.0,
+        ),
     ]
 }
 

@@ -1,0 +1,195 @@
+//! Shared test harness: a real `order-server` on `127.0.0.1:0` and clients for it.
+#![allow(dead_code, missing_docs)]
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use base64::{engine::general_purpose::STANDARD, Engine};
+use bytes::Bytes;
+use http::{header::CONTENT_TYPE, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use order_api::pb::order_management_client::OrderManagementClient;
+use order_server::{run, Config};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+use tonic_web::{GrpcWebClientLayer, GrpcWebClientService};
+use tower::{Service, ServiceBuilder};
+
+/// A server running in this process on an ephemeral loopback port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(Config::for_tests()).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(listener, config, async {
+            let _ = stop.await;
+        }));
+        Self {
+            addr,
+            shutdown: Some(shutdown),
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The generated client over native gRPC (HTTP/2 cleartext).
+    pub async fn native(&self) -> OrderManagementClient<Channel> {
+        let channel = Channel::from_shared(self.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        OrderManagementClient::new(channel)
+    }
+
+    /// The generated client over gRPC-Web, binary mode, HTTP/1.1, through tonic-web's client layer.
+    pub fn grpc_web(
+        &self,
+    ) -> OrderManagementClient<
+        GrpcWebClientService<HttpClient<tonic_web::GrpcWebCall<tonic::body::Body>>>,
+    > {
+        let client = ServiceBuilder::new()
+            .layer(GrpcWebClientLayer::new())
+            .service(http1_client());
+        OrderManagementClient::with_origin(client, self.url().parse().expect("uri"))
+    }
+
+    /// The generated client over gRPC-Web in text mode (`application/grpc-web-text`, base64
+    /// bodies), HTTP/1.1.
+    pub fn grpc_web_text(&self) -> OrderManagementClient<GrpcWebClientService<TextMode>> {
+        let client = ServiceBuilder::new()
+            .layer(GrpcWebClientLayer::new())
+            .service(TextMode(http1_client()));
+        OrderManagementClient::with_origin(client, self.url().parse().expect("uri"))
+    }
+
+    /// Triggers graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    /// Shuts down and waits until the server has stopped.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        self.begin_shutdown();
+        self.task.await.expect("server task panicked")
+    }
+}
+
+pub type HttpClient<B> = Client<HttpConnector, B>;
+
+pub fn http1_client<B>() -> HttpClient<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client<B>() -> HttpClient<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// Turns binary gRPC-Web into text mode on the way out and back, so the generated client (through
+/// `GrpcWebClientLayer`, which speaks binary only) exercises the server's text mode.
+#[derive(Clone)]
+pub struct TextMode(HttpClient<Full<Bytes>>);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<B> Service<Request<B>> for TextMode
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let client = self.0.clone();
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            let binary = body.collect().await.map_err(Into::into)?.to_bytes();
+            parts.headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc-web-text"),
+            );
+            // As grpc-web's JS client in text mode does: ask for a text answer too.
+            parts.headers.insert(
+                http::header::ACCEPT,
+                HeaderValue::from_static("application/grpc-web-text"),
+            );
+            let text = Full::new(Bytes::from(STANDARD.encode(&binary)));
+            let response = client.request(Request::from_parts(parts, text)).await?;
+            let (mut parts, body) = response.into_parts();
+            assert_eq!(
+                parts.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes),
+                Some(&b"application/grpc-web-text+proto"[..]),
+                "a text-mode request gets a text-mode answer",
+            );
+            let text = body.collect().await?.to_bytes();
+            let binary = decode_text_body(&text)?;
+            parts.headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc-web+proto"),
+            );
+            Ok(Response::from_parts(parts, Full::new(Bytes::from(binary))))
+        })
+    }
+}
+
+/// A grpc-web-text body may be several base64 chunks, each padded on its own.
+pub fn decode_text_body(text: &[u8]) -> Result<Vec<u8>, base64::DecodeError> {
+    let mut binary = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        // A chunk ends after its padding, or at the end of the body.
+        let end = rest
+            .iter()
+            .position(|&b| b == b'=')
+            .map(|i| {
+                let mut j = i;
+                while j < rest.len() && rest[j] == b'=' {
+                    j += 1;
+                }
+                j
+            })
+            .unwrap_or(rest.len());
+        binary.extend(STANDARD.decode(&rest[..end])?);
+        rest = &rest[end..];
+    }
+    Ok(binary)
+}
