@@ -27,8 +27,8 @@ pub struct Config {
     #[arg(long = "cors-origin", env = "ORDER_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_origins: Vec<http::HeaderValue>,
 
-    /// Largest gRPC message accepted or sent, in bytes. Bigger requests are answered with
-    /// RESOURCE_EXHAUSTED.
+    /// Largest gRPC message accepted or sent, in bytes. A bigger request is answered with
+    /// OUT_OF_RANGE (tonic's code for it) and the connection stays usable.
     #[arg(long, env = "ORDER_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
     pub max_message_size: usize,
 

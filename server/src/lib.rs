@@ -48,6 +48,8 @@ pub async fn run(
         "serving gRPC, gRPC-Web and the web page",
     );
 
+    warn_if_page_missing(&config.static_dir);
+
     let (stopping_tx, mut stopping_rx) = watch::channel(false);
     let signal = async move {
         shutdown.await;
@@ -79,6 +81,15 @@ pub async fn run(
             warn!(grace = ?config.shutdown_grace, "stopped with calls still in flight after the grace period");
             Ok(())
         }
+    }
+}
+
+/// The page is optional for the API, but a person opening it deserves a hint in the log.
+fn warn_if_page_missing(static_dir: &std::path::Path) {
+    if !static_dir.join("index.html").is_file() {
+        warn!(static_dir = %static_dir.display(), "no index.html here: the web page will answer 404 (see --static-dir)");
+    } else if !static_dir.join("pkg").is_dir() {
+        warn!(static_dir = %static_dir.display(), "the web client is not built into pkg/: run `make run`, or `make wasm` once");
     }
 }
 

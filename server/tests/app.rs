@@ -1,0 +1,178 @@
+//! In-process tests of the HTTP application (`app().oneshot(..)`): the web page, 404s, path
+//! traversal and CORS.
+
+use axum::{body::Body, Router};
+use http::{header, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use order_server::{app, Config, Store};
+use tower::ServiceExt;
+
+const ALLOWED: &str = "http://allowed.test:8080";
+
+fn app_with(config: Config) -> Router {
+    let (_reporter, health) = app::health();
+    app::app(Store::with_sample_data(), &config, health)
+}
+
+fn test_app() -> Router {
+    let mut config = Config::for_tests();
+    config.cors_origins = vec![ALLOWED.parse().unwrap()];
+    app_with(config)
+}
+
+async fn send(request: Request<Body>) -> (StatusCode, http::HeaderMap, String) {
+    let response = test_app().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+fn preflight(origin: &str) -> Request<Body> {
+    Request::builder()
+        .method(Method::OPTIONS)
+        .uri("/OrderManagement/getOrder")
+        .header(header::ORIGIN, origin)
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+        .header(
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+            "content-type,x-grpc-web,x-user-agent,grpc-timeout",
+        )
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_page_is_served_at_the_root() {
+    let (status, headers, body) = send(get("/")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(
+        body.contains("<html") || body.contains("<!doctype html"),
+        "{body}"
+    );
+    let (status, _, index) = send(get("/index.html")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(index, body);
+}
+
+#[tokio::test]
+async fn unknown_pages_are_plain_404s() {
+    for uri in ["/nope", "/nope/deeper.js", "/pkg/missing.wasm"] {
+        let (status, headers, body) = send(get(uri)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+        assert!(headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+        assert_eq!(body, "404 not found\n");
+    }
+}
+
+#[tokio::test]
+async fn paths_cannot_climb_out_of_the_static_folder() {
+    // Cargo.toml sits one level above static/.
+    for uri in [
+        "/../Cargo.toml",
+        "/%2e%2e/Cargo.toml",
+        "/pkg/../../Cargo.toml",
+        "/..%2fCargo.toml",
+        "/%2e%2e%2fserver%2fCargo.toml",
+    ] {
+        let (status, _, body) = send(get(uri)).await;
+        assert!(status.is_client_error(), "{uri}: {status}");
+        assert!(!body.contains("[package]"), "{uri} leaked a file");
+    }
+}
+
+#[tokio::test]
+async fn allowed_origin_gets_a_full_preflight_answer() {
+    let (status, headers, _) = send(preflight(ALLOWED)).await;
+    assert!(status.is_success(), "{status}");
+    assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], ALLOWED);
+    let allowed = headers[header::ACCESS_CONTROL_ALLOW_HEADERS]
+        .to_str()
+        .unwrap();
+    for name in ["content-type", "x-grpc-web", "x-user-agent", "grpc-timeout"] {
+        assert!(allowed.contains(name), "{name} not in {allowed}");
+    }
+    assert!(headers[header::ACCESS_CONTROL_ALLOW_METHODS]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+}
+
+#[tokio::test]
+async fn foreign_origin_gets_no_allow_origin() {
+    let (_, headers, _) = send(preflight("http://evil.test")).await;
+    assert!(!headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+
+    // Nor does any origin when none is configured.
+    let response = app_with(Config::for_tests())
+        .oneshot(preflight(ALLOWED))
+        .await
+        .unwrap();
+    assert!(!response
+        .headers()
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+}
+
+fn grpc_web_call(origin: &str, id: &str) -> Request<Body> {
+    let mut body = vec![0, 0, 0, 0, 2 + id.len() as u8, 0x0a, id.len() as u8];
+    body.extend_from_slice(id.as_bytes());
+    Request::post("/OrderManagement/getOrder")
+        .header(header::ORIGIN, origin)
+        .header(header::CONTENT_TYPE, "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn allowed_origin_can_read_the_grpc_status() {
+    let (status, headers, _) = send(grpc_web_call(ALLOWED, "999")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], ALLOWED);
+    assert_eq!(headers["grpc-status"], "5");
+    let exposed = headers[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+        .to_str()
+        .unwrap();
+    for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+        assert!(exposed.contains(name), "{name} not in {exposed}");
+    }
+}
+
+#[tokio::test]
+async fn foreign_origin_call_gets_no_cors_headers() {
+    let (_, headers, _) = send(grpc_web_call("http://evil.test", "106")).await;
+    assert!(!headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+}
+
+#[tokio::test]
+async fn page_responses_carry_no_cors_headers() {
+    let request = Request::get("/")
+        .header(header::ORIGIN, ALLOWED)
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, _) = send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+}
+
+#[tokio::test]
+async fn grpc_web_to_an_unknown_service_is_unimplemented_not_404() {
+    let request = Request::post("/NoSuch/method")
+        .header(header::CONTENT_TYPE, "application/grpc-web")
+        .body(Body::from(vec![0, 0, 0, 0, 0]))
+        .unwrap();
+    let (status, headers, _) = send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["grpc-status"], "12");
+}

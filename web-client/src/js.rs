@@ -1,0 +1,54 @@
+//! Conversions between the generated messages and the plain JavaScript values the page sees.
+
+use js_sys::{Array, Error, Object, Reflect};
+use order_api::pb::Order;
+use tonic::{Code, Status};
+use wasm_bindgen::JsValue;
+
+fn set(object: &Object, key: &str, value: impl Into<JsValue>) {
+    // Setting a property on a fresh plain object cannot fail.
+    let _ = Reflect::set(object, &JsValue::from_str(key), &value.into());
+}
+
+/// `{ id, items, description, price, destination }`.
+pub fn order_to_js(order: &Order) -> JsValue {
+    let object = Object::new();
+    set(&object, "id", order.id.as_str());
+    let items: Array = order
+        .items
+        .iter()
+        .map(|item| JsValue::from_str(item))
+        .collect();
+    set(&object, "items", items);
+    set(&object, "description", order.description.as_str());
+    set(&object, "price", f64::from(order.price));
+    set(&object, "destination", order.destination.as_str());
+    object.into()
+}
+
+/// An `Error` with a readable `message`, the gRPC `code` and its `codeName`.
+pub fn status_to_error(status: &Status, base_url: &str) -> JsValue {
+    let (code, message) = if is_transport_failure(status) {
+        // fetch() itself failed: nothing answered at that address (or CORS refused the page).
+        (
+            Code::Unavailable,
+            format!("cannot reach the order service at {base_url}"),
+        )
+    } else if status.message().is_empty() {
+        (status.code(), status.code().description().to_owned())
+    } else {
+        (status.code(), status.message().to_owned())
+    };
+    let error = Error::new(&message);
+    set(&error, "code", code as i32);
+    set(&error, "codeName", format!("{code:?}"));
+    error.into()
+}
+
+/// True when the call never got an HTTP answer: the transport's own error, not a gRPC status.
+fn is_transport_failure(status: &Status) -> bool {
+    status.code() == Code::Unknown
+        && std::error::Error::source(status)
+            .and_then(|source| source.downcast_ref::<tonic_web_wasm_client::Error>())
+            .is_some_and(|error| matches!(error, tonic_web_wasm_client::Error::JsError(_)))
+}

@@ -1,0 +1,88 @@
+//! `wasm-pack test --headless --chrome`: the web client in a real browser against a live
+//! `order-server`. `make test-wasm` starts the server and passes its address in at build time.
+#![cfg(target_arch = "wasm32")]
+
+use js_sys::Reflect;
+use order_web_client::OrderClient;
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+/// The live server `make test-wasm` started.
+const SERVER: &str = match option_env!("ORDER_SERVER_URL") {
+    Some(url) => url,
+    None => "http://127.0.0.1:50051",
+};
+
+/// An address where nothing listens.
+const UNREACHABLE: &str = match option_env!("ORDER_UNREACHABLE_URL") {
+    Some(url) => url,
+    None => "http://127.0.0.1:9",
+};
+
+fn get(value: &JsValue, key: &str) -> JsValue {
+    Reflect::get(value, &JsValue::from_str(key)).expect("a property")
+}
+
+fn client(url: &str) -> OrderClient {
+    OrderClient::new(Some(url.to_owned()), Some(5_000)).expect("a client")
+}
+
+/// The rejection of a call, as the page's JavaScript sees it.
+async fn rejection(result: Result<JsValue, JsValue>) -> js_sys::Error {
+    result
+        .expect_err("the call should fail")
+        .dyn_into::<js_sys::Error>()
+        .expect("rejects with an Error")
+}
+
+#[wasm_bindgen_test]
+async fn get_order_106_resolves_to_a_plain_object() {
+    let order = client(SERVER).get_order("106".into()).await.expect("106");
+    assert_eq!(get(&order, "id"), "106");
+    let items: Vec<String> = js_sys::Array::from(&get(&order, "items"))
+        .iter()
+        .map(|item| item.as_string().unwrap())
+        .collect();
+    assert_eq!(items, ["Amazon Echo", "Apple iPhone XS"]);
+    assert_eq!(get(&order, "price").as_f64(), Some(300.0));
+    assert_eq!(get(&order, "destination"), "Mountain View, CA");
+    assert_eq!(get(&order, "description"), "");
+}
+
+#[wasm_bindgen_test]
+async fn unknown_order_rejects_with_not_found_and_its_code() {
+    let error = rejection(client(SERVER).get_order("999".into()).await).await;
+    assert_eq!(get(&error, "code").as_f64(), Some(5.0));
+    assert_eq!(get(&error, "codeName"), "NotFound");
+    let message = String::from(error.message());
+    assert!(message.contains("not found"), "{message}");
+    assert!(message.contains("999"), "{message}");
+}
+
+#[wasm_bindgen_test]
+async fn empty_id_rejects_with_invalid_argument() {
+    let error = rejection(client(SERVER).get_order(String::new()).await).await;
+    assert_eq!(get(&error, "codeName"), "InvalidArgument");
+}
+
+#[wasm_bindgen_test]
+async fn unreachable_server_rejects_with_unavailable() {
+    let error = rejection(client(UNREACHABLE).get_order("106".into()).await).await;
+    assert_eq!(get(&error, "codeName"), "Unavailable");
+    assert_eq!(get(&error, "code").as_f64(), Some(14.0));
+    let message = String::from(error.message());
+    assert!(message.contains("cannot reach"), "{message}");
+}
+
+#[wasm_bindgen_test]
+async fn calls_can_overlap() {
+    let client = client(SERVER);
+    let (a, b) = futures::join!(
+        client.get_order("102".into()),
+        client.get_order("105".into())
+    );
+    assert_eq!(get(&a.expect("102"), "id"), "102");
+    assert_eq!(get(&b.expect("105"), "id"), "105");
+}
