@@ -1,0 +1,43 @@
+# The whole project in a few commands. `make run` and `make test` install whatever is missing first.
+SHELL := /usr/bin/env bash
+.DEFAULT_GOAL := help
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+# Extra flags for `make run`, e.g. make run ARGS="--cors-origin http://localhost:8080"
+ARGS ?=
+
+.PHONY: help setup wasm run test test-rust test-wasm test-e2e lint bench
+
+help: ## List the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: ## One-time installs (idempotent; quick when all is present)
+	@scripts/setup.sh
+
+wasm: setup ## Build the web client into static/pkg/ (release, wasm-opt)
+	@scripts/build-wasm.sh
+
+run: setup wasm ## Build everything and serve http://127.0.0.1:50051 in the foreground
+	cargo build --release -q -p order-server
+	@echo "Open http://127.0.0.1:50051/?id=106 (Ctrl-C stops the server)"
+	./target/release/order-server $(ARGS)
+
+test: setup lint test-rust test-wasm test-e2e ## Every test: Rust, wasm in Chromium, end-to-end in Chromium
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	cargo fmt --all --check
+	cargo clippy -q --workspace --all-targets -- -D warnings
+
+test-rust: ## Unit, in-process and live-server tests of the server, client and CLI
+	cargo test -q --workspace
+
+test-wasm: setup ## wasm-pack test --headless --chrome against a live server
+	@scripts/test-wasm.sh
+
+test-e2e: setup wasm ## The page in headless Chromium, driven like a person would
+	cargo build -q -p order-server
+	cd e2e && node --test
+
+bench: ## Throughput and footprint against the tutorial's Go server and a hyper ceiling
+	@scripts/setup.sh bench
+	@bench/run.sh

@@ -1,0 +1,55 @@
+// Shared by the browser tests and the page benchmark: a live order-server on a free loopback port
+// and Debian's Chromium driven by playwright-core (which never downloads a browser).
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+
+/** Starts order-server on 127.0.0.1:0; resolves to { url, stop() } once it listens. */
+export async function startServer(args = []) {
+  const bin = process.env.ORDER_SERVER_BIN ?? path.join(root, "target/debug/order-server");
+  const child = spawn(bin, ["--listen", "127.0.0.1:0", ...args], {
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info", NO_COLOR: "1" },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let log = "";
+  const address = await new Promise((resolve, reject) => {
+    child.stderr.on("data", (chunk) => {
+      log += chunk;
+      const match = /address=(\S+)/.exec(log);
+      if (match) resolve(match[1]);
+    });
+    child.on("exit", (code) => reject(new Error(`order-server exited (${code}) before listening:\n${log}`)));
+    child.on("error", reject);
+  });
+  return {
+    url: `http://${address}`,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill("SIGTERM");
+        await once(child, "exit");
+      }
+    },
+  };
+}
+
+/** Headless Chromium from Debian, without any network access beyond what the page asks for. */
+export function launchBrowser() {
+  return chromium.launch({
+    executablePath: process.env.CHROME_BIN ?? "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-dev-shm-usage",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+}

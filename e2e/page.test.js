@@ -1,0 +1,113 @@
+// End-to-end: headless Chromium uses the order page served by order-server, as a person would.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { startServer, launchBrowser } from "./harness.js";
+
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+/** A fresh page that records every console error and uncaught exception. */
+async function openPage(query = "") {
+  const page = await browser.newPage();
+  const problems = [];
+  page.on("console", (message) => {
+    if (message.type() === "error") problems.push(`console: ${message.text()}`);
+  });
+  page.on("pageerror", (error) => problems.push(`exception: ${error.message}`));
+  await page.goto(`${server.url}/${query}`);
+  return { page, problems };
+}
+
+async function lookUp(page, id, { withEnter = false } = {}) {
+  const input = page.getByLabel("Order ID");
+  await input.fill(id);
+  if (withEnter) await input.press("Enter");
+  else await page.click("#lookup");
+}
+
+test("typing 106 and pressing the button shows the order", async () => {
+  const { page, problems } = await openPage();
+  await page.waitForSelector("#lookup:not([disabled])");
+  await lookUp(page, "106");
+  const result = page.locator("#result");
+  await result.waitFor({ state: "visible" });
+  const text = await result.innerText();
+  assert.match(text, /Apple iPhone XS/);
+  assert.match(text, /Amazon Echo/);
+  assert.match(text, /\$300\.00/);
+  assert.match(text, /Mountain View, CA/);
+  assert.equal(await page.locator("#result li").count(), 2, "items are a list");
+  assert.equal(await page.isVisible("#error"), false);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("an unknown ID shows not found and no stale order", async () => {
+  const { page, problems } = await openPage();
+  await page.waitForSelector("#lookup:not([disabled])");
+  await lookUp(page, "106");
+  await page.locator("#result").waitFor({ state: "visible" });
+
+  await lookUp(page, "999", { withEnter: true });
+  const error = page.locator("#error");
+  await error.waitFor({ state: "visible" });
+  assert.match(await error.innerText(), /not found/i);
+  assert.match(await error.innerText(), /999/);
+  assert.equal(await page.isVisible("#result"), false, "the previous order is gone");
+  assert.equal(await page.locator("body").innerText().then((t) => t.includes("Apple iPhone XS")), false);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("?id=106 in the URL looks the order up on load", async () => {
+  const { page, problems } = await openPage("?id=106");
+  await page.locator("#result").waitFor({ state: "visible" });
+  assert.match(await page.locator("#result").innerText(), /Apple iPhone XS/);
+  assert.equal(await page.inputValue("#order-id"), "106");
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("the button is disabled while a call is in flight", async () => {
+  const { page, problems } = await openPage();
+  await page.waitForSelector("#lookup:not([disabled])");
+  let release;
+  const held = new Promise((resolve) => (release = resolve));
+  let arrived;
+  const callArrived = new Promise((resolve) => (arrived = resolve));
+  await page.route("**/OrderManagement/getOrder", async (route) => {
+    arrived();
+    await held;
+    await route.continue();
+  });
+  await lookUp(page, "105");
+  await callArrived;
+  assert.equal(await page.isDisabled("#lookup"), true, "disabled during the call");
+  release();
+  await page.locator("#result").waitFor({ state: "visible" });
+  assert.equal(await page.isDisabled("#lookup"), false, "enabled again after it");
+  assert.match(await page.locator("#result").innerText(), /Amazon Echo/);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("an empty lookup asks for an ID instead of calling", async () => {
+  const { page } = await openPage();
+  await page.waitForSelector("#lookup:not([disabled])");
+  await page.getByLabel("Order ID").fill("   ");
+  await page.getByLabel("Order ID").press("Enter");
+  // `required` lets whitespace through; the page itself explains.
+  await page.locator("#error").waitFor({ state: "visible" });
+  assert.match(await page.locator("#error").innerText(), /Enter an order ID/);
+  await page.close();
+});

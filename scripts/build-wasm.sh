@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# `make wasm`: builds the web client into static/pkg/ (release, optimized by wasm-opt) for the page.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+source "$root/scripts/env.sh"
+# wasm-opt comes from npm's binaryen (e2e/node_modules/.bin, on PATH via env.sh): wasm-pack uses the
+# one on PATH instead of downloading its own.
+command -v wasm-opt >/dev/null || { echo "wasm-opt missing: run make setup" >&2; exit 1; }
+cd "$root/web-client"
+with_wasm_toolchain wasm-pack build --release --target web --no-pack --out-dir "$root/static/pkg" "$@"
