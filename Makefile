@@ -6,10 +6,10 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 # Extra flags for `make run`, e.g. make run ARGS="--cors-origin http://localhost:8080"
 ARGS ?=
 
-.PHONY: help setup wasm run test test-rust test-wasm test-e2e lint bench
+.PHONY: help setup wasm run test test-rust test-wasm test-e2e test-interop lint page-budget bench
 
 help: ## List the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 setup: ## One-time installs (idempotent; quick when all is present)
 	@scripts/setup.sh
@@ -22,7 +22,7 @@ run: setup wasm ## Build everything and serve http://127.0.0.1:50051 in the fore
 	@echo "Open http://127.0.0.1:50051/?id=106 (Ctrl-C stops the server)"
 	./target/release/order-server $(ARGS)
 
-test: setup lint test-rust test-wasm test-e2e ## Every test: Rust, wasm in Chromium, end-to-end in Chromium
+test: setup lint test-rust test-wasm test-e2e test-interop ## Every test: Rust, wasm and the page in Chromium, other clients
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all --check
@@ -37,6 +37,14 @@ test-wasm: setup ## wasm-pack test --headless --chrome against a live server
 test-e2e: setup wasm ## The page in headless Chromium, driven like a person would
 	cargo build -q -p order-server
 	cd e2e && node --test
+
+test-interop: setup ## Clients written by others: Python grpcio and buf curl (reflection, gRPC-Web)
+	cargo build -q -p order-server
+	.venv/bin/python -m unittest discover -s interop -v
+
+page-budget: setup wasm ## Measure the web client's gzipped size and time to first order on screen
+	cargo build --release -q -p order-server
+	cd e2e && ORDER_SERVER_BIN=../target/release/order-server node page-budget.js --screenshot ../docs/screenshot.png
 
 bench: ## Throughput and footprint against the tutorial's Go server and a hyper ceiling
 	@scripts/setup.sh bench

@@ -83,10 +83,20 @@ if ! command -v wasm-pack >/dev/null; then
   cargo_install wasm-pack --version 0.15.1
 fi
 
-# npm tools: wasm-opt (binaryen) and playwright-core ----------------------------------------------
-if [ ! -x "$root/e2e/node_modules/.bin/wasm-opt" ] || [ ! -d "$root/e2e/node_modules/playwright-core" ]; then
+# npm tools: wasm-opt (binaryen), playwright-core and buf (for the interop tests) ----------------
+if [ ! -f "$root/e2e/node_modules/.package-lock.json" ] ||
+  [ "$root/e2e/package-lock.json" -nt "$root/e2e/node_modules/.package-lock.json" ]; then
   say "npm ci in e2e/"
   (cd "$root/e2e" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# Python grpcio for the interop tests, in the project's own virtualenv ------------------------------
+venv="$root/.venv"
+if [ ! -f "$venv/.installed" ] || [ "$root/interop/requirements.txt" -nt "$venv/.installed" ]; then
+  say "creating .venv with grpcio (interop tests)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/interop/requirements.txt"
+  touch "$venv/.installed"
 fi
 
 say "all set"

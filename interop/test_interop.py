@@ -1,0 +1,143 @@
+"""Clients written by others against the tutorial's proto, calling a live order-server.
+
+- Python grpcio, with code generated from proto/order_management.proto at test time;
+- `buf curl` over gRPC-Web and native gRPC, with no .proto file (server reflection).
+
+Run by `make test` (python3 -m unittest, in the project's .venv).
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import grpc
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parent.parent
+BUF = ROOT / "e2e" / "node_modules" / ".bin" / "buf"
+
+
+def generate_python_stubs(out_dir):
+    """protoc --python_out --grpc_python_out for the tutorial's proto, as a Python user would."""
+    wellknown = Path(protoc.__file__).parent / "_proto"
+    status = protoc.main(
+        [
+            "protoc",
+            f"-I{ROOT / 'proto'}",
+            f"-I{wellknown}",
+            f"--python_out={out_dir}",
+            f"--grpc_python_out={out_dir}",
+            "order_management.proto",
+        ]
+    )
+    if status != 0:
+        raise RuntimeError("protoc failed")
+    sys.path.insert(0, out_dir)
+
+
+class LiveServer:
+    def __enter__(self):
+        binary = os.environ.get("ORDER_SERVER_BIN", str(ROOT / "target" / "debug" / "order-server"))
+        self.process = subprocess.Popen(
+            [binary, "--listen", "127.0.0.1:0"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "RUST_LOG": "info", "NO_COLOR": "1"},
+        )
+        for line in self.process.stderr:
+            match = re.search(r"address=(\S+)", line)
+            if match:
+                self.address = match.group(1)
+                return self
+        raise RuntimeError("order-server did not report its address")
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+def setUpModule():
+    global SERVER, pb, pb_grpc, wrappers
+    stubs = tempfile.mkdtemp(prefix="order-stubs-")
+    generate_python_stubs(stubs)
+    import order_management_pb2 as pb  # noqa: E402
+    import order_management_pb2_grpc as pb_grpc  # noqa: E402
+    from google.protobuf import wrappers_pb2 as wrappers  # noqa: E402
+
+    SERVER = LiveServer().__enter__()
+
+
+def tearDownModule():
+    SERVER.__exit__(None, None, None)
+
+
+class PythonGrpcio(unittest.TestCase):
+    def setUp(self):
+        self.channel = grpc.insecure_channel(SERVER.address)
+        self.stub = pb_grpc.OrderManagementStub(self.channel)
+
+    def tearDown(self):
+        self.channel.close()
+
+    def test_get_order_106(self):
+        order = self.stub.getOrder(wrappers.StringValue(value="106"), timeout=5)
+        self.assertEqual(order.id, "106")
+        self.assertEqual(list(order.items), ["Amazon Echo", "Apple iPhone XS"])
+        self.assertEqual(order.destination, "Mountain View, CA")
+        self.assertEqual(order.price, 300.0)
+
+    def test_unknown_order_is_not_found(self):
+        with self.assertRaises(grpc.RpcError) as raised:
+            self.stub.getOrder(wrappers.StringValue(value="999"), timeout=5)
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.NOT_FOUND)
+        self.assertIn("not found", raised.exception.details())
+
+
+def buf_curl(*args):
+    return subprocess.run(
+        [str(BUF), "curl", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+class BufCurl(unittest.TestCase):
+    def test_grpc_web_gets_106_without_the_proto(self):
+        result = buf_curl(
+            "--protocol", "grpcweb", "-d", '"106"', f"http://{SERVER.address}/OrderManagement/getOrder"
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        order = json.loads(result.stdout)
+        self.assertEqual(order["id"], "106")
+        self.assertIn("Apple iPhone XS", order["items"])
+
+    def test_native_grpc_gets_106(self):
+        result = buf_curl(
+            "--protocol", "grpc", "--http2-prior-knowledge", "-d", '"106"',
+            f"http://{SERVER.address}/OrderManagement/getOrder",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json.loads(result.stdout)["destination"], "Mountain View, CA")
+
+    def test_reflection_lists_the_service(self):
+        for reflect in ("grpc-v1", "grpc-v1alpha"):
+            result = buf_curl(
+                "--protocol", "grpc", "--http2-prior-knowledge", "--reflect-protocol", reflect,
+                "--list-methods", f"http://{SERVER.address}",
+            )
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn("OrderManagement/getOrder", result.stdout.split())
+
+    def test_not_found_over_grpc_web(self):
+        result = buf_curl(
+            "--protocol", "grpcweb", "-d", '"999"', f"http://{SERVER.address}/OrderManagement/getOrder"
+        )
+        self.assertNotEqual(result.returncode, 0)
+        self.assertEqual(json.loads(result.stdout or result.stderr)["code"], "not_found")
+
+
+if __name__ == "__main__":
+    unittest.main()
