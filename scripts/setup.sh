@@ -86,8 +86,10 @@ fi
 # npm tools: wasm-opt (binaryen), playwright-core and buf (for the interop tests) ----------------
 if [ ! -f "$root/e2e/node_modules/.package-lock.json" ] ||
   [ "$root/e2e/package-lock.json" -nt "$root/e2e/node_modules/.package-lock.json" ]; then
-  say "npm ci in e2e/"
-  (cd "$root/e2e" && npm ci --no-audit --no-fund --loglevel=error)
+  say "npm install in e2e/"
+  # `npm install` with the committed lock file, not `npm ci`: buf's per-platform optional packages
+  # for other systems are not all in the lock, which `npm ci` refuses.
+  (cd "$root/e2e" && npm install --no-audit --no-fund --loglevel=error)
 fi
 
 # Python grpcio for the interop tests, in the project's own virtualenv ------------------------------
