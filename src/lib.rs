@@ -10,7 +10,7 @@
 ///
 /// The proto has no `package` line, so everything lives at the root of the generated module and
 /// the wire path of `getOrder` is `/OrderManagement/getOrder`, as in the original tutorial.
-#[allow(missing_docs, clippy::all)]
+#[allow(missing_docs, non_camel_case_types, clippy::all)]
 pub mod pb {
     tonic::include_proto!("_");
 }

@@ -26,7 +26,7 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use crate::{config::Config, service::OrderService, store::Store};
+use crate::{config::Config, deadline::DeadlineLayer, service::OrderService};
 
 /// Request headers a gRPC-Web client in a browser sends and CORS must allow.
 pub const CORS_ALLOW_HEADERS: [HeaderName; 4] = [
@@ -46,9 +46,9 @@ pub const CORS_EXPOSE_HEADERS: [HeaderName; 3] = [
 /// How long a browser may cache a preflight answer.
 const CORS_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Builds the whole application. `health` is the reporter whose service is served here.
-pub fn app(store: Store, config: &Config, health: HealthServices) -> Router {
-    let grpc = grpc_router(store, config, health);
+/// Builds the whole application around `orders`; `health` is served beside it.
+pub fn app(orders: OrderService, config: &Config, health: HealthServices) -> Router {
+    let grpc = grpc_router(orders, config, health);
     let files = files_router(config);
     let split = service_fn(move |request: Request| {
         let target = if is_grpc(&request) {
@@ -77,9 +77,10 @@ pub fn health() -> (HealthReporter, HealthServices) {
     )
 }
 
-/// gRPC and gRPC-Web: the order service, health and reflection, behind tonic-web and CORS.
-fn grpc_router(store: Store, config: &Config, health: HealthServices) -> Router {
-    let orders = OrderManagementServer::new(OrderService::new(store))
+/// gRPC and gRPC-Web: the order service, health and reflection, behind deadlines, tonic-web and
+/// CORS.
+fn grpc_router(orders: OrderService, config: &Config, health: HealthServices) -> Router {
+    let orders = OrderManagementServer::new(orders)
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size);
     let reflection = || {
@@ -95,6 +96,7 @@ fn grpc_router(store: Store, config: &Config, health: HealthServices) -> Router 
         .prepare();
     routes
         .into_axum_router()
+        .layer(DeadlineLayer)
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(cors(config))
 }

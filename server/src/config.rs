@@ -32,6 +32,11 @@ pub struct Config {
     #[arg(long, env = "ORDER_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
     pub max_message_size: usize,
 
+    /// How many orders for one destination make a full shipment in processOrders. A full
+    /// shipment is sent at once; the rest when the client's stream ends.
+    #[arg(long, env = "ORDER_BATCH_SIZE", default_value = "3")]
+    pub batch_size: std::num::NonZeroUsize,
+
     /// How long in-flight calls may run after SIGINT/SIGTERM before the server stops anyway, in
     /// seconds.
     #[arg(long, env = "ORDER_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_seconds)]
@@ -80,6 +85,7 @@ mod tests {
         let config = Config::for_tests();
         assert_eq!(config.listen, "127.0.0.1:50051".parse().unwrap());
         assert!(config.cors_origins.is_empty());
+        assert_eq!(config.batch_size.get(), 3);
         assert!(config.static_dir.join("index.html").exists());
     }
 

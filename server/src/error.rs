@@ -1,9 +1,19 @@
 //! What can go wrong inside the service, and how each case reaches a gRPC client.
 
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// How many characters of a client-supplied value an error message may echo back.
 const ECHO_LIMIT: usize = 32;
+
+/// One invalid field of a request, as reported in `google.rpc.BadRequest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field's proto name, such as `price` or `items[2]`.
+    pub field: String,
+    /// What is wrong with it, for a person.
+    pub description: String,
+}
 
 /// An error of the order service. Converted to a [`tonic::Status`] only at the edge.
 #[derive(Debug, thiserror::Error)]
@@ -11,18 +21,62 @@ pub enum Error {
     /// No order has this ID.
     #[error("order {} not found", Echo(.0))]
     NotFound(String),
+    /// An order with this ID exists already.
+    #[error("order {} already exists", Echo(.0))]
+    AlreadyExists(String),
     /// The request was empty where a value is required.
     #[error("{0} must not be empty")]
     Empty(&'static str),
+    /// An order broke the validation rules; each bad field is listed.
+    #[error("{} is invalid: {}", describe_order(.id), summary(.violations))]
+    InvalidOrder {
+        /// The order's ID as the client sent it (may be empty).
+        id: String,
+        /// One entry per bad field.
+        violations: Vec<FieldViolation>,
+    },
+    /// The same order ID came twice where each may come once.
+    #[error("order {} was sent more than once", Echo(.0))]
+    Duplicate(String),
+    /// A client stream carried more messages than one call may.
+    #[error("too many messages in one call: at most {0}")]
+    TooMany(usize),
+}
+
+fn describe_order(id: &str) -> String {
+    if id.is_empty() {
+        "the order".to_owned()
+    } else {
+        format!("order {}", Echo(id))
+    }
+}
+
+fn summary(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{} {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
-        let code = match &error {
-            Error::NotFound(_) => Code::NotFound,
-            Error::Empty(_) => Code::InvalidArgument,
-        };
-        Status::new(code, error.to_string())
+        let message = error.to_string();
+        match error {
+            Error::NotFound(_) => Status::new(Code::NotFound, message),
+            Error::AlreadyExists(_) => Status::new(Code::AlreadyExists, message),
+            Error::Empty(_) | Error::Duplicate(_) => Status::new(Code::InvalidArgument, message),
+            Error::TooMany(_) => Status::new(Code::ResourceExhausted, message),
+            Error::InvalidOrder { violations, .. } => {
+                let details = ErrorDetails::with_bad_request(
+                    violations
+                        .into_iter()
+                        .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
+                        .collect::<Vec<_>>(),
+                );
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+        }
     }
 }
 
@@ -56,5 +110,33 @@ mod tests {
         let message = Status::from(Error::NotFound(id)).message().to_owned();
         assert!(message.chars().count() < ECHO_LIMIT + 20, "{message}");
         assert!(message.contains('…'));
+    }
+
+    #[test]
+    fn invalid_orders_carry_bad_request_details() {
+        let status = Status::from(Error::InvalidOrder {
+            id: String::new(),
+            violations: vec![
+                FieldViolation {
+                    field: "price".into(),
+                    description: "must not be negative".into(),
+                },
+                FieldViolation {
+                    field: "destination".into(),
+                    description: "must not be empty".into(),
+                },
+            ],
+        });
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let bad_request = status
+            .get_details_bad_request()
+            .expect("BadRequest details");
+        let fields: Vec<_> = bad_request
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["price", "destination"]);
+        assert!(status.message().contains("price must not be negative"));
     }
 }

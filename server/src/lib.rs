@@ -5,7 +5,11 @@
 //! - [`config`]: the typed command line and environment ([`Config`]);
 //! - [`app`]: the axum application that splits gRPC, gRPC-Web and page requests;
 //! - [`service`]: the `OrderManagement` RPCs;
+//! - [`order`]: validation of the orders clients send;
 //! - [`store`]: the shared order storage and the tutorial's sample data;
+//! - [`shipments`]: `processOrders`' grouping by destination;
+//! - [`deadline`]: `grpc-timeout` on every call, streams included;
+//! - [`streams`]: the count of open response streams;
 //! - [`error`]: the service's errors and their gRPC statuses;
 //! - [`telemetry`]: logging through `tracing`.
 //!
@@ -14,9 +18,13 @@
 
 pub mod app;
 pub mod config;
+pub mod deadline;
 pub mod error;
+pub mod order;
 pub mod service;
+pub mod shipments;
 pub mod store;
+pub mod streams;
 pub mod telemetry;
 
 use std::future::{Future, IntoFuture};
@@ -28,10 +36,21 @@ use tracing::{info, warn};
 
 pub use crate::{config::Config, service::OrderService, store::Store};
 
-/// Serves the application on `listener` until `shutdown` completes, then lets in-flight calls
-/// finish for up to [`Config::shutdown_grace`].
+/// Serves the application, with the tutorial's sample orders, on `listener` until `shutdown`
+/// completes, then lets in-flight calls finish for up to [`Config::shutdown_grace`].
 pub async fn run(
     listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let orders = OrderService::new(Store::with_sample_data(), config.batch_size);
+    serve(listener, orders, config, shutdown).await
+}
+
+/// [`run`] with a service the caller made (and may keep a handle to).
+pub async fn serve(
+    listener: TcpListener,
+    orders: OrderService,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -39,7 +58,7 @@ pub async fn run(
     health_reporter
         .set_serving::<OrderManagementServer<OrderService>>()
         .await;
-    let app = app::app(Store::with_sample_data(), &config, health);
+    let app = app::app(orders, &config, health);
 
     info!(
         address = %listener.local_addr()?,

@@ -1,39 +1,194 @@
-//! The `OrderManagement` gRPC service: each RPC converts its request, acts on the [`Store`] and
-//! converts the result back.
+//! The `OrderManagement` gRPC service: each RPC converts its request (validating it), acts on the
+//! [`Store`] and converts the result back.
 
-use order_api::pb::{order_management_server::OrderManagement, Order};
-use tonic::{Request, Response, Status};
-use tracing::instrument;
-
-use crate::{
-    error::{Echo, Error},
-    store::Store,
+use std::{
+    num::NonZeroUsize,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
-/// The implementation of `OrderManagement` behind both native gRPC and gRPC-Web.
+use futures::stream::BoxStream;
+use order_api::pb::{order_management_server::OrderManagement, CombinedShipment, Order};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, instrument};
+
+use crate::{
+    deadline::{until_deadline, Deadline},
+    error::{Echo, Error},
+    order::ValidOrder,
+    shipments::{Batcher, Group},
+    store::Store,
+    streams::OpenStreams,
+};
+
+/// Most orders one `updateOrders` call may carry.
+pub const MAX_ORDERS_PER_UPDATE: usize = 10_000;
+
+/// What a shipment's `status` says once it is assembled.
+pub const SHIPMENT_STATUS: &str = "Processed";
+
+/// The implementation of `OrderManagement` behind both native gRPC and gRPC-Web. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct OrderService {
     store: Store,
+    batch_size: NonZeroUsize,
+    open_streams: OpenStreams,
+    shipments: Arc<AtomicU64>,
 }
 
 impl OrderService {
-    /// A service answering from `store`.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// A service answering from `store`; `processOrders` ships a destination's orders in batches
+    /// of `batch_size`.
+    pub fn new(store: Store, batch_size: NonZeroUsize) -> Self {
+        Self {
+            store,
+            batch_size,
+            open_streams: OpenStreams::default(),
+            shipments: Arc::default(),
+        }
+    }
+
+    /// The number of response streams open right now, to watch.
+    pub fn open_streams(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.open_streams.watch()
+    }
+
+    fn ship(&self, (destination, orders): Group) -> CombinedShipment {
+        let number = self.shipments.fetch_add(1, Ordering::Relaxed) + 1;
+        info!(shipment = number, %destination, orders = orders.len(), "shipment assembled");
+        CombinedShipment {
+            id: format!("shipment-{number}"),
+            status: SHIPMENT_STATUS.to_owned(),
+            orders_list: orders,
+        }
     }
 }
 
+/// The client's deadline, where it sent one.
+fn deadline<T>(request: &Request<T>) -> Option<Deadline> {
+    request.extensions().get::<Deadline>().copied()
+}
+
+/// Where `processOrders` is in its work.
+enum Process {
+    /// Reading order IDs; shipping each group as it fills.
+    Reading(Box<Streaming<String>>, Batcher),
+    /// The client's stream ended: shipping the groups that are left.
+    Draining(std::vec::IntoIter<Group>),
+    /// Finished, after the last shipment or an error.
+    Done,
+}
+
+// The stream types are named after the tutorial's lowerCamel RPC names.
+#[allow(non_camel_case_types)]
 #[tonic::async_trait]
 impl OrderManagement for OrderService {
+    #[instrument(skip_all, fields(order_id = %Echo(&request.get_ref().id)))]
+    async fn add_order(&self, request: Request<Order>) -> Result<Response<String>, Status> {
+        let order = ValidOrder::try_from(request.into_inner())?;
+        let id = self.store.add(order)?;
+        info!(%id, "order added");
+        Ok(Response::new(id))
+    }
+
     #[instrument(skip_all, fields(order_id = %Echo(request.get_ref())))]
     async fn get_order(&self, request: Request<String>) -> Result<Response<Order>, Status> {
         let id = request.into_inner();
         if id.is_empty() {
             return Err(Error::Empty("order id").into());
         }
-        match self.store.get(&id) {
-            Some(order) => Ok(Response::new(order)),
-            None => Err(Error::NotFound(id).into()),
+        Ok(Response::new(self.store.get(&id)?))
+    }
+
+    type searchOrdersStream = BoxStream<'static, Result<Order, Status>>;
+
+    #[instrument(skip_all, fields(text = %Echo(request.get_ref())))]
+    async fn search_orders(
+        &self,
+        request: Request<String>,
+    ) -> Result<Response<Self::searchOrdersStream>, Status> {
+        let deadline = deadline(&request);
+        // A snapshot: the lock is released before anything is sent.
+        let found = self.store.search(request.get_ref());
+        info!(found = found.len(), "search");
+        let stream = self
+            .open_streams
+            .track(futures::stream::iter(found.into_iter().map(Ok)));
+        Ok(Response::new(until_deadline(stream, deadline)))
+    }
+
+    #[instrument(skip_all)]
+    async fn update_orders(
+        &self,
+        request: Request<Streaming<Order>>,
+    ) -> Result<Response<String>, Status> {
+        let mut inbound = request.into_inner();
+        // Read and check everything first: one bad order and nothing is applied.
+        let mut orders = Vec::new();
+        while let Some(order) = inbound.message().await? {
+            if orders.len() == MAX_ORDERS_PER_UPDATE {
+                return Err(Error::TooMany(MAX_ORDERS_PER_UPDATE).into());
+            }
+            orders.push(ValidOrder::existing(order)?);
         }
+        let ids = self.store.update_all(orders)?;
+        info!(updated = ids.len(), "orders updated");
+        Ok(Response::new(match ids.len() {
+            1 => format!("updated 1 order: {}", ids[0]),
+            n => format!("updated {n} orders: {}", ids.join(", ")),
+        }))
+    }
+
+    type processOrdersStream = BoxStream<'static, Result<CombinedShipment, Status>>;
+
+    #[instrument(skip_all)]
+    async fn process_orders(
+        &self,
+        request: Request<Streaming<String>>,
+    ) -> Result<Response<Self::processOrdersStream>, Status> {
+        let deadline = deadline(&request);
+        let start = Process::Reading(
+            Box::new(request.into_inner()),
+            Batcher::new(self.batch_size.get()),
+        );
+        let service = self.clone();
+        // No task is spawned: when the client goes away, the response and with it this stream are
+        // dropped, and the work stops.
+        let shipments = futures::stream::unfold(start, move |step| {
+            let service = service.clone();
+            async move {
+                match step {
+                    Process::Reading(mut inbound, mut batcher) => loop {
+                        let id = match inbound.message().await {
+                            Ok(Some(id)) => id,
+                            Ok(None) => {
+                                let mut rest = batcher.finish().into_iter();
+                                let next = rest.next()?;
+                                return Some((Ok(service.ship(next)), Process::Draining(rest)));
+                            }
+                            Err(status) => return Some((Err(status), Process::Done)),
+                        };
+                        let pushed = service.store.get(&id).and_then(|order| batcher.push(order));
+                        match pushed {
+                            Ok(None) => continue,
+                            Ok(Some(full)) => {
+                                let shipment = service.ship(full);
+                                return Some((Ok(shipment), Process::Reading(inbound, batcher)));
+                            }
+                            Err(error) => return Some((Err(error.into()), Process::Done)),
+                        }
+                    },
+                    Process::Draining(mut rest) => {
+                        let next = rest.next()?;
+                        Some((Ok(service.ship(next)), Process::Draining(rest)))
+                    }
+                    Process::Done => None,
+                }
+            }
+        });
+        let stream = self.open_streams.track(shipments);
+        Ok(Response::new(until_deadline(stream, deadline)))
     }
 }

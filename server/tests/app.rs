@@ -4,14 +4,15 @@
 use axum::{body::Body, Router};
 use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use order_server::{app, Config, Store};
+use order_server::{app, Config, OrderService, Store};
 use tower::ServiceExt;
 
 const ALLOWED: &str = "http://allowed.test:8080";
 
 fn app_with(config: Config) -> Router {
     let (_reporter, health) = app::health();
-    app::app(Store::with_sample_data(), &config, health)
+    let orders = OrderService::new(Store::with_sample_data(), config.batch_size);
+    app::app(orders, &config, health)
 }
 
 fn test_app() -> Router {

@@ -17,7 +17,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use order_api::pb::order_management_client::OrderManagementClient;
-use order_server::{run, Config};
+use order_server::{serve, Config, OrderService, Store};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use tonic_web::{GrpcWebClientLayer, GrpcWebClientService};
@@ -36,10 +36,16 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> Self {
+        let orders = OrderService::new(Store::with_sample_data(), config.batch_size);
+        Self::start_service(orders, config).await
+    }
+
+    /// A server around a service the test keeps a handle to.
+    pub async fn start_service(orders: OrderService, config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(run(listener, config, async {
+        let task = tokio::spawn(serve(listener, orders, config, async {
             let _ = stop.await;
         }));
         Self {
@@ -61,6 +67,12 @@ impl TestServer {
             .await
             .expect("connect");
         OrderManagementClient::new(channel)
+    }
+
+    /// The generated client over plain hyper HTTP/2, without tonic's transport: nothing on the
+    /// client side enforces `grpc-timeout`, so only the server can.
+    pub fn h2c(&self) -> OrderManagementClient<HttpClient<tonic::body::Body>> {
+        OrderManagementClient::with_origin(h2c_client(), self.url().parse().expect("uri"))
     }
 
     /// The generated client over gRPC-Web, binary mode, HTTP/1.1, through tonic-web's client layer.

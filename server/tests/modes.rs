@@ -1,0 +1,556 @@
+//! The four RPC modes of the tutorial's full service, natively and, where gRPC-Web can carry the
+//! mode (unary and server streaming), through gRPC-Web too.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use futures::{channel::mpsc, SinkExt, StreamExt};
+use order_api::pb::{CombinedShipment, Order};
+use order_server::{Config, OrderService, Store};
+use tonic::{Code, Request};
+use tonic_types::StatusExt;
+
+/// Only a hang reaches this.
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn order(id: &str, items: &[&str], destination: &str, price: f32) -> Order {
+    Order {
+        id: id.into(),
+        items: items.iter().map(|&i| i.into()).collect(),
+        description: "test order".into(),
+        price,
+        destination: destination.into(),
+    }
+}
+
+fn ids(orders: &[Order]) -> Vec<&str> {
+    orders.iter().map(|o| o.id.as_str()).collect()
+}
+
+// ---- addOrder ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn add_order_assigns_an_id_and_stores_the_order() {
+    let server = TestServer::start().await;
+    let mut client = server.native().await;
+    let new = order("", &["Pixel 9"], "Seattle, WA", 499.0);
+    let id = client
+        .add_order(new.clone())
+        .await
+        .expect("added")
+        .into_inner();
+    assert!(!id.is_empty());
+    let stored = client
+        .get_order(id.clone())
+        .await
+        .expect("stored")
+        .into_inner();
+    assert_eq!(
+        stored,
+        Order {
+            id: id.clone(),
+            ..new.clone()
+        }
+    );
+
+    // Another one gets another ID; an explicit ID is kept.
+    let second = client.add_order(new.clone()).await.unwrap().into_inner();
+    assert_ne!(second, id);
+    let named = client
+        .add_order(order("A-1", &["Mug"], "Boston, MA", 9.5))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(named, "A-1");
+}
+
+#[tokio::test]
+async fn add_order_over_grpc_web() {
+    let server = TestServer::start().await;
+    let id = server
+        .grpc_web()
+        .add_order(order("", &["Lamp"], "Denver, CO", 20.0))
+        .await
+        .expect("added")
+        .into_inner();
+    let stored = server
+        .native()
+        .await
+        .get_order(id)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.items, ["Lamp"]);
+}
+
+#[tokio::test]
+async fn an_existing_id_is_already_exists_and_the_order_is_untouched() {
+    let server = TestServer::start().await;
+    let mut client = server.native().await;
+    let status = client
+        .add_order(order("106", &["Something else"], "Nowhere", 1.0))
+        .await
+        .expect_err("106 exists");
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert!(status.message().contains("106"));
+    let kept = client
+        .get_order("106".to_string())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.items, ["Amazon Echo", "Apple iPhone XS"]);
+}
+
+/// The fields named in the status's google.rpc.BadRequest details.
+fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    let bad_request = status
+        .get_details_bad_request()
+        .expect("BadRequest details");
+    bad_request
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_invalid_order_is_invalid_argument_with_one_violation_per_field() {
+    let server = TestServer::start().await;
+    let cases: [(Order, &[&str]); 6] = [
+        (order("", &[], "Seattle, WA", 1.0), &["items"]),
+        (order("", &["ok", ""], "Seattle, WA", 1.0), &["items[1]"]),
+        (order("", &["ok"], "Seattle, WA", -5.0), &["price"]),
+        (order("", &["ok"], "Seattle, WA", f32::NAN), &["price"]),
+        (order("", &["ok"], "", 1.0), &["destination"]),
+        (
+            Order {
+                description: "d".repeat(5_000),
+                ..order("", &[], "  ", f32::INFINITY)
+            },
+            &["items", "description", "price", "destination"],
+        ),
+    ];
+    for (bad, expected) in cases {
+        for transport in ["native", "grpc-web"] {
+            let result = match transport {
+                "native" => server.native().await.add_order(bad.clone()).await,
+                _ => server.grpc_web().add_order(bad.clone()).await,
+            };
+            let status = result.expect_err("invalid");
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{transport}: {status:?}"
+            );
+            assert_eq!(violated_fields(&status), expected, "{transport}");
+        }
+    }
+    // Nothing was stored.
+    let all = server
+        .native()
+        .await
+        .search_orders(String::new())
+        .await
+        .unwrap();
+    assert_eq!(all.into_inner().collect::<Vec<_>>().await.len(), 5);
+}
+
+#[tokio::test]
+async fn an_oversized_field_is_invalid() {
+    let server = TestServer::start().await;
+    let status = server
+        .native()
+        .await
+        .add_order(order("", &[&"x".repeat(10_000)], "Seattle, WA", 1.0))
+        .await
+        .expect_err("too long");
+    assert_eq!(violated_fields(&status), ["items[0]"]);
+    assert!(
+        status.message().len() < 300,
+        "the message stays short: {}",
+        status.message()
+    );
+}
+
+// ---- searchOrders ------------------------------------------------------------------------------
+
+async fn collect(stream: tonic::Streaming<Order>) -> Vec<Order> {
+    stream.map(|o| o.expect("no error")).collect().await
+}
+
+#[tokio::test]
+async fn search_streams_every_match_in_a_stable_order() {
+    let server = TestServer::start().await;
+    let native = collect(
+        server
+            .native()
+            .await
+            .search_orders("Google".to_string())
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(ids(&native), ["102", "104"]);
+    let web = collect(
+        server
+            .grpc_web()
+            .search_orders("Google".to_string())
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(ids(&web), ["102", "104"]);
+    let text = collect(
+        server
+            .grpc_web_text()
+            .search_orders("Google".to_string())
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(ids(&text), ["102", "104"]);
+    assert_eq!(native, web);
+}
+
+#[tokio::test]
+async fn search_ignores_case_and_an_empty_result_is_ok() {
+    let server = TestServer::start().await;
+    let mut client = server.native().await;
+    let found = collect(
+        client
+            .search_orders("amazon echo".to_string())
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(ids(&found), ["105", "106"]);
+    let none = collect(
+        client
+            .search_orders("Nokia".to_string())
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert!(none.is_empty());
+    let none = collect(
+        server
+            .grpc_web()
+            .search_orders("Nokia".to_string())
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert!(none.is_empty());
+}
+
+// ---- updateOrders ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn update_replaces_orders_and_names_them() {
+    let server = TestServer::start().await;
+    let mut client = server.native().await;
+    let updates = vec![
+        order("102", &["Google Pixel 9"], "Mountain View, CA", 999.0),
+        order("103", &["Apple Watch S10"], "San Jose, CA", 450.0),
+    ];
+    let summary = client
+        .update_orders(futures::stream::iter(updates))
+        .await
+        .expect("updated")
+        .into_inner();
+    assert!(
+        summary.contains("102") && summary.contains("103"),
+        "{summary}"
+    );
+    assert_eq!(
+        client
+            .get_order("102".to_string())
+            .await
+            .unwrap()
+            .into_inner()
+            .items,
+        ["Google Pixel 9"]
+    );
+    assert_eq!(
+        client
+            .get_order("103".to_string())
+            .await
+            .unwrap()
+            .into_inner()
+            .price,
+        450.0
+    );
+}
+
+#[tokio::test]
+async fn update_is_all_or_nothing() {
+    let server = TestServer::start().await;
+    let mut client = server.native().await;
+
+    let with_unknown = vec![
+        order("102", &["Changed"], "Mountain View, CA", 1.0),
+        order("999", &["Ghost"], "Nowhere, NV", 1.0),
+    ];
+    let status = client
+        .update_orders(futures::stream::iter(with_unknown))
+        .await
+        .expect_err("999 unknown");
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("999"));
+
+    let with_invalid = vec![
+        order("102", &["Changed"], "Mountain View, CA", 1.0),
+        order("103", &["Watch"], "San Jose, CA", -1.0),
+    ];
+    let status = client
+        .update_orders(futures::stream::iter(with_invalid))
+        .await
+        .expect_err("invalid");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&status), ["price"]);
+
+    let without_id = vec![order("", &["Anything"], "Anywhere", 1.0)];
+    let status = client
+        .update_orders(futures::stream::iter(without_id))
+        .await
+        .expect_err("no id");
+    assert_eq!(violated_fields(&status), ["id"]);
+
+    // None of those calls changed 102.
+    let kept = client
+        .get_order("102".to_string())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.items, ["Google Pixel 3A", "Mac Book Pro"]);
+}
+
+// ---- processOrders -----------------------------------------------------------------------------
+
+fn shipment_ids(shipment: &CombinedShipment) -> Vec<&str> {
+    ids(&shipment.orders_list)
+}
+
+#[tokio::test]
+async fn process_ships_each_full_group_at_once_and_the_rest_at_the_end() {
+    let server = TestServer::start().await;
+    let mut client = server.native().await;
+    let (mut ids_tx, ids_rx) = mpsc::unbounded::<String>();
+    let mut shipments = client
+        .process_orders(ids_rx)
+        .await
+        .expect("started")
+        .into_inner();
+
+    // Three orders for Mountain View fill a batch (default size 3): it comes while the client's
+    // stream is still open.
+    for id in ["102", "103", "104", "106"] {
+        ids_tx.send(id.to_string()).await.unwrap();
+    }
+    let first = tokio::time::timeout(LIMIT, shipments.message())
+        .await
+        .expect("a full batch ships")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.destination(), "Mountain View, CA");
+    assert_eq!(shipment_ids(&first), ["102", "104", "106"]);
+    assert_eq!(first.status, "Processed");
+    assert!(!first.id.is_empty());
+
+    ids_tx.send("105".to_string()).await.unwrap();
+    drop(ids_tx);
+    let rest: Vec<CombinedShipment> =
+        tokio::time::timeout(LIMIT, shipments.map(|s| s.unwrap()).collect::<Vec<_>>())
+            .await
+            .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].destination(), "San Jose, CA");
+    assert_eq!(shipment_ids(&rest[0]), ["103", "105"]);
+    assert_ne!(rest[0].id, first.id);
+}
+
+trait Destination {
+    fn destination(&self) -> &str;
+}
+
+impl Destination for CombinedShipment {
+    /// All orders of a shipment share its destination; checked here for every shipment.
+    fn destination(&self) -> &str {
+        let destination = self.orders_list[0].destination.as_str();
+        assert!(
+            self.orders_list
+                .iter()
+                .all(|o| o.destination == destination),
+            "{self:?}"
+        );
+        destination
+    }
+}
+
+#[tokio::test]
+async fn every_order_is_in_exactly_one_shipment_whatever_the_batch_size() {
+    for batch_size in [1, 2, 3, 10] {
+        let mut config = Config::for_tests();
+        config.batch_size = batch_size.try_into().unwrap();
+        let server = TestServer::start_with(config).await;
+        let all = ["102", "103", "104", "105", "106"].map(String::from);
+        let shipments: Vec<CombinedShipment> = server
+            .native()
+            .await
+            .process_orders(futures::stream::iter(all.clone()))
+            .await
+            .unwrap()
+            .into_inner()
+            .map(|s| s.unwrap())
+            .collect()
+            .await;
+        let mut shipped: Vec<&str> = shipments.iter().flat_map(shipment_ids).collect();
+        shipped.sort();
+        assert_eq!(shipped, all, "batch size {batch_size}");
+        for shipment in &shipments {
+            shipment.destination();
+            assert!(shipment.orders_list.len() <= batch_size);
+        }
+    }
+}
+
+#[tokio::test]
+async fn process_ends_with_not_found_naming_an_unknown_id() {
+    let server = TestServer::start().await;
+    let ids = ["102", "404-nope"].map(String::from);
+    let mut shipments = server
+        .native()
+        .await
+        .process_orders(futures::stream::iter(ids))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = loop {
+        match shipments.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("ended without an error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(
+        status.message().contains("404-nope"),
+        "{}",
+        status.message()
+    );
+}
+
+// ---- deadlines, cancellation, concurrency ------------------------------------------------------
+
+#[tokio::test]
+async fn a_client_deadline_ends_a_call_that_would_wait_forever() {
+    let server = TestServer::start().await;
+    // A client that sends grpc-timeout but does not enforce it itself.
+    let mut client = server.h2c();
+
+    // A client stream that never ends: without the deadline both calls would wait for ever.
+    let (_keep_open, ids_rx) = mpsc::unbounded::<String>();
+    let mut request = Request::new(ids_rx);
+    request.set_timeout(Duration::from_millis(300));
+    let mut shipments = client
+        .process_orders(request)
+        .await
+        .expect("started")
+        .into_inner();
+    let status = tokio::time::timeout(LIMIT, shipments.message())
+        .await
+        .expect("ended by the deadline")
+        .expect_err("deadline");
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+
+    let (_keep_open, orders_rx) = mpsc::unbounded::<Order>();
+    let mut request = Request::new(orders_rx);
+    request.set_timeout(Duration::from_millis(300));
+    let status = tokio::time::timeout(LIMIT, client.update_orders(request))
+        .await
+        .expect("ended by the deadline")
+        .expect_err("deadline");
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+}
+
+#[tokio::test]
+async fn a_stream_stops_when_its_client_goes_away() {
+    let config = Config::for_tests();
+    let orders = OrderService::new(Store::with_sample_data(), config.batch_size);
+    let mut open = orders.open_streams();
+    let server = TestServer::start_service(orders, config).await;
+
+    let (ids_tx, ids_rx) = mpsc::unbounded::<String>();
+    let client = server.native().await;
+    let shipments = client
+        .clone()
+        .process_orders(ids_rx)
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(LIMIT, open.wait_for(|&n| n == 1))
+        .await
+        .expect("the stream opens")
+        .unwrap();
+
+    // The client goes away mid-call.
+    drop(shipments);
+    drop(ids_tx);
+    drop(client);
+    tokio::time::timeout(LIMIT, open.wait_for(|&n| n == 0))
+        .await
+        .expect("the server drops the stream")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn many_clients_at_once_see_one_consistent_store() {
+    let server = TestServer::start().await;
+    let mut tasks = Vec::new();
+    for client_number in 0..16 {
+        let mut client = server.native().await;
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 0..20 {
+                let item = format!("Widget {client_number}-{n}");
+                ids.push(
+                    client
+                        .add_order(order("", &[&item], "Reno, NV", 1.0))
+                        .await
+                        .unwrap()
+                        .into_inner(),
+                );
+                // Reads interleave with the writes of the other clients.
+                client.get_order("106".to_string()).await.unwrap();
+            }
+            ids
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let count = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), count, "every added order got its own ID");
+    let widgets = collect(
+        server
+            .native()
+            .await
+            .search_orders("widget".to_string())
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(widgets.len(), 16 * 20);
+}
