@@ -118,3 +118,85 @@ fn server_rejects_a_bad_flag_with_a_clear_message() {
     assert!(!output.status.success());
     assert!(stderr.contains("expected scheme://host[:port]"), "{stderr}");
 }
+
+#[test]
+fn client_covers_all_four_modes() {
+    let mut server = start_server();
+    let stdout =
+        |output: &std::process::Output| String::from_utf8_lossy(&output.stdout).into_owned();
+
+    let added = client(
+        &server,
+        &[
+            "add",
+            "--item",
+            "Pixel 9",
+            "--item",
+            "Case",
+            "--destination",
+            "Seattle, WA",
+            "--price",
+            "549",
+        ],
+    );
+    assert!(added.status.success(), "{added:?}");
+    assert_eq!(stdout(&added).trim(), "added order 107");
+
+    let rejected = client(
+        &server,
+        &["add", "--item", "", "--destination", "X", "--price", "-1"],
+    );
+    let stderr = String::from_utf8_lossy(&rejected.stderr);
+    assert!(!rejected.status.success());
+    assert!(stderr.contains("InvalidArgument"), "{stderr}");
+    assert!(stderr.contains("  items[0]: must not be empty"), "{stderr}");
+    assert!(stderr.contains("  price: must not be negative"), "{stderr}");
+
+    let found = client(&server, &["search", "google"]);
+    let text = stdout(&found);
+    let orders: Vec<&str> = text.lines().filter(|l| l.starts_with("Order ")).collect();
+    assert_eq!(orders, ["Order 102", "Order 104"]);
+
+    let updated = client(
+        &server,
+        &[
+            "update",
+            r#"{"id":"103","items":["Apple Watch S10"],"destination":"San Jose, CA","price":450}"#,
+        ],
+    );
+    assert!(updated.status.success(), "{updated:?}");
+    assert!(stdout(&updated).contains("103"));
+    assert!(stdout(&client(&server, &["get", "103"])).contains("Apple Watch S10"));
+
+    let processed = client(
+        &server,
+        &["process", "102", "103", "104", "105", "106", "107"],
+    );
+    let text = stdout(&processed);
+    assert!(processed.status.success(), "{processed:?}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].ends_with("to Mountain View, CA: orders 102, 104, 106"),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("to San Jose, CA: orders 103, 105")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("to Seattle, WA: orders 107")),
+        "{text}"
+    );
+
+    let unknown = client(&server, &["process", "102", "999"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains(r#"order "999" not found"#));
+
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+}

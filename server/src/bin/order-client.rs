@@ -1,16 +1,20 @@
 //! `order-client`: the tutorial's client, in Rust. Calls an `order-server` (or any server of the
-//! OrderManagement contract) over native gRPC.
+//! OrderManagement contract) over native gRPC, in all four RPC modes.
 //!
 //! ```text
 //! order-client get 106
-//! order-client --addr http://127.0.0.1:50051 get 102
+//! order-client add --item "Pixel 9" --item "Case" --destination "Seattle, WA" --price 549
+//! order-client search Google
+//! order-client update '{"id":"102","items":["Pixel 9"],"destination":"Mountain View, CA","price":999}'
+//! order-client process 102 103 104 105 106
 //! ```
 
-use std::{process::ExitCode, time::Duration};
+use std::{io::BufRead, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use order_api::pb::{order_management_client::OrderManagementClient, Order};
+use order_api::pb::{order_management_client::OrderManagementClient, CombinedShipment, Order};
 use tonic::transport::{Channel, Endpoint};
+use tonic_types::StatusExt;
 
 /// Call the OrderManagement service over native gRPC.
 #[derive(Debug, Parser)]
@@ -35,6 +39,73 @@ enum Command {
         /// The order's ID, e.g. 106.
         id: String,
     },
+    /// Store a new order and print its ID (addOrder).
+    Add {
+        /// The order's ID; leave it out and the server assigns one.
+        #[arg(long, default_value = "")]
+        id: String,
+        /// An item of the order; repeat for several.
+        #[arg(long = "item", required = true)]
+        items: Vec<String>,
+        /// Where the order goes, e.g. "Seattle, WA".
+        #[arg(long)]
+        destination: String,
+        /// The order's price.
+        #[arg(long, allow_negative_numbers = true)]
+        price: f32,
+        /// A free-text description.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Print every order with an item containing TEXT, ignoring case, as they stream in
+    /// (searchOrders).
+    Search {
+        /// Text to look for in the items, e.g. Google.
+        text: String,
+    },
+    /// Replace existing orders, all or nothing (updateOrders). Each ORDER is a JSON object such as
+    /// {"id":"102","items":["Pixel 9"],"destination":"Mountain View, CA","price":999}; with `-`,
+    /// one object per line is read from standard input.
+    Update {
+        /// The replacement orders, as JSON, or `-` for standard input.
+        #[arg(required = true)]
+        orders: Vec<String>,
+    },
+    /// Group these orders by destination into shipments, printed as each is complete
+    /// (processOrders).
+    Process {
+        /// The orders' IDs, e.g. 102 103 104.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+/// An order as JSON, in the field names of the proto (as `buf curl` prints it).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderJson {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    items: Vec<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    price: f32,
+    #[serde(default)]
+    destination: String,
+}
+
+impl From<OrderJson> for Order {
+    fn from(json: OrderJson) -> Self {
+        Order {
+            id: json.id,
+            items: json.items,
+            description: json.description,
+            price: json.price,
+            destination: json.destination,
+        }
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -52,6 +123,11 @@ async fn main() -> ExitCode {
 async fn execute(cli: Cli) -> Result<(), String> {
     let timeout = Duration::try_from_secs_f64(cli.timeout)
         .map_err(|_| format!("--timeout {} is not a number of seconds", cli.timeout))?;
+    // Read local input before connecting, so its mistakes are reported first.
+    let updates = match &cli.command {
+        Command::Update { orders } => Some(parse_orders(orders)?),
+        _ => None,
+    };
     let endpoint = Endpoint::from_shared(cli.addr.clone())
         .map_err(|e| format!("--addr {:?} is not a valid URL: {e}", cli.addr))?
         .connect_timeout(timeout)
@@ -65,23 +141,110 @@ async fn execute(cli: Cli) -> Result<(), String> {
     })?;
     let mut client = OrderManagementClient::new(channel);
     match cli.command {
-        Command::Get { id } => get(&mut client, id).await,
+        Command::Get { id } => {
+            let order = client.get_order(id).await.map_err(status_text)?;
+            print!("{}", format_order(&order.into_inner()));
+        }
+        Command::Add {
+            id,
+            items,
+            destination,
+            price,
+            description,
+        } => {
+            let order = Order {
+                id,
+                items,
+                description,
+                price,
+                destination,
+            };
+            let id = client.add_order(order).await.map_err(status_text)?;
+            println!("added order {}", id.into_inner());
+        }
+        Command::Search { text } => search(&mut client, text).await?,
+        Command::Update { .. } => {
+            let orders = updates.unwrap_or_default();
+            let summary = client
+                .update_orders(futures::stream::iter(orders))
+                .await
+                .map_err(status_text)?;
+            println!("{}", summary.into_inner());
+        }
+        Command::Process { ids } => process(&mut client, ids).await?,
     }
-}
-
-async fn get(client: &mut OrderManagementClient<Channel>, id: String) -> Result<(), String> {
-    let order = client
-        .get_order(id)
-        .await
-        .map_err(status_text)?
-        .into_inner();
-    print!("{}", format_order(&order));
     Ok(())
 }
 
-/// `NotFound: order "999" not found`: the gRPC code, then the server's message.
+async fn search(client: &mut OrderManagementClient<Channel>, text: String) -> Result<(), String> {
+    let mut orders = client
+        .search_orders(text.clone())
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    let mut found = 0;
+    while let Some(order) = orders.message().await.map_err(status_text)? {
+        found += 1;
+        print!("{}", format_order(&order));
+    }
+    if found == 0 {
+        println!("no order has an item containing {text:?}");
+    }
+    Ok(())
+}
+
+async fn process(
+    client: &mut OrderManagementClient<Channel>,
+    ids: Vec<String>,
+) -> Result<(), String> {
+    let mut shipments = client
+        .process_orders(futures::stream::iter(ids))
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    while let Some(shipment) = shipments.message().await.map_err(status_text)? {
+        println!("{}", format_shipment(&shipment));
+    }
+    Ok(())
+}
+
+fn parse_orders(args: &[String]) -> Result<Vec<Order>, String> {
+    let mut texts = Vec::new();
+    for arg in args {
+        if arg == "-" {
+            for line in std::io::stdin().lock().lines() {
+                let line = line.map_err(|e| format!("cannot read standard input: {e}"))?;
+                if !line.trim().is_empty() {
+                    texts.push(line);
+                }
+            }
+        } else {
+            texts.push(arg.clone());
+        }
+    }
+    texts
+        .iter()
+        .map(|text| {
+            serde_json::from_str::<OrderJson>(text)
+                .map(Order::from)
+                .map_err(|e| format!("{text:?} is not an order: {e}"))
+        })
+        .collect()
+}
+
+/// `NotFound: order "999" not found`: the gRPC code, then the server's message, then any
+/// field violations the server attached.
 fn status_text(status: tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(bad_request) = status.get_details_bad_request() {
+        for violation in bad_request.field_violations {
+            text.push_str(&format!(
+                "\n  {}: {}",
+                violation.field, violation.description
+            ));
+        }
+    }
+    text
 }
 
 fn source_chain(error: &dyn std::error::Error) -> String {
@@ -107,4 +270,18 @@ fn format_order(order: &Order) -> String {
     text.push_str(&format!("  price: {:.2}\n", order.price));
     text.push_str(&format!("  destination: {}\n", order.destination));
     text
+}
+
+fn format_shipment(shipment: &CombinedShipment) -> String {
+    let destination = shipment
+        .orders_list
+        .first()
+        .map_or("", |order| order.destination.as_str());
+    let ids: Vec<&str> = shipment.orders_list.iter().map(|o| o.id.as_str()).collect();
+    format!(
+        "{} ({}) to {destination}: orders {}",
+        shipment.id,
+        shipment.status,
+        ids.join(", ")
+    )
 }
