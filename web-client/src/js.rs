@@ -3,6 +3,7 @@
 use js_sys::{Array, Error, Object, Reflect};
 use order_api::pb::Order;
 use tonic::{Code, Status};
+use tonic_types::StatusExt;
 use wasm_bindgen::JsValue;
 
 fn set(object: &Object, key: &str, value: impl Into<JsValue>) {
@@ -26,7 +27,43 @@ pub fn order_to_js(order: &Order) -> JsValue {
     object.into()
 }
 
-/// An `Error` with a readable `message`, the gRPC `code` and its `codeName`.
+fn get(object: &JsValue, key: &str) -> JsValue {
+    Reflect::get(object, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn string_field(object: &JsValue, key: &str) -> String {
+    get(object, key).as_string().unwrap_or_default()
+}
+
+/// An order from a plain object `{ id?, items, description?, price, destination }`.
+///
+/// The conversion is lenient on purpose and leaves judging to the server, which reports every bad
+/// field at once: a missing or non-string field becomes empty, a price that is not a number
+/// becomes NaN.
+pub fn order_from_js(value: &JsValue) -> Result<Order, JsValue> {
+    if !value.is_object() {
+        return Err(Error::new("addOrder() takes an order object").into());
+    }
+    let items = get(value, "items");
+    let items = if Array::is_array(&items) {
+        Array::from(&items)
+            .iter()
+            .map(|item| item.as_string().unwrap_or_default())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Order {
+        id: string_field(value, "id"),
+        items,
+        description: string_field(value, "description"),
+        price: get(value, "price").as_f64().unwrap_or(f64::NAN) as f32,
+        destination: string_field(value, "destination"),
+    })
+}
+
+/// An `Error` with a readable `message`, the gRPC `code` and its `codeName`, and
+/// `fieldViolations` (`[{ field, description }]`) when the server sent `google.rpc.BadRequest`.
 pub fn status_to_error(status: &Status, base_url: &str) -> JsValue {
     let (code, message) = if is_transport_failure(status) {
         // fetch() itself failed: nothing answered at that address (or CORS refused the page).
@@ -42,6 +79,19 @@ pub fn status_to_error(status: &Status, base_url: &str) -> JsValue {
     let error = Error::new(&message);
     set(&error, "code", code as i32);
     set(&error, "codeName", format!("{code:?}"));
+    if let Some(bad_request) = status.get_details_bad_request() {
+        let violations: Array = bad_request
+            .field_violations
+            .iter()
+            .map(|violation| {
+                let object = Object::new();
+                set(&object, "field", violation.field.as_str());
+                set(&object, "description", violation.description.as_str());
+                JsValue::from(object)
+            })
+            .collect();
+        set(&error, "fieldViolations", violations);
+    }
     error.into()
 }
 

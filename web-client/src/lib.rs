@@ -11,10 +11,13 @@
 //! await init();
 //! const client = new OrderClient();            // this page's origin
 //! const order = await client.getOrder("106");  // { id, items, description, price, destination }
+//! const id = await client.addOrder({ items: ["Pixel 9"], price: 499, destination: "Seattle, WA" });
+//! const count = await client.searchOrders("google", (order) => console.log(order.id));
 //! ```
 //!
 //! Failures reject with an `Error` whose `message` a person can read, plus the gRPC `code`
-//! (number) and `codeName` (such as `"NotFound"`).
+//! (number) and `codeName` (such as `"NotFound"`); a rejected `addOrder` also carries
+//! `fieldViolations`, `[{ field, description }]`, one per bad field.
 
 mod js;
 
@@ -70,8 +73,54 @@ impl OrderClient {
         let mut grpc = self.grpc.clone();
         match grpc.get_order(id).await {
             Ok(response) => Ok(js::order_to_js(&response.into_inner())),
-            Err(status) => Err(js::status_to_error(&status, &self.base_url)),
+            Err(status) => Err(self.error(&status)),
         }
+    }
+
+    /// `await client.addOrder({ id?, items, description?, price, destination })`: stores a new
+    /// order and resolves to its ID (assigned by the server when `id` is empty or missing). An
+    /// invalid order rejects with `codeName: "InvalidArgument"` and `fieldViolations`.
+    #[wasm_bindgen(js_name = addOrder)]
+    pub async fn add_order(&self, order: JsValue) -> Result<String, JsValue> {
+        let order = js::order_from_js(&order)?;
+        let mut grpc = self.grpc.clone();
+        match grpc.add_order(order).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(self.error(&status)),
+        }
+    }
+
+    /// `await client.searchOrders(text, onOrder)`: calls `onOrder(order)` for each order with an
+    /// item containing `text` (ignoring case) as it streams in, then resolves to how many there
+    /// were.
+    #[wasm_bindgen(js_name = searchOrders)]
+    pub async fn search_orders(
+        &self,
+        text: String,
+        on_order: js_sys::Function,
+    ) -> Result<u32, JsValue> {
+        let mut grpc = self.grpc.clone();
+        let mut orders = grpc
+            .search_orders(text)
+            .await
+            .map_err(|status| self.error(&status))?
+            .into_inner();
+        let mut count = 0;
+        while let Some(order) = orders
+            .message()
+            .await
+            .map_err(|status| self.error(&status))?
+        {
+            count += 1;
+            on_order.call1(&JsValue::NULL, &js::order_to_js(&order))?;
+        }
+        Ok(count)
+    }
+}
+
+impl OrderClient {
+    fn error(&self, status: &tonic::Status) -> JsValue {
+        js::status_to_error(status, &self.base_url)
     }
 }
 

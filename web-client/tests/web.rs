@@ -86,3 +86,69 @@ async fn calls_can_overlap() {
     assert_eq!(get(&a.expect("102"), "id"), "102");
     assert_eq!(get(&b.expect("105"), "id"), "105");
 }
+
+#[wasm_bindgen_test]
+async fn search_orders_streams_each_match_to_the_callback() {
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
+    let record = {
+        let seen = seen.clone();
+        wasm_bindgen::closure::Closure::<dyn FnMut(JsValue)>::new(move |order: JsValue| {
+            seen.borrow_mut()
+                .push(get(&order, "id").as_string().unwrap());
+        })
+    };
+    let count = client(SERVER)
+        .search_orders(
+            "google".into(),
+            record.as_ref().unchecked_ref::<js_sys::Function>().clone(),
+        )
+        .await
+        .expect("search");
+    assert_eq!(count, 2);
+    assert_eq!(*seen.borrow(), ["102", "104"]);
+
+    let none = client(SERVER)
+        .search_orders(
+            "no such item".into(),
+            record.as_ref().unchecked_ref::<js_sys::Function>().clone(),
+        )
+        .await
+        .expect("an empty search is not an error");
+    assert_eq!(none, 0);
+}
+
+fn plain_order(items: &[&str], price: f64, destination: &str) -> JsValue {
+    let order = js_sys::Object::new();
+    let items: js_sys::Array = items.iter().map(|&i| JsValue::from_str(i)).collect();
+    Reflect::set(&order, &"items".into(), &items).unwrap();
+    Reflect::set(&order, &"price".into(), &price.into()).unwrap();
+    Reflect::set(&order, &"destination".into(), &destination.into()).unwrap();
+    order.into()
+}
+
+#[wasm_bindgen_test]
+async fn add_order_resolves_to_the_new_id() {
+    let client = client(SERVER);
+    let id = client
+        .add_order(plain_order(&["Wasm mug"], 12.5, "Portland, OR"))
+        .await
+        .expect("added");
+    let stored = client.get_order(id.clone()).await.expect("stored");
+    assert_eq!(get(&stored, "id").as_string(), Some(id));
+    assert_eq!(get(&stored, "destination"), "Portland, OR");
+}
+
+#[wasm_bindgen_test]
+async fn a_rejected_add_exposes_its_field_violations() {
+    let bad = plain_order(&["ok", ""], -3.0, "");
+    let error = rejection(client(SERVER).add_order(bad).await.map(JsValue::from)).await;
+    assert_eq!(get(&error, "codeName"), "InvalidArgument");
+    assert_eq!(get(&error, "code").as_f64(), Some(3.0));
+    let fields: Vec<String> = js_sys::Array::from(&get(&error, "fieldViolations"))
+        .iter()
+        .map(|v| get(&v, "field").as_string().unwrap())
+        .collect();
+    assert_eq!(fields, ["items[1]", "price", "destination"]);
+    let first = js_sys::Array::from(&get(&error, "fieldViolations")).get(0);
+    assert_eq!(get(&first, "description"), "must not be empty");
+}
