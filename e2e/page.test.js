@@ -29,7 +29,7 @@ async function openPage(query = "") {
 }
 
 async function lookUp(page, id, { withEnter = false } = {}) {
-  const input = page.getByLabel("Order ID");
+  const input = page.getByLabel("Order ID", { exact: true });
   await input.fill(id);
   if (withEnter) await input.press("Enter");
   else await page.click("#lookup");
@@ -104,10 +104,67 @@ test("the button is disabled while a call is in flight", async () => {
 test("an empty lookup asks for an ID instead of calling", async () => {
   const { page } = await openPage();
   await page.waitForSelector("#lookup:not([disabled])");
-  await page.getByLabel("Order ID").fill("   ");
-  await page.getByLabel("Order ID").press("Enter");
+  await page.getByLabel("Order ID", { exact: true }).fill("   ");
+  await page.getByLabel("Order ID", { exact: true }).press("Enter");
   // `required` lets whitespace through; the page itself explains.
   await page.locator("#error").waitFor({ state: "visible" });
   assert.match(await page.locator("#error").innerText(), /Enter an order ID/);
+  await page.close();
+});
+
+test("a search shows every matching order as it streams in", async () => {
+  const { page, problems } = await openPage();
+  await page.waitForSelector("#search:not([disabled])");
+  await page.getByLabel("Item contains").fill("google");
+  await page.click("#search");
+  await page.waitForFunction(() => /2 orders/.test(document.querySelector("#search-status").textContent));
+  const results = await page.locator("#search-results li").allInnerTexts();
+  assert.equal(results.length, 2);
+  assert.match(results[0], /^Order 102 .*Google Pixel 3A/);
+  assert.match(results[1], /^Order 104 .*Google Home Mini/);
+
+  await page.getByLabel("Item contains").fill("Nokia");
+  await page.getByLabel("Item contains").press("Enter");
+  await page.waitForFunction(() => /No order/.test(document.querySelector("#search-status").textContent));
+  assert.equal(await page.locator("#search-results li").count(), 0);
+
+  // A result is a link that looks the order up.
+  await page.getByLabel("Item contains").fill("echo");
+  await page.click("#search");
+  await page.waitForFunction(() => /2 orders/.test(document.querySelector("#search-status").textContent));
+  await page.click("#search-results li >> text=Order 106");
+  await page.locator("#result").waitFor({ state: "visible" });
+  assert.match(await page.locator("#result").innerText(), /Apple iPhone XS/);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("the add form shows field errors beside the fields, then adds a valid order", async () => {
+  const { page, problems } = await openPage();
+  await page.waitForSelector("#add:not([disabled])");
+  await page.getByLabel("Price (USD)").fill("-5");
+  await page.click("#add");
+  await page.locator("[data-error-for=items]").waitFor({ state: "visible" });
+  assert.match(await page.locator("[data-error-for=items]").innerText(), /at least one item/);
+  assert.match(await page.locator("[data-error-for=price]").innerText(), /must not be negative/);
+  assert.match(await page.locator("[data-error-for=destination]").innerText(), /must not be empty/);
+  assert.equal(await page.isVisible("[data-error-for=description]"), false);
+  assert.equal(await page.getAttribute("#add-price", "aria-invalid"), "true");
+
+  await page.getByLabel("Items").fill("Desk lamp\nBulb");
+  await page.getByLabel("Destination").fill("Denver, CO");
+  await page.getByLabel("Price (USD)").fill("42.5");
+  await page.click("#add");
+  await page.waitForFunction(() => /Added order/.test(document.querySelector("#add-status").textContent));
+  const id = (await page.locator("#add-status a").innerText()).trim();
+  assert.ok(id.length > 0);
+  assert.equal(await page.isVisible("[data-error-for=price]"), false, "old errors are cleared");
+
+  await lookUp(page, id);
+  await page.locator("#result").waitFor({ state: "visible" });
+  const text = await page.locator("#result").innerText();
+  assert.match(text, /Desk lamp/);
+  assert.match(text, /\$42\.50/);
+  assert.deepEqual(problems, []);
   await page.close();
 });

@@ -94,6 +94,118 @@ form.addEventListener("submit", (event) => {
   if (client) lookup(input.value);
 });
 
+// ---- search: results are shown as the server streams them -------------------------------------
+
+const searchForm = $("search-form");
+const searchButton = $("search");
+const searchResults = $("search-results");
+const searchStatus = $("search-status");
+
+function orderSummary(order) {
+  const li = document.createElement("li");
+  const link = document.createElement("a");
+  link.href = `?id=${encodeURIComponent(order.id)}`;
+  link.textContent = `Order ${order.id}`;
+  link.addEventListener("click", (event) => {
+    event.preventDefault();
+    input.value = order.id;
+    lookup(order.id);
+    input.scrollIntoView({ behavior: "smooth", block: "center" });
+  });
+  const details = document.createElement("span");
+  details.textContent = ` ${order.items.join(", ")} to ${order.destination}, ${money.format(order.price)}`;
+  li.append(link, details);
+  return li;
+}
+
+searchForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!client) return;
+  const text = $("search-text").value.trim();
+  searchResults.replaceChildren();
+  searchStatus.classList.remove("error");
+  searchStatus.textContent = "Searching…";
+  searchStatus.hidden = false;
+  searchButton.disabled = true;
+  try {
+    const count = await client.searchOrders(text, (order) => searchResults.append(orderSummary(order)));
+    const what = text ? `with an item containing “${text}”` : "in all";
+    searchStatus.textContent = count === 0 ? `No order has an item containing “${text}”.` : `${count} order${count === 1 ? "" : "s"} ${what}.`;
+  } catch (error) {
+    searchStatus.textContent = `The search failed: ${error.message}`;
+    searchStatus.classList.add("error");
+  } finally {
+    searchButton.disabled = false;
+  }
+});
+
+// ---- add: field errors from the server appear next to their fields ----------------------------
+
+const addForm = $("add-form");
+const addButton = $("add");
+const addStatus = $("add-status");
+
+function clearFieldErrors() {
+  for (const box of addForm.querySelectorAll("[data-error-for]")) {
+    box.hidden = true;
+    box.textContent = "";
+  }
+  for (const field of addForm.querySelectorAll("[aria-invalid]")) field.removeAttribute("aria-invalid");
+}
+
+// "items[2]" -> the items box; each violation is shown beside the field it names.
+function showFieldErrors(violations) {
+  for (const { field, description } of violations) {
+    const name = field.replace(/\[\d+\]$/, "");
+    const box = addForm.querySelector(`[data-error-for="${name}"]`);
+    if (!box) continue;
+    const index = /\[(\d+)\]$/.exec(field);
+    const text = index ? `Item ${Number(index[1]) + 1} ${description}.` : `${capitalize(name)} ${description}.`;
+    box.textContent = box.textContent ? `${box.textContent} ${text}` : text;
+    box.hidden = false;
+    $(`add-${name}`).setAttribute("aria-invalid", "true");
+  }
+}
+
+const capitalize = (word) => word.charAt(0).toUpperCase() + word.slice(1);
+
+addForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!client) return;
+  clearFieldErrors();
+  addStatus.hidden = true;
+  addStatus.classList.remove("error");
+  const priceText = $("add-price").value.trim();
+  const order = {
+    id: $("add-id").value.trim(),
+    items: $("add-items").value.split("\n").map((item) => item.trim()).filter(Boolean),
+    description: $("add-description").value.trim(),
+    price: priceText === "" ? NaN : Number(priceText),
+    destination: $("add-destination").value.trim(),
+  };
+  addButton.disabled = true;
+  try {
+    const id = await client.addOrder(order);
+    addForm.reset();
+    addStatus.replaceChildren("Added order ", Object.assign(document.createElement("a"), {
+      href: `?id=${encodeURIComponent(id)}`,
+      textContent: id,
+    }), ".");
+    addStatus.hidden = false;
+  } catch (error) {
+    if (error.fieldViolations?.length) {
+      showFieldErrors(error.fieldViolations);
+      addStatus.textContent = "Please correct the highlighted fields.";
+    } else {
+      addStatus.textContent = `The order was not added: ${error.message}`;
+    }
+    addStatus.classList.add("error");
+    addStatus.hidden = false;
+  } finally {
+    addButton.disabled = false;
+  }
+});
+
 async function start() {
   try {
     const wasm = await import("./pkg/order_web_client.js");
@@ -105,6 +217,8 @@ async function start() {
     return;
   }
   button.disabled = false;
+  searchButton.disabled = false;
+  addButton.disabled = false;
   const id = new URLSearchParams(location.search).get("id");
   if (id) {
     input.value = id;
