@@ -16,6 +16,8 @@ import unittest
 from pathlib import Path
 
 import grpc
+from grpc_status import rpc_status
+from google.rpc import error_details_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +93,74 @@ class PythonGrpcio(unittest.TestCase):
         self.assertEqual(order.destination, "Mountain View, CA")
         self.assertEqual(order.price, 300.0)
 
+    def test_add_order_assigns_an_id(self):
+        new = pb.Order(items=["Python mug"], price=7.5, destination="Boston, MA")
+        order_id = self.stub.addOrder(new, timeout=5).value
+        self.assertTrue(order_id)
+        stored = self.stub.getOrder(wrappers.StringValue(value=order_id), timeout=5)
+        self.assertEqual(list(stored.items), ["Python mug"])
+
+    def test_add_existing_id_is_already_exists(self):
+        with self.assertRaises(grpc.RpcError) as raised:
+            self.stub.addOrder(pb.Order(id="102", items=["x"], price=1, destination="y"), timeout=5)
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.ALREADY_EXISTS)
+
+    def test_invalid_add_carries_bad_request_details(self):
+        bad = pb.Order(items=["ok", ""], price=-1, destination="")
+        with self.assertRaises(grpc.RpcError) as raised:
+            self.stub.addOrder(bad, timeout=5)
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        status = rpc_status.from_call(raised.exception)
+        self.assertIsNotNone(status, "grpc-status-details-bin is present")
+        bad_requests = []
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                bad_requests.append(bad_request)
+        self.assertEqual(len(bad_requests), 1)
+        fields = [v.field for v in bad_requests[0].field_violations]
+        self.assertEqual(fields, ["items[1]", "price", "destination"])
+
+    def test_search_streams_the_matches(self):
+        found = [o.id for o in self.stub.searchOrders(wrappers.StringValue(value="Google"), timeout=5)]
+        self.assertEqual(found, ["102", "104"])
+        none = list(self.stub.searchOrders(wrappers.StringValue(value="Nokia"), timeout=5))
+        self.assertEqual(none, [])
+
+    def test_update_is_all_or_nothing(self):
+        updates = [
+            pb.Order(id="105", items=["Amazon Echo Dot"], price=35, destination="San Jose, CA"),
+            pb.Order(id="nope", items=["x"], price=1, destination="y"),
+        ]
+        with self.assertRaises(grpc.RpcError) as raised:
+            self.stub.updateOrders(iter(updates), timeout=5)
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.NOT_FOUND)
+        unchanged = self.stub.getOrder(wrappers.StringValue(value="105"), timeout=5)
+        self.assertEqual(list(unchanged.items), ["Amazon Echo"])
+
+        summary = self.stub.updateOrders(iter(updates[:1]), timeout=5).value
+        self.assertIn("105", summary)
+        changed = self.stub.getOrder(wrappers.StringValue(value="105"), timeout=5)
+        self.assertEqual(list(changed.items), ["Amazon Echo Dot"])
+
+    def test_process_groups_by_destination(self):
+        ids = (wrappers.StringValue(value=i) for i in ["102", "103", "104", "105", "106"])
+        shipments = list(self.stub.processOrders(ids, timeout=5))
+        groups = sorted(sorted(o.id for o in s.ordersList) for s in shipments)
+        self.assertEqual(groups, [["102", "104", "106"], ["103", "105"]])
+        for shipment in shipments:
+            self.assertEqual(len({o.destination for o in shipment.ordersList}), 1)
+            self.assertTrue(shipment.id)
+            self.assertTrue(shipment.status)
+
+    def test_process_unknown_id_is_not_found(self):
+        ids = (wrappers.StringValue(value=i) for i in ["102", "ghost"])
+        with self.assertRaises(grpc.RpcError) as raised:
+            list(self.stub.processOrders(ids, timeout=5))
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.NOT_FOUND)
+        self.assertIn("ghost", raised.exception.details())
+
     def test_unknown_order_is_not_found(self):
         with self.assertRaises(grpc.RpcError) as raised:
             self.stub.getOrder(wrappers.StringValue(value="999"), timeout=5)
@@ -130,6 +200,20 @@ class BufCurl(unittest.TestCase):
             )
             self.assertEqual(result.returncode, 0, result.stderr)
             self.assertIn("OrderManagement/getOrder", result.stdout.split())
+
+    def test_grpc_web_streams_search_as_two_orders(self):
+        result = buf_curl(
+            "--protocol", "grpcweb", "-d", '"Google"', f"http://{SERVER.address}/OrderManagement/searchOrders"
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        # buf curl prints each streamed message as its own JSON document.
+        decoder = json.JSONDecoder()
+        text, orders = result.stdout.strip(), []
+        while text:
+            order, end = decoder.raw_decode(text)
+            orders.append(order)
+            text = text[end:].strip()
+        self.assertEqual([o["id"] for o in orders], ["102", "104"])
 
     def test_not_found_over_grpc_web(self):
         result = buf_curl(
