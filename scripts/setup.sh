@@ -39,7 +39,7 @@ apt_install chromium chromium-driver
 
 if [ "${1:-}" = "bench" ]; then
   apt_install nghttp2-client golang-go golang-google-grpc-dev golang-google-protobuf-dev \
-    golang-github-golang-protobuf-1-5-dev protoc-gen-go-grpc protobuf-compiler util-linux
+    golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc protobuf-compiler util-linux
 fi
 
 # The wasm32 standard library ---------------------------------------------------------------------

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""`make bench`: getOrder under load, order-server against the tutorial's Go server and a bare
+hyper ceiling, in one run that prints one table and the ratios.
+
+Each server runs pinned to CPU 0 and h2load to CPU 1 (taskset). For each server and cell: a
+warm-up, then ROUNDS measured runs of DURATION seconds; the table shows medians. Measured per run:
+requests/s (h2load), server CPU time per request (/proc/PID/stat before and after), failed calls
+(transport errors, non-2xx, and gRPC errors under HTTP 200, counted from the response bytes:
+every successful answer carries the order, a failed one does not) and, per server, peak RSS
+(VmHWM).
+"""
+
+import argparse
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# StringValue{"106"} in a gRPC frame: the request every call sends.
+GET_106 = b"\x00\x00\x00\x00\x05\x0a\x03106"
+
+CELLS = {
+    "native": {
+        "title": "native gRPC, h2c, 16 conns x 16 streams",
+        "args": ["-c", "16", "-m", "16", "-H", "content-type: application/grpc", "-H", "te: trailers"],
+    },
+    "web": {
+        "title": "gRPC-Web, HTTP/1.1, 64 conns",
+        "args": ["--h1", "-c", "64", "-m", "1", "-H", "content-type: application/grpc-web+proto",
+                 "-H", "x-grpc-web: 1"],
+    },
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, process, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start listening")
+
+
+def cpu_ticks(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def peak_rss_kib(pid):
+    match = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(match.group(1))
+
+
+def h2load(url, cell, body_file, cpu, duration=None, requests=None):
+    args = CELLS[cell]["args"]
+    if requests == 1:
+        # One call on one connection: h2load wants at least as many requests as clients.
+        args = [a if args[i - 1] not in ("-c", "-m") else "1" for i, a in enumerate(args)]
+    command = ["taskset", "-c", str(cpu), "h2load", *args, "-d", str(body_file)]
+    command += ["-D", str(duration)] if duration else ["-n", str(requests)]
+    command.append(f"{url}/OrderManagement/getOrder")
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600).stdout
+    number = lambda pattern: float(re.search(pattern, out).group(1))
+    return {
+        "rps": number(r"finished in [\d.]+\w*, ([\d.]+) req/s"),
+        "done": int(number(r"requests: \d+ total, \d+ started, (\d+) done")),
+        "failed": int(number(r"(\d+) failed")) + int(number(r"(\d+) errored")) + int(number(r"(\d+) timeout")),
+        "non2xx": sum(int(n) for n in re.search(r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out).groups()),
+        "data": data_bytes(out),
+        "raw": out,
+    }
+
+
+def data_bytes(out):
+    # "traffic: 1.2MB (1234567) total, 10KB (10240) headers (space savings 95%), 1MB (1048576) data"
+    match = re.search(r"\((\d+)\) data", out)
+    return int(match.group(1))
+
+
+class Server:
+    def __init__(self, name, command, port, cpu):
+        self.name = name
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "RUST_LOG": "warn"}
+        self.process = subprocess.Popen(["taskset", "-c", str(cpu), *command], env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(port, self.process)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+def measure(server, cell, body_file, args):
+    # One successful call's response bytes, to count calls that did not carry the order.
+    probe = h2load(server.url, cell, body_file, args.load_cpu, requests=1)
+    if probe["done"] != 1 or probe["non2xx"] or probe["failed"]:
+        raise RuntimeError(f"{server.name} does not answer {cell} calls:\n{probe['raw']}")
+    per_call = probe["data"]
+    h2load(server.url, cell, body_file, args.load_cpu, duration=args.warmup)
+    runs = []
+    for _ in range(args.rounds):
+        before = cpu_ticks(server.process.pid)
+        result = h2load(server.url, cell, body_file, args.load_cpu, duration=args.duration)
+        ticks = cpu_ticks(server.process.pid) - before
+        answered = result["data"] // per_call if per_call else 0
+        failed = max(result["done"] - answered, 0) + result["failed"] + result["non2xx"]
+        runs.append({
+            "rps": result["rps"],
+            "cpu_us": ticks / CLK_TCK * 1e6 / max(result["done"], 1),
+            "failed": failed,
+        })
+    return {
+        "rps": statistics.median(r["rps"] for r in runs),
+        "cpu_us": statistics.median(r["cpu_us"] for r in runs),
+        "failed": sum(r["failed"] for r in runs),
+        "rounds": [round(r["rps"]) for r in runs],
+    }
+
+
+def check_answers(server, cell, body_file):
+    """Order 106 with grpc-status 0, asked the way the load generator asks."""
+    headers = ["-H", "content-type: application/grpc-web+proto"] if cell == "web" else [
+        "--http2-prior-knowledge", "-H", "content-type: application/grpc", "-H", "te: trailers"]
+    out = subprocess.run(["curl", "-sS", "-i", "--data-binary", f"@{body_file}", *headers,
+                          f"{server.url}/OrderManagement/getOrder"], capture_output=True, timeout=10).stdout
+    if b"Apple iPhone XS" not in out:
+        raise RuntimeError(f"{server.name} did not return order 106 over {cell}: {out[:300]!r}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 5)))
+    parser.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", 5)),
+                        help="seconds per measured run")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per server and cell")
+    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--load-cpu", type=int, default=1)
+    parser.add_argument("--order-server", default=str(ROOT / "target/release/order-server"))
+    parser.add_argument("--ceiling", default=str(ROOT / "target/release/bench-ceiling"))
+    parser.add_argument("--go-server", default=str(ROOT / "target/bench/go/tutorial-server"))
+    args = parser.parse_args()
+
+    body_file = ROOT / "target/bench/get106.bin"
+    body_file.parent.mkdir(parents=True, exist_ok=True)
+    body_file.write_bytes(GET_106)
+
+    servers = [
+        ("order-server", lambda port: [args.order_server, "--listen", f"127.0.0.1:{port}"], ["native", "web"]),
+        ("tutorial Go", lambda port: [args.go_server, f"127.0.0.1:{port}"], ["native"]),
+        ("hyper ceiling", lambda port: [args.ceiling, f"127.0.0.1:{port}"], ["native", "web"]),
+    ]
+    results = {}
+    for name, command, cells in servers:
+        port = free_port()
+        server = Server(name, command(port), port, args.server_cpu)
+        try:
+            for cell in cells:
+                check_answers(server, cell, body_file)
+                print(f"  measuring {name}, {CELLS[cell]['title']} ...", file=sys.stderr, flush=True)
+                results[(name, cell)] = measure(server, cell, body_file, args)
+            rss = peak_rss_kib(server.process.pid)
+            for cell in cells:
+                results[(name, cell)]["rss_mib"] = rss / 1024
+        finally:
+            server.stop()
+
+    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    print(f"Machine: {os.cpu_count()} cores ({cpu.group(1) if cpu else 'unknown CPU'}), "
+          f"{os.uname().sysname} {os.uname().release}")
+    print(f"Server pinned to CPU {args.server_cpu}, h2load to CPU {args.load_cpu}; "
+          f"{args.warmup} s warm-up, then {args.rounds} rounds of {args.duration} s; medians.\n")
+    header = f"{'cell':<42} {'server':<14} {'req/s':>9} {'CPU µs/req':>11} {'failed':>7} {'peak RSS':>9}"
+    print(header)
+    print("-" * len(header))
+    for cell in CELLS:
+        first = True
+        for name, _, cells in servers:
+            title = CELLS[cell]["title"] if first else ""
+            first = False
+            if cell not in cells:
+                print(f"{title:<42} {name:<14} {'n/a (no gRPC-Web: the tutorial puts Envoy in front)':>40}")
+                continue
+            r = results[(name, cell)]
+            print(f"{title:<42} {name:<14} {r['rps']:>9.0f} {r['cpu_us']:>11.1f} {r['failed']:>7} {r['rss_mib']:>7.1f} MB")
+    print()
+
+    def ratio(a, b, cell, target):
+        value = results[(a, cell)]["rps"] / results[(b, cell)]["rps"]
+        verdict = "met" if value >= target else "NOT met"
+        return f"{value:.2f}x (target >= {target}x: {verdict})"
+
+    print("Ratios of requests/s (medians):")
+    print(f"  native gRPC: order-server / tutorial Go   = {ratio('order-server', 'tutorial Go', 'native', 1.3)}")
+    print(f"  native gRPC: order-server / hyper ceiling = {ratio('order-server', 'hyper ceiling', 'native', 0.8)}")
+    print(f"  gRPC-Web:    order-server / hyper ceiling = {ratio('order-server', 'hyper ceiling', 'web', 0.8)}")
+    failed = sum(r["failed"] for (name, _), r in results.items() if name == "order-server")
+    rss = max(r["rss_mib"] for (name, _), r in results.items() if name == "order-server")
+    print(f"  order-server: {failed} failed calls (target 0); peak RSS {rss:.1f} MB (target < 20 MB)")
+    print("\nrequests/s of each round:")
+    for (name, cell), r in results.items():
+        print(f"  {name:<14} {cell:<7} {r['rounds']}")
+
+
+if __name__ == "__main__":
+    main()
