@@ -1,32 +1,47 @@
-//! The HTTP application: one router for gRPC, gRPC-Web and the web page.
+//! The HTTP application: one service for gRPC, gRPC-Web and the web page.
 //!
 //! Requests are split by what they are, not by path:
-//! - gRPC (`content-type: application/grpc*`) and CORS preflights go to the gRPC side, which is the
-//!   tonic services wrapped in tonic-web (gRPC-Web translation) and CORS. An unknown service or
+//! - gRPC (`content-type: application/grpc*`) and CORS preflights go to the gRPC side: the tonic
+//!   services behind deadlines, tonic-web (gRPC-Web translation) and CORS. An unknown service or
 //!   method there is answered `UNIMPLEMENTED`, as any gRPC client expects.
+//!   Calls to `OrderManagement`, the hot path, go straight to its tonic service (natively) or
+//!   through just tonic-web and CORS (gRPC-Web); health, reflection and unknown services go
+//!   through tonic's router.
 //! - Everything else is a plain web request and gets the static files, with 404s for what is not
 //!   there. gRPC-Web and CORS never touch it: `GrpcWebLayer` would answer plain HTTP/1 with 400.
 
-use std::{convert::Infallible, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use axum::{
-    body::Body,
-    extract::Request,
-    http::{header, HeaderName, Method, StatusCode},
+    http::{header, HeaderName, Method, StatusCode, Version},
     response::IntoResponse,
+    routing::future::RouteFuture,
     Router,
 };
+use bytes::Bytes;
+use http::{Request, Response};
 use order_api::pb::order_management_server::OrderManagementServer;
-use tonic::service::Routes;
+use tonic::{body::Body as GrpcBody, codegen::BoxFuture, service::Routes};
 use tonic_health::server::HealthReporter;
-use tower::{service_fn, ServiceExt};
+use tonic_web::GrpcWebService;
+use tower::{service_fn, Layer, Service};
 use tower_http::{
-    cors::{AllowOrigin, CorsLayer},
+    cors::{AllowOrigin, Cors, CorsLayer},
     services::ServeDir,
     trace::TraceLayer,
 };
 
-use crate::{config::Config, deadline::DeadlineLayer, service::OrderService};
+use crate::{
+    config::Config,
+    deadline::{DeadlineFuture, DeadlineLayer, DeadlineService},
+    service::OrderService,
+};
 
 /// Request headers a gRPC-Web client in a browser sends and CORS must allow.
 pub const CORS_ALLOW_HEADERS: [HeaderName; 4] = [
@@ -46,24 +61,10 @@ pub const CORS_EXPOSE_HEADERS: [HeaderName; 3] = [
 /// How long a browser may cache a preflight answer.
 const CORS_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Builds the whole application around `orders`; `health` is served beside it.
-pub fn app(orders: OrderService, config: &Config, health: HealthServices) -> Router {
-    let grpc = grpc_router(orders, config, health);
-    let files = files_router(config);
-    let split = service_fn(move |request: Request| {
-        let target = if is_grpc(&request) {
-            grpc.clone()
-        } else {
-            files.clone()
-        };
-        async move { Ok::<_, Infallible>(target.oneshot(request).await.into_response()) }
-    });
-    Router::new()
-        .fallback_service(split)
-        .layer(TraceLayer::new_for_http())
-}
+/// The wire path prefix of the order service's RPCs.
+const ORDERS_PREFIX: &str = "/OrderManagement/";
 
-/// The health service, built with its reporter by [`crate::run`].
+/// The health service, built with its reporter by [`health`].
 pub type HealthServices =
     tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
 
@@ -77,28 +78,59 @@ pub fn health() -> (HealthReporter, HealthServices) {
     )
 }
 
-/// gRPC and gRPC-Web: the order service, health and reflection, behind deadlines, tonic-web and
-/// CORS.
-fn grpc_router(orders: OrderService, config: &Config, health: HealthServices) -> Router {
+/// The order service as native gRPC clients reach it: deadlines, then tonic.
+type NativeOrders = DeadlineService<OrderManagementServer<OrderService>>;
+/// The order service as browsers reach it: CORS, gRPC-Web translation, then as natively.
+type WebOrders = Cors<GrpcWebService<NativeOrders>>;
+
+/// The whole application as one service. Cheap to clone (one clone per connection).
+#[derive(Clone)]
+pub struct App {
+    native_orders: NativeOrders,
+    web_orders: WebOrders,
+    grpc: Router,
+    files: Router,
+}
+
+/// Builds the application around `orders`; `health` is served beside it.
+pub fn app(orders: OrderService, config: &Config, health: HealthServices) -> App {
     let orders = OrderManagementServer::new(orders)
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size);
+    let native_orders = DeadlineLayer.layer(orders.clone());
+    let web_orders =
+        cors(config).layer(tonic_web::GrpcWebLayer::new().layer(native_orders.clone()));
+    App {
+        native_orders,
+        web_orders,
+        grpc: grpc_router(orders, config, health),
+        files: files_router(config),
+    }
+}
+
+/// All gRPC services (orders, health, reflection), behind deadlines, tonic-web and CORS, with
+/// `UNIMPLEMENTED` for any other service.
+fn grpc_router(
+    orders: OrderManagementServer<OrderService>,
+    config: &Config,
+    health: HealthServices,
+) -> Router {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(order_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     const VALID: &str = "the descriptor sets embedded at build time are valid";
-    let routes = Routes::new(orders)
+    Routes::new(orders)
         .add_service(health)
         .add_service(reflection().build_v1().expect(VALID))
         .add_service(reflection().build_v1alpha().expect(VALID))
-        .prepare();
-    routes
+        .prepare()
         .into_axum_router()
         .layer(DeadlineLayer)
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(cors(config))
+        .layer(TraceLayer::new_for_http())
 }
 
 fn cors(config: &Config) -> CorsLayer {
@@ -115,23 +147,213 @@ fn cors(config: &Config) -> CorsLayer {
 fn files_router(config: &Config) -> Router {
     let files = ServeDir::new(&config.static_dir)
         .append_index_html_on_directories(true)
-        .not_found_service(service_fn(|_: Request| async {
+        .not_found_service(service_fn(|_: axum::extract::Request| async {
             Ok::<_, Infallible>((StatusCode::NOT_FOUND, "404 not found\n").into_response())
         }));
-    Router::new().fallback_service(files)
+    Router::new()
+        .fallback_service(files)
+        .layer(TraceLayer::new_for_http())
 }
 
-/// True for requests the gRPC side answers: gRPC and gRPC-Web calls (by content type, on any
-/// path, so unknown services get `UNIMPLEMENTED`) and CORS preflights (only gRPC-Web needs CORS).
-fn is_grpc(request: &Request<Body>) -> bool {
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|value| value.as_bytes());
-    let grpc_content = content_type.is_some_and(|value| value.starts_with(b"application/grpc"));
-    let preflight = request.method() == Method::OPTIONS
-        && request
-            .headers()
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    grpc_content || preflight
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Native gRPC (HTTP/2) to `OrderManagement`.
+    NativeOrders,
+    /// gRPC-Web to `OrderManagement`.
+    WebOrders,
+    /// Any other gRPC or gRPC-Web call, or a CORS preflight.
+    Grpc,
+    /// A page request.
+    Files,
+}
+
+impl Route {
+    /// gRPC and gRPC-Web calls are recognised by content type on any path, so unknown services
+    /// get `UNIMPLEMENTED`; CORS preflights go to the gRPC side (only gRPC-Web needs CORS).
+    fn of<B>(request: &Request<B>) -> Route {
+        let headers = request.headers();
+        match headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()) {
+            Some(content_type) if content_type.starts_with(b"application/grpc") => {
+                if !request.uri().path().starts_with(ORDERS_PREFIX) {
+                    Route::Grpc
+                } else if content_type.starts_with(b"application/grpc-web") {
+                    Route::WebOrders
+                } else if request.version() == Version::HTTP_2 {
+                    Route::NativeOrders
+                } else {
+                    // Native gRPC needs HTTP/2; tonic-web answers this with 400.
+                    Route::Grpc
+                }
+            }
+            _ if request.method() == Method::OPTIONS
+                && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) =>
+            {
+                Route::Grpc
+            }
+            _ => Route::Files,
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for App
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + std::fmt::Display + Send + 'static,
+{
+    type Response = Response<GrpcBody>;
+    type Error = Infallible;
+    type Future = AppFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Every inner service is always ready: tonic's generated servers and axum's routers are.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> AppFuture {
+        match Route::of(&request) {
+            Route::NativeOrders => AppFuture::Native(self.native_orders.call(request)),
+            Route::WebOrders => AppFuture::Web(self.web_orders.call(request)),
+            Route::Grpc => AppFuture::Router(self.grpc.call(request)),
+            Route::Files => AppFuture::Router(self.files.call(request)),
+        }
+    }
+}
+
+type NativeFuture = DeadlineFuture<BoxFuture<Response<GrpcBody>, Infallible>>;
+type WebFuture = tower_http::cors::ResponseFuture<tonic_web::ResponseFuture<NativeFuture>>;
+
+/// The response future of [`App`], one variant per route, so no route pays for another's boxing.
+pub enum AppFuture {
+    /// Native gRPC to the order service.
+    Native(NativeFuture),
+    /// gRPC-Web to the order service.
+    Web(WebFuture),
+    /// Through an axum router (other gRPC services, the page).
+    Router(RouteFuture<Infallible>),
+}
+
+impl Future for AppFuture {
+    type Output = Result<Response<GrpcBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Every variant's future is `Unpin` (boxed, or made of boxes), so the enum is too and
+        // can be matched through `get_mut`.
+        match self.get_mut() {
+            AppFuture::Native(future) => Pin::new(future).poll(cx),
+            AppFuture::Web(future) => Pin::new(future).poll(cx),
+            AppFuture::Router(future) => Pin::new(future)
+                .poll(cx)
+                .map(|result| result.map(|response| response.map(GrpcBody::new))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        version: Version,
+    ) -> Request<()> {
+        let mut builder = Request::builder().method(method).uri(path).version(version);
+        if let Some(content_type) = content_type {
+            builder = builder.header(header::CONTENT_TYPE, content_type);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn requests_are_routed_by_kind() {
+        const HTTP_11: Version = Version::HTTP_11;
+        const HTTP_2: Version = Version::HTTP_2;
+        let cases = [
+            (
+                Method::POST,
+                "/OrderManagement/getOrder",
+                Some("application/grpc"),
+                HTTP_2,
+                Route::NativeOrders,
+            ),
+            (
+                Method::POST,
+                "/OrderManagement/getOrder",
+                Some("application/grpc+proto"),
+                HTTP_2,
+                Route::NativeOrders,
+            ),
+            (
+                Method::POST,
+                "/OrderManagement/getOrder",
+                Some("application/grpc"),
+                HTTP_11,
+                Route::Grpc,
+            ),
+            (
+                Method::POST,
+                "/OrderManagement/getOrder",
+                Some("application/grpc-web"),
+                HTTP_11,
+                Route::WebOrders,
+            ),
+            (
+                Method::POST,
+                "/OrderManagement/getOrder",
+                Some("application/grpc-web-text"),
+                HTTP_2,
+                Route::WebOrders,
+            ),
+            (
+                Method::POST,
+                "/grpc.health.v1.Health/Check",
+                Some("application/grpc"),
+                HTTP_2,
+                Route::Grpc,
+            ),
+            (
+                Method::POST,
+                "/Nope/x",
+                Some("application/grpc-web"),
+                HTTP_11,
+                Route::Grpc,
+            ),
+            (
+                Method::POST,
+                "/OrderManagement/getOrder",
+                Some("text/plain"),
+                HTTP_11,
+                Route::Files,
+            ),
+            (
+                Method::GET,
+                "/OrderManagement/getOrder",
+                None,
+                HTTP_11,
+                Route::Files,
+            ),
+            (Method::GET, "/", None, HTTP_2, Route::Files),
+        ];
+        for (method, path, content_type, version, route) in cases {
+            let request = request(method.clone(), path, content_type, version);
+            assert_eq!(
+                Route::of(&request),
+                route,
+                "{method} {path} {content_type:?} {version:?}"
+            );
+        }
+        let mut preflight = request(
+            Method::OPTIONS,
+            "/OrderManagement/getOrder",
+            None,
+            Version::HTTP_11,
+        );
+        preflight.headers_mut().insert(
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            "POST".parse().unwrap(),
+        );
+        assert_eq!(Route::of(&preflight), Route::Grpc);
+    }
 }

@@ -11,9 +11,8 @@ use std::{
     time::Duration,
 };
 
-use axum::{body::Body, response::Response};
-use futures::{stream::BoxStream, Stream, StreamExt};
-use http::Request;
+use futures::{future::Either, stream::BoxStream, Stream, StreamExt};
+use http::{Request, Response};
 use tokio::time::Instant;
 use tonic::Status;
 use tower::{Layer, Service};
@@ -40,36 +39,41 @@ pub struct DeadlineService<S> {
     inner: S,
 }
 
-impl<S> Service<Request<Body>> for DeadlineService<S>
+/// The response future of [`DeadlineService`]: the inner future as it is when the call has no
+/// deadline (nothing added to the hot path), boxed with a timer when it has one.
+pub type DeadlineFuture<F> = Either<F, Pin<Box<dyn Future<Output = <F as Future>::Output> + Send>>>;
+
+impl<S, B, ResBody> Service<Request<B>> for DeadlineService<S>
 where
-    S: Service<Request<Body>, Response = Response> + Send,
+    S: Service<Request<B>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
+    ResBody: Default + Send + 'static,
 {
-    type Response = Response;
+    type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+    type Future = DeadlineFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let timeout = request
             .headers()
             .get("grpc-timeout")
             .and_then(|value| parse_grpc_timeout(value.as_bytes()));
         let Some(timeout) = timeout else {
-            return Box::pin(self.inner.call(request));
+            return Either::Left(self.inner.call(request));
         };
         let deadline = Instant::now() + timeout;
         request.extensions_mut().insert(Deadline(deadline));
         let call = self.inner.call(request);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             match tokio::time::timeout_at(deadline, call).await {
                 Ok(response) => response,
                 Err(_) => Ok(deadline_exceeded().into_http()),
             }
-        })
+        }))
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Modules:
 //! - [`config`]: the typed command line and environment ([`Config`]);
-//! - [`app`]: the axum application that splits gRPC, gRPC-Web and page requests;
+//! - [`app`]: the application service that splits gRPC, gRPC-Web and page requests;
 //! - [`service`]: the `OrderManagement` RPCs;
 //! - [`order`]: validation of the orders clients send;
 //! - [`store`]: the shared order storage and the tutorial's sample data;
@@ -27,12 +27,16 @@ pub mod store;
 pub mod streams;
 pub mod telemetry;
 
-use std::future::{Future, IntoFuture};
+use std::{future::Future, time::Duration};
 
-use axum::serve::ListenerExt;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
 use order_api::pb::order_management_server::OrderManagementServer;
-use tokio::{net::TcpListener, sync::watch};
-use tracing::{info, warn};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
 
 pub use crate::{config::Config, service::OrderService, store::Store};
 
@@ -66,41 +70,53 @@ pub async fn serve(
         cors_origins = ?config.cors_origins,
         "serving gRPC, gRPC-Web and the web page",
     );
-
     warn_if_page_missing(&config.static_dir);
 
-    let (stopping_tx, mut stopping_rx) = watch::channel(false);
-    let signal = async move {
-        shutdown.await;
-        info!("shutting down: no new connections, finishing in-flight calls");
-        health_reporter
-            .set_not_serving::<OrderManagementServer<OrderService>>()
-            .await;
-        let _ = stopping_tx.send(true);
-    };
-    let listener = listener.tap_io(|tcp| {
+    // HTTP/1.1 and HTTP/2 (prior knowledge, as gRPC clients use it) on the same port.
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let connections = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
         // gRPC messages are small and latency-bound: send them at once.
-        if let Err(error) = tcp.set_nodelay(true) {
-            warn!(%error, "could not set TCP_NODELAY");
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%error, "cannot set TCP_NODELAY");
         }
-    });
-    let serve = axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .into_future();
-    let grace_over = async move {
-        let _ = stopping_rx.wait_for(|stopping| *stopping).await;
-        tokio::time::sleep(config.shutdown_grace).await;
-    };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                debug!(error = %error, "connection ended with an error");
+            }
+        });
+    }
+
+    drop(listener);
+    info!("shutting down: no new connections, finishing in-flight calls");
+    health_reporter
+        .set_not_serving::<OrderManagementServer<OrderService>>()
+        .await;
     tokio::select! {
-        result = serve => {
-            info!("stopped");
-            result
-        }
-        () = grace_over => {
+        () = connections.shutdown() => info!("stopped"),
+        () = tokio::time::sleep(config.shutdown_grace) => {
             warn!(grace = ?config.shutdown_grace, "stopped with calls still in flight after the grace period");
-            Ok(())
         }
     }
+    Ok(())
 }
 
 /// The page is optional for the API, but a person opening it deserves a hint in the log.

@@ -85,7 +85,7 @@ enum Process {
 #[allow(non_camel_case_types)]
 #[tonic::async_trait]
 impl OrderManagement for OrderService {
-    #[instrument(skip_all, fields(order_id = %Echo(&request.get_ref().id)))]
+    #[instrument(level = "debug", skip_all, fields(order_id = %Echo(&request.get_ref().id)))]
     async fn add_order(&self, request: Request<Order>) -> Result<Response<String>, Status> {
         let order = ValidOrder::try_from(request.into_inner())?;
         let id = self.store.add(order)?;
@@ -93,7 +93,7 @@ impl OrderManagement for OrderService {
         Ok(Response::new(id))
     }
 
-    #[instrument(skip_all, fields(order_id = %Echo(request.get_ref())))]
+    #[instrument(level = "debug", skip_all, fields(order_id = %Echo(request.get_ref())))]
     async fn get_order(&self, request: Request<String>) -> Result<Response<Order>, Status> {
         let id = request.into_inner();
         if id.is_empty() {
@@ -104,7 +104,7 @@ impl OrderManagement for OrderService {
 
     type searchOrdersStream = BoxStream<'static, Result<Order, Status>>;
 
-    #[instrument(skip_all, fields(text = %Echo(request.get_ref())))]
+    #[instrument(level = "debug", skip_all, fields(text = %Echo(request.get_ref())))]
     async fn search_orders(
         &self,
         request: Request<String>,
@@ -119,7 +119,7 @@ impl OrderManagement for OrderService {
         Ok(Response::new(until_deadline(stream, deadline)))
     }
 
-    #[instrument(skip_all)]
+    #[instrument(level = "debug", skip_all)]
     async fn update_orders(
         &self,
         request: Request<Streaming<Order>>,
@@ -143,7 +143,7 @@ impl OrderManagement for OrderService {
 
     type processOrdersStream = BoxStream<'static, Result<CombinedShipment, Status>>;
 
-    #[instrument(skip_all)]
+    #[instrument(level = "debug", skip_all)]
     async fn process_orders(
         &self,
         request: Request<Streaming<String>>,

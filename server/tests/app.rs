@@ -1,21 +1,24 @@
 //! In-process tests of the HTTP application (`app().oneshot(..)`): the web page, 404s, path
 //! traversal and CORS.
 
-use axum::{body::Body, Router};
+use axum::body::Body;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use order_server::{app, Config, OrderService, Store};
+use order_server::{
+    app::{self, App},
+    Config, OrderService, Store,
+};
 use tower::ServiceExt;
 
 const ALLOWED: &str = "http://allowed.test:8080";
 
-fn app_with(config: Config) -> Router {
+fn app_with(config: Config) -> App {
     let (_reporter, health) = app::health();
     let orders = OrderService::new(Store::with_sample_data(), config.batch_size);
     app::app(orders, &config, health)
 }
 
-fn test_app() -> Router {
+fn test_app() -> App {
     let mut config = Config::for_tests();
     config.cors_origins = vec![ALLOWED.parse().unwrap()];
     app_with(config)
