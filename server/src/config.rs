@@ -37,6 +37,11 @@ pub struct Config {
     #[arg(long, env = "ORDER_BATCH_SIZE", default_value = "3")]
     pub batch_size: std::num::NonZeroUsize,
 
+    /// Worker threads. 0 (the default) means one per CPU this process may run on; with one, the
+    /// server runs on a single-threaded runtime, which is the fastest way to use one core.
+    #[arg(long, env = "ORDER_THREADS", default_value_t = 0)]
+    pub threads: usize,
+
     /// How long in-flight calls may run after SIGINT/SIGTERM before the server stops anyway, in
     /// seconds.
     #[arg(long, env = "ORDER_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_seconds)]
@@ -44,6 +49,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// How many worker threads to run: `--threads`, or one per CPU this process may use.
+    pub fn worker_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// The defaults, as `order-server` with no flags and no environment would run. For tests.
     pub fn for_tests() -> Self {
         Self::parse_from(["order-server"])

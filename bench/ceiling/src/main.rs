@@ -106,8 +106,19 @@ impl hyper::body::Body for GrpcBody {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::io::Result<()> {
+/// The same runtime choice as `order-server`: single-threaded when the process may use one CPU
+/// (as under the benchmark's taskset), so the two are compared on equal terms.
+fn main() -> std::io::Result<()> {
+    let runtime = match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()?;
+    runtime.block_on(serve())
+}
+
+async fn serve() -> std::io::Result<()> {
     let addr: SocketAddr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:50052".into())
