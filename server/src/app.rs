@@ -26,6 +26,7 @@ use axum::{
 };
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::BodyExt;
 use order_api::pb::order_management_server::OrderManagementServer;
 use tonic::{body::Body as GrpcBody, codegen::BoxFuture, service::Routes};
 use tonic_health::server::HealthReporter;
@@ -63,6 +64,11 @@ const CORS_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The wire path prefix of the order service's RPCs.
 const ORDERS_PREFIX: &str = "/OrderManagement/";
+
+/// The order service's unary RPCs. Their gRPC-Web answers are one message and the trailers, so
+/// they are sent whole, with a `Content-Length`, in one write; streaming answers are never
+/// buffered.
+const UNARY_ORDER_PATHS: [&str; 2] = ["/OrderManagement/getOrder", "/OrderManagement/addOrder"];
 
 /// The health service, built with its reporter by [`health`].
 pub type HealthServices =
@@ -196,6 +202,32 @@ impl Route {
     }
 }
 
+impl App {
+    /// Sends `request` to the service its route names. Only that service is cloned (each is a
+    /// handle to shared state), so a call costs no more than the route it takes.
+    fn route<B>(&self, request: Request<B>) -> AppFuture
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<tonic::codegen::StdError> + std::fmt::Display + Send + 'static,
+    {
+        match Route::of(&request) {
+            Route::NativeOrders => AppFuture::Native(self.native_orders.clone().call(request)),
+            Route::WebOrders => {
+                let unary = UNARY_ORDER_PATHS.contains(&request.uri().path());
+                let call = self.web_orders.clone().call(request);
+                if unary {
+                    AppFuture::Web(Box::pin(whole(call)))
+                } else {
+                    AppFuture::Web(Box::pin(call))
+                }
+            }
+            Route::Grpc => AppFuture::Router(Box::pin(self.grpc.clone().call(request))),
+            Route::Files => AppFuture::Router(Box::pin(self.files.clone().call(request))),
+        }
+    }
+}
+
+/// As a tower service, for tests and for embedding in other tower stacks.
 impl<B> Service<Request<B>> for App
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -211,26 +243,49 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> AppFuture {
-        match Route::of(&request) {
-            Route::NativeOrders => AppFuture::Native(self.native_orders.call(request)),
-            Route::WebOrders => AppFuture::Web(self.web_orders.call(request)),
-            Route::Grpc => AppFuture::Router(self.grpc.call(request)),
-            Route::Files => AppFuture::Router(self.files.call(request)),
-        }
+        self.route(request)
+    }
+}
+
+/// As a hyper service, which is how [`crate::serve`] runs it: hyper calls it by reference, so
+/// nothing is cloned per call beyond the route taken.
+impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
+    type Response = Response<GrpcBody>;
+    type Error = Infallible;
+    type Future = AppFuture;
+
+    fn call(&self, request: Request<hyper::body::Incoming>) -> AppFuture {
+        self.route(request)
     }
 }
 
 type NativeFuture = DeadlineFuture<BoxFuture<Response<GrpcBody>, Infallible>>;
-type WebFuture = tower_http::cors::ResponseFuture<tonic_web::ResponseFuture<NativeFuture>>;
+type WebFuture = dyn Future<Output = Result<Response<GrpcBody>, Infallible>> + Send;
+
+/// Waits for the whole answer of `call` and sends it with a `Content-Length`: over HTTP/1.1 that
+/// is one write instead of a chunked stream of several.
+async fn whole(
+    call: impl Future<Output = Result<Response<GrpcBody>, Infallible>>,
+) -> Result<Response<GrpcBody>, Infallible> {
+    let (parts, body) = call.await?.into_parts();
+    Ok(match body.collect().await {
+        Ok(collected) => Response::from_parts(
+            parts,
+            GrpcBody::new(http_body_util::Full::new(collected.to_bytes())),
+        ),
+        // The message could not be produced: answer with the status instead.
+        Err(status) => status.into_http(),
+    })
+}
 
 /// The response future of [`App`], one variant per route, so no route pays for another's boxing.
 pub enum AppFuture {
     /// Native gRPC to the order service.
     Native(NativeFuture),
-    /// gRPC-Web to the order service.
-    Web(WebFuture),
-    /// Through an axum router (other gRPC services, the page).
-    Router(RouteFuture<Infallible>),
+    /// gRPC-Web to the order service; boxed, as CORS makes its future large.
+    Web(Pin<Box<WebFuture>>),
+    /// Through an axum router (other gRPC services, the page); boxed to keep this enum small.
+    Router(Pin<Box<RouteFuture<Infallible>>>),
 }
 
 impl Future for AppFuture {
@@ -241,8 +296,9 @@ impl Future for AppFuture {
         // can be matched through `get_mut`.
         match self.get_mut() {
             AppFuture::Native(future) => Pin::new(future).poll(cx),
-            AppFuture::Web(future) => Pin::new(future).poll(cx),
-            AppFuture::Router(future) => Pin::new(future)
+            AppFuture::Web(future) => future.as_mut().poll(cx),
+            AppFuture::Router(future) => future
+                .as_mut()
                 .poll(cx)
                 .map(|result| result.map(|response| response.map(GrpcBody::new))),
         }

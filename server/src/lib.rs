@@ -32,7 +32,6 @@ use std::{future::Future, time::Duration};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::graceful::GracefulShutdown,
-    service::TowerToHyperService,
 };
 use order_api::pb::order_management_server::OrderManagementServer;
 use tokio::net::TcpListener;
@@ -93,9 +92,8 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "cannot set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(app.clone());
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), app.clone())
             .into_owned();
         let connection = connections.watch(connection);
         tokio::spawn(async move {
