@@ -86,14 +86,18 @@ pub fn health() -> (HealthReporter, HealthServices) {
 
 /// The order service as native gRPC clients reach it: deadlines, then tonic.
 type NativeOrders = DeadlineService<OrderManagementServer<OrderService>>;
-/// The order service as browsers reach it: CORS, gRPC-Web translation, then as natively.
-type WebOrders = Cors<GrpcWebService<NativeOrders>>;
+/// The order service as non-browser gRPC-Web clients reach it: gRPC-Web translation, then as
+/// natively.
+type WebOrders = GrpcWebService<NativeOrders>;
+/// The order service as browsers reach it: CORS, then as other gRPC-Web clients do.
+type BrowserOrders = Cors<WebOrders>;
 
 /// The whole application as one service. Cheap to clone (one clone per connection).
 #[derive(Clone)]
 pub struct App {
     native_orders: NativeOrders,
     web_orders: WebOrders,
+    browser_orders: BrowserOrders,
     grpc: Router,
     files: Router,
 }
@@ -104,11 +108,12 @@ pub fn app(orders: OrderService, config: &Config, health: HealthServices) -> App
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size);
     let native_orders = DeadlineLayer.layer(orders.clone());
-    let web_orders =
-        cors(config).layer(tonic_web::GrpcWebLayer::new().layer(native_orders.clone()));
+    let web_orders = tonic_web::GrpcWebLayer::new().layer(native_orders.clone());
+    let browser_orders = cors(config).layer(web_orders.clone());
     App {
         native_orders,
         web_orders,
+        browser_orders,
         grpc: grpc_router(orders, config, health),
         files: files_router(config),
     }
@@ -166,8 +171,11 @@ fn files_router(config: &Config) -> Router {
 enum Route {
     /// Native gRPC (HTTP/2) to `OrderManagement`.
     NativeOrders,
-    /// gRPC-Web to `OrderManagement`.
+    /// gRPC-Web to `OrderManagement` from a client that sent no `Origin`: not a browser, so
+    /// CORS has nothing to say and is skipped.
     WebOrders,
+    /// gRPC-Web to `OrderManagement` from a page (with `Origin`): through CORS.
+    BrowserOrders,
     /// Any other gRPC or gRPC-Web call, or a CORS preflight.
     Grpc,
     /// A page request.
@@ -184,7 +192,11 @@ impl Route {
                 if !request.uri().path().starts_with(ORDERS_PREFIX) {
                     Route::Grpc
                 } else if content_type.starts_with(b"application/grpc-web") {
-                    Route::WebOrders
+                    if headers.contains_key(header::ORIGIN) {
+                        Route::BrowserOrders
+                    } else {
+                        Route::WebOrders
+                    }
                 } else if request.version() == Version::HTTP_2 {
                     Route::NativeOrders
                 } else {
@@ -214,12 +226,11 @@ impl App {
             Route::NativeOrders => AppFuture::Native(self.native_orders.clone().call(request)),
             Route::WebOrders => {
                 let unary = UNARY_ORDER_PATHS.contains(&request.uri().path());
-                let call = self.web_orders.clone().call(request);
-                if unary {
-                    AppFuture::Web(Box::pin(whole(call)))
-                } else {
-                    AppFuture::Web(Box::pin(call))
-                }
+                web(self.web_orders.clone().call(request), unary)
+            }
+            Route::BrowserOrders => {
+                let unary = UNARY_ORDER_PATHS.contains(&request.uri().path());
+                web(self.browser_orders.clone().call(request), unary)
             }
             Route::Grpc => AppFuture::Router(Box::pin(self.grpc.clone().call(request))),
             Route::Files => AppFuture::Router(Box::pin(self.files.clone().call(request))),
@@ -261,6 +272,18 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
 
 type NativeFuture = DeadlineFuture<BoxFuture<Response<GrpcBody>, Infallible>>;
 type WebFuture = dyn Future<Output = Result<Response<GrpcBody>, Infallible>> + Send;
+
+/// A gRPC-Web call's future: unary answers are sent whole.
+fn web(
+    call: impl Future<Output = Result<Response<GrpcBody>, Infallible>> + Send + 'static,
+    unary: bool,
+) -> AppFuture {
+    if unary {
+        AppFuture::Web(Box::pin(whole(call)))
+    } else {
+        AppFuture::Web(Box::pin(call))
+    }
+}
 
 /// Waits for the whole answer of `call` and sends it with a `Content-Length`: over HTTP/1.1 that
 /// is one write instead of a chunked stream of several.
@@ -400,6 +423,17 @@ mod tests {
                 "{method} {path} {content_type:?} {version:?}"
             );
         }
+        let mut from_page = request(
+            Method::POST,
+            "/OrderManagement/getOrder",
+            Some("application/grpc-web"),
+            HTTP_11,
+        );
+        from_page
+            .headers_mut()
+            .insert(header::ORIGIN, "http://127.0.0.1:50051".parse().unwrap());
+        assert_eq!(Route::of(&from_page), Route::BrowserOrders);
+
         let mut preflight = request(
             Method::OPTIONS,
             "/OrderManagement/getOrder",

@@ -12,7 +12,7 @@ use std::{
 use futures::stream::BoxStream;
 use order_api::pb::{order_management_server::OrderManagement, CombinedShipment, Order};
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, instrument};
+use tracing::{debug, info, instrument};
 
 use crate::{
     deadline::{until_deadline, Deadline},
@@ -99,7 +99,9 @@ impl OrderManagement for OrderService {
         if id.is_empty() {
             return Err(Error::Empty("order id").into());
         }
-        Ok(Response::new(self.store.get(&id)?))
+        let order = self.store.get(&id);
+        debug!(found = order.is_ok(), "getOrder");
+        Ok(Response::new(order?))
     }
 
     type searchOrdersStream = BoxStream<'static, Result<Order, Status>>;
