@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use futures::{channel::mpsc, SinkExt, StreamExt};
-use order_api::pb::{CombinedShipment, Order};
+use order_api::pb::{order_management_client::OrderManagementClient, CombinedShipment, Order};
 use order_server::{Config, OrderService, Store};
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
@@ -148,13 +148,7 @@ async fn an_invalid_order_is_invalid_argument_with_one_violation_per_field() {
         }
     }
     // Nothing was stored.
-    let all = server
-        .native()
-        .await
-        .search_orders(String::new())
-        .await
-        .unwrap();
-    assert_eq!(all.into_inner().collect::<Vec<_>>().await.len(), 5);
+    assert_eq!(search(server.native().await, "").await.len(), 5);
 }
 
 #[tokio::test]
@@ -176,79 +170,40 @@ async fn an_oversized_field_is_invalid() {
 
 // ---- searchOrders ------------------------------------------------------------------------------
 
-async fn collect(stream: tonic::Streaming<Order>) -> Vec<Order> {
-    stream.map(|o| o.expect("no error")).collect().await
+/// Everything `searchOrders(text)` streams back through `client`, whatever its transport.
+async fn search<T>(mut client: OrderManagementClient<T>, text: &str) -> Vec<Order>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let stream = client
+        .search_orders(text.to_string())
+        .await
+        .expect("search started")
+        .into_inner();
+    stream.map(|order| order.expect("no error")).collect().await
 }
 
 #[tokio::test]
 async fn search_streams_every_match_in_a_stable_order() {
     let server = TestServer::start().await;
-    let native = collect(
-        server
-            .native()
-            .await
-            .search_orders("Google".to_string())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let native = search(server.native().await, "Google").await;
     assert_eq!(ids(&native), ["102", "104"]);
-    let web = collect(
-        server
-            .grpc_web()
-            .search_orders("Google".to_string())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
-    assert_eq!(ids(&web), ["102", "104"]);
-    let text = collect(
-        server
-            .grpc_web_text()
-            .search_orders("Google".to_string())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
-    assert_eq!(ids(&text), ["102", "104"]);
-    assert_eq!(native, web);
+    let web = search(server.grpc_web(), "Google").await;
+    assert_eq!(web, native);
+    let text = search(server.grpc_web_text(), "Google").await;
+    assert_eq!(text, native);
 }
 
 #[tokio::test]
 async fn search_ignores_case_and_an_empty_result_is_ok() {
     let server = TestServer::start().await;
-    let mut client = server.native().await;
-    let found = collect(
-        client
-            .search_orders("amazon echo".to_string())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let found = search(server.native().await, "amazon echo").await;
     assert_eq!(ids(&found), ["105", "106"]);
-    let none = collect(
-        client
-            .search_orders("Nokia".to_string())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
-    assert!(none.is_empty());
-    let none = collect(
-        server
-            .grpc_web()
-            .search_orders("Nokia".to_string())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
-    assert!(none.is_empty());
+    assert!(search(server.native().await, "Nokia").await.is_empty());
+    assert!(search(server.grpc_web(), "Nokia").await.is_empty());
 }
 
 // ---- updateOrders ------------------------------------------------------------------------------
@@ -542,15 +497,6 @@ async fn many_clients_at_once_see_one_consistent_store() {
     all.sort();
     all.dedup();
     assert_eq!(all.len(), count, "every added order got its own ID");
-    let widgets = collect(
-        server
-            .native()
-            .await
-            .search_orders("widget".to_string())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let widgets = search(server.native().await, "widget").await;
     assert_eq!(widgets.len(), 16 * 20);
 }
