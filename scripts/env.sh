@@ -6,8 +6,11 @@ export PATH="$HOME/.cargo/bin:$root/e2e/node_modules/.bin:$PATH"
 export CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver}
 export CHROME_BIN=${CHROME_BIN:-/usr/bin/chromium}
 
+# ORDER_WASM_TOOLCHAIN=debian forces the Debian rustc-web route even where rustup has the target
+# (to check that route on a machine where rustup's works).
 rustup_has_wasm() {
-  command -v rustup >/dev/null && rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown
+  [ "${ORDER_WASM_TOOLCHAIN:-}" != debian ] &&
+    command -v rustup >/dev/null && rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown
 }
 
 # True when some toolchain here can build for wasm32-unknown-unknown.

@@ -47,7 +47,8 @@ fi
 # reached, Debian's rustc-web (which has the wasm32 backend) gets a wasm32 std built once from
 # Debian's rust-web-src. scripts/env.sh picks whichever toolchain has the target.
 if ! wasm_toolchain_ready; then
-  if command -v rustup >/dev/null && timeout 30 rustup target add wasm32-unknown-unknown >/dev/null 2>&1; then
+  if [ "${ORDER_WASM_TOOLCHAIN:-}" != debian ] && command -v rustup >/dev/null &&
+    timeout 30 rustup target add wasm32-unknown-unknown >/dev/null 2>&1; then
     say "installed rustup target wasm32-unknown-unknown"
   else
     say "rustup cannot fetch wasm32-unknown-unknown; building its std with Debian's rustc-web"
