@@ -26,6 +26,10 @@ with_wasm_toolchain() {
   if rustup_has_wasm; then
     "$@"
   else
-    PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc "$@"
+    # Debian's rustc-web has no rust-lld of its own: link with Debian's wasm-ld (package lld-22).
+    local wasm_ld
+    wasm_ld=$(compgen -G "/usr/lib/llvm-*/bin/wasm-ld" | sort -V | tail -1)
+    PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
+      CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER="${CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER:-$wasm_ld}" "$@"
   fi
 }
