@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::TestServer;
+use common::{get_order, TestServer};
 use http::uri::PathAndQuery;
 use order_api::pb::Order;
 use tonic::{Code, Request};
@@ -16,41 +16,24 @@ fn assert_is_106(order: &Order) {
 }
 
 #[tokio::test]
-async fn get_order_over_native_grpc() {
+async fn get_order_over_every_transport() {
     let server = TestServer::start().await;
-    let order = server
-        .native()
-        .await
-        .get_order("106".to_string())
-        .await
-        .expect("106 exists")
-        .into_inner();
-    assert_is_106(&order);
+    assert_is_106(
+        &get_order(server.native().await, "106")
+            .await
+            .expect("native"),
+    );
+    assert_is_106(
+        &get_order(server.grpc_web(), "106")
+            .await
+            .expect("gRPC-Web, binary"),
+    );
+    assert_is_106(
+        &get_order(server.grpc_web_text(), "106")
+            .await
+            .expect("gRPC-Web, text"),
+    );
     server.stop().await.expect("clean stop");
-}
-
-#[tokio::test]
-async fn get_order_over_grpc_web_binary() {
-    let server = TestServer::start().await;
-    let order = server
-        .grpc_web()
-        .get_order("106".to_string())
-        .await
-        .expect("106 exists")
-        .into_inner();
-    assert_is_106(&order);
-}
-
-#[tokio::test]
-async fn get_order_over_grpc_web_text() {
-    let server = TestServer::start().await;
-    let order = server
-        .grpc_web_text()
-        .get_order("106".to_string())
-        .await
-        .expect("106 exists")
-        .into_inner();
-    assert_is_106(&order);
 }
 
 #[tokio::test]
@@ -79,9 +62,9 @@ async fn every_sample_order_is_served() {
 async fn unknown_order_is_not_found_on_every_transport() {
     let server = TestServer::start().await;
     let statuses = [
-        server.native().await.get_order("999".to_string()).await,
-        server.grpc_web().get_order("999".to_string()).await,
-        server.grpc_web_text().get_order("999".to_string()).await,
+        get_order(server.native().await, "999").await,
+        get_order(server.grpc_web(), "999").await,
+        get_order(server.grpc_web_text(), "999").await,
     ];
     for status in statuses {
         let status = status.expect_err("999 does not exist");

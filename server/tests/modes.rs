@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestServer;
+use common::{search, TestServer};
 use futures::{channel::mpsc, SinkExt, StreamExt};
-use order_api::pb::{order_management_client::OrderManagementClient, CombinedShipment, Order};
+use order_api::pb::{CombinedShipment, Order};
 use order_server::{Config, OrderService, Store};
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
@@ -169,22 +169,6 @@ async fn an_oversized_field_is_invalid() {
 }
 
 // ---- searchOrders ------------------------------------------------------------------------------
-
-/// Everything `searchOrders(text)` streams back through `client`, whatever its transport.
-async fn search<T>(mut client: OrderManagementClient<T>, text: &str) -> Vec<Order>
-where
-    T: tonic::client::GrpcService<tonic::body::Body>,
-    T::Error: Into<tonic::codegen::StdError>,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
-{
-    let stream = client
-        .search_orders(text.to_string())
-        .await
-        .expect("search started")
-        .into_inner();
-    stream.map(|order| order.expect("no error")).collect().await
-}
 
 #[tokio::test]
 async fn search_streams_every_match_in_a_stable_order() {

@@ -16,7 +16,7 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
-use order_api::pb::order_management_client::OrderManagementClient;
+use order_api::pb::{order_management_client::OrderManagementClient, Order};
 use order_server::{serve, Config, OrderService, Store};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
@@ -111,6 +111,50 @@ impl TestServer {
 }
 
 pub type HttpClient<B> = Client<HttpConnector, B>;
+
+/// What the generated client needs of its transport, whichever it is.
+pub trait Transport:
+    tonic::client::GrpcService<
+    tonic::body::Body,
+    Error: Into<tonic::codegen::StdError>,
+    ResponseBody: http_body::Body<Data = Bytes, Error: Into<tonic::codegen::StdError> + Send>
+                      + Send
+                      + 'static,
+>
+{
+}
+
+impl<T> Transport for T where
+    T: tonic::client::GrpcService<
+        tonic::body::Body,
+        Error: Into<tonic::codegen::StdError>,
+        ResponseBody: http_body::Body<
+            Data = Bytes,
+            Error: Into<tonic::codegen::StdError> + Send,
+        > + Send
+                          + 'static,
+    >
+{
+}
+
+/// `getOrder(id)` through `client`, whatever its transport.
+pub async fn get_order<T: Transport>(
+    mut client: OrderManagementClient<T>,
+    id: &str,
+) -> Result<Order, tonic::Status> {
+    Ok(client.get_order(id.to_string()).await?.into_inner())
+}
+
+/// Everything `searchOrders(text)` streams back through `client`, whatever its transport.
+pub async fn search<T: Transport>(mut client: OrderManagementClient<T>, text: &str) -> Vec<Order> {
+    use futures::StreamExt;
+    let stream = client
+        .search_orders(text.to_string())
+        .await
+        .expect("search started")
+        .into_inner();
+    stream.map(|order| order.expect("no error")).collect().await
+}
 
 pub fn http1_client<B>() -> HttpClient<B>
 where
