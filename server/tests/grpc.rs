@@ -123,11 +123,7 @@ where
 async fn unknown_service_or_method_is_unimplemented() {
     let server = TestServer::start().await;
     for path in ["/NoSuchService/getOrder", "/OrderManagement/noSuchMethod"] {
-        let channel = tonic::transport::Channel::from_shared(server.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = server.channel().await;
         let status = call_path(channel, &server.url(), path).await;
         assert_eq!(status.code(), Code::Unimplemented, "native {path}");
 
@@ -145,11 +141,7 @@ async fn health_reports_serving() {
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
     };
     let server = TestServer::start().await;
-    let channel = tonic::transport::Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.channel().await;
     let mut health = HealthClient::new(channel);
     for service in ["", "OrderManagement"] {
         let response = health
@@ -171,11 +163,7 @@ async fn reflection_lists_the_service_and_describes_it() {
         ServerReflectionRequest,
     };
     let server = TestServer::start().await;
-    let channel = tonic::transport::Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.channel().await;
     let mut reflection = ServerReflectionClient::new(channel);
     let requests = [
         MessageRequest::ListServices(String::new()),

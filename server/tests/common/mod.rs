@@ -59,14 +59,18 @@ impl TestServer {
         format!("http://{}", self.addr)
     }
 
-    /// The generated client over native gRPC (HTTP/2 cleartext).
-    pub async fn native(&self) -> OrderManagementClient<Channel> {
-        let channel = Channel::from_shared(self.url())
+    /// A tonic channel to the server over native gRPC (HTTP/2 cleartext), for any client.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
             .expect("url")
             .connect()
             .await
-            .expect("connect");
-        OrderManagementClient::new(channel)
+            .expect("connect")
+    }
+
+    /// The generated client over native gRPC (HTTP/2 cleartext).
+    pub async fn native(&self) -> OrderManagementClient<Channel> {
+        OrderManagementClient::new(self.channel().await)
     }
 
     /// The generated client over plain hyper HTTP/2, without tonic's transport: nothing on the
