@@ -8,6 +8,9 @@ use clap::Parser;
 /// the page whatever the working directory is.
 const DEFAULT_STATIC_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../static");
 
+/// Where the orders are kept by default: `data/orders.db` under the working directory.
+const DEFAULT_DATABASE: &str = "sqlite:data/orders.db";
+
 /// Serve the OrderManagement service on one port: native gRPC (HTTP/2 cleartext), gRPC-Web (HTTP/1.1
 /// and HTTP/2, binary and text) and the order lookup page.
 #[derive(Debug, Clone, Parser)]
@@ -42,6 +45,37 @@ pub struct Config {
     #[arg(long, env = "ORDER_THREADS", default_value_t = 0)]
     pub threads: usize,
 
+    /// Where the orders are kept. `sqlite:PATH`: an embedded SQLite file, created when missing
+    /// (relative paths start from the working directory); one server per file. Or
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=require&...]`: a PostgreSQL database
+    /// that any number of servers can share.
+    #[arg(long = "database", env = "ORDER_DATABASE_URL", default_value = DEFAULT_DATABASE)]
+    pub database_url: String,
+
+    /// Start a new database empty instead of with the tutorial's sample orders 102 to 106. (An
+    /// existing database is never seeded again either way.)
+    #[arg(long, env = "ORDER_NO_SAMPLE_DATA")]
+    pub no_sample_data: bool,
+
+    /// How long one database operation may take, connecting included, in seconds. A call that
+    /// needs a database that does not answer in time gets UNAVAILABLE.
+    #[arg(long, env = "ORDER_DATABASE_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
+    pub database_timeout: Duration,
+
+    /// Most connections to the database this server opens.
+    #[arg(long, env = "ORDER_DATABASE_CONNECTIONS", default_value_t = 8)]
+    pub database_connections: u32,
+
+    /// Megabytes of orders kept in memory for getOrder (SQLite only, where no other process can
+    /// change them, so the cache is never stale). 0 turns the cache off.
+    #[arg(long, env = "ORDER_CACHE_MB", default_value_t = 8)]
+    pub cache_mb: u64,
+
+    /// How often the database is checked for the health service, in seconds: while it cannot be
+    /// reached, grpc.health.v1 reports NOT_SERVING.
+    #[arg(long, env = "ORDER_HEALTH_INTERVAL", default_value = "2", value_parser = parse_seconds)]
+    pub health_interval: Duration,
+
     /// How long in-flight calls may run after SIGINT/SIGTERM before the server stops anyway, in
     /// seconds.
     #[arg(long, env = "ORDER_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_seconds)]
@@ -54,6 +88,17 @@ impl Config {
         match self.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
+        }
+    }
+
+    /// What the store needs of this configuration.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            url: self.database_url.clone(),
+            sample_data: !self.no_sample_data,
+            timeout: self.database_timeout,
+            max_connections: self.database_connections,
+            cache_bytes: self.cache_mb.saturating_mul(1024 * 1024),
         }
     }
 
@@ -100,6 +145,8 @@ mod tests {
         assert!(config.cors_origins.is_empty());
         assert_eq!(config.batch_size.get(), 3);
         assert!(config.static_dir.join("index.html").exists());
+        assert_eq!(config.database_url, "sqlite:data/orders.db");
+        assert!(config.store_options().sample_data);
     }
 
     #[test]

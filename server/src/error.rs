@@ -41,6 +41,69 @@ pub enum Error {
     /// A client stream carried more messages than one call may.
     #[error("too many messages in one call: at most {0}")]
     TooMany(usize),
+    /// The client's own stream failed (bad framing, a message too large, a reset): its status
+    /// goes back as it is.
+    #[error("{}", .0.message())]
+    Client(Status),
+    /// The database did not answer in time: it is down, unreachable or overloaded.
+    #[error("the order database did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// Every ID a sequence can give has been given.
+    #[error("no more {0} can be assigned")]
+    Exhausted(&'static str),
+    /// The database failed. Unreachable databases become `UNAVAILABLE`, anything else `INTERNAL`;
+    /// either way the cause is logged and not sent to the client.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Why the server could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::OpenError),
+    /// Serving failed.
+    #[error("cannot serve: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a client is told when the database cannot be reached. The cause is in the server's log.
+pub const UNAVAILABLE_MESSAGE: &str =
+    "the order database cannot be reached right now; the call was not applied, try again";
+
+/// What a client is told when something failed inside the server. The cause is in the log.
+pub const INTERNAL_MESSAGE: &str = "internal error in the order server (its log has the cause)";
+
+/// True when `error` means the database is down, unreachable or refusing connections for now,
+/// so a retry may succeed: the client gets `UNAVAILABLE`.
+fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            if db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+            {
+                // 08: connection exceptions; 57P: shutting down or starting up; 53: out of
+                // resources (too many connections).
+                ["08", "57P", "53"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+            } else {
+                // SQLite's extended codes keep the primary one in the low byte: 5 BUSY, 6 LOCKED.
+                code.parse::<u32>()
+                    .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
+            }
+        }
+        _ => false,
+    }
 }
 
 fn describe_order(id: &str) -> String {
@@ -66,7 +129,22 @@ impl From<Error> for Status {
             Error::NotFound(_) => Status::new(Code::NotFound, message),
             Error::AlreadyExists(_) => Status::new(Code::AlreadyExists, message),
             Error::Empty(_) | Error::Duplicate(_) => Status::new(Code::InvalidArgument, message),
-            Error::TooMany(_) => Status::new(Code::ResourceExhausted, message),
+            Error::TooMany(_) | Error::Exhausted(_) => {
+                Status::new(Code::ResourceExhausted, message)
+            }
+            Error::Client(status) => status,
+            Error::Timeout(_) => {
+                tracing::warn!(error = %message, "database call timed out");
+                Status::new(Code::Unavailable, UNAVAILABLE_MESSAGE)
+            }
+            Error::Database(error) if is_unavailable(&error) => {
+                tracing::warn!(%error, "database unavailable");
+                Status::new(Code::Unavailable, UNAVAILABLE_MESSAGE)
+            }
+            Error::Database(error) => {
+                tracing::error!(%error, "database error");
+                Status::new(Code::Internal, INTERNAL_MESSAGE)
+            }
             Error::InvalidOrder { violations, .. } => {
                 let details = ErrorDetails::with_bad_request(
                     violations

@@ -6,7 +6,8 @@
 //! - [`app`]: the application service that splits gRPC, gRPC-Web and page requests;
 //! - [`service`]: the `OrderManagement` RPCs;
 //! - [`order`]: validation of the orders clients send;
-//! - [`store`]: the shared order storage and the tutorial's sample data;
+//! - [`store`]: the orders in a database (embedded SQLite or PostgreSQL) and the tutorial's
+//!   sample data;
 //! - [`shipments`]: `processOrders`' grouping by destination;
 //! - [`deadline`]: `grpc-timeout` on every call, streams included;
 //! - [`streams`]: the count of open response streams;
@@ -35,19 +36,29 @@ use hyper_util::{
 };
 use order_api::pb::order_management_server::OrderManagementServer;
 use tokio::net::TcpListener;
+use tonic_health::{server::HealthReporter, ServingStatus};
 use tracing::{debug, info, warn};
 
-pub use crate::{config::Config, service::OrderService, store::Store};
+pub use crate::{
+    config::Config,
+    error::RunError,
+    service::OrderService,
+    store::{Store, StoreOptions},
+};
 
-/// Serves the application, with the tutorial's sample orders, on `listener` until `shutdown`
-/// completes, then lets in-flight calls finish for up to [`Config::shutdown_grace`].
+/// Opens the database the configuration names (creating and seeding it if it is new), then
+/// serves on `listener` until `shutdown` completes and lets in-flight calls finish for up to
+/// [`Config::shutdown_grace`].
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let orders = OrderService::new(Store::with_sample_data(), config.batch_size);
-    serve(listener, orders, config, shutdown).await
+) -> Result<(), RunError> {
+    let store = Store::open(&config.store_options()).await?;
+    info!(database = store.name(), "orders are stored in the database");
+    let orders = OrderService::new(store, config.batch_size);
+    serve(listener, orders, config, shutdown).await?;
+    Ok(())
 }
 
 /// [`run`] with a service the caller made (and may keep a handle to).
@@ -61,6 +72,11 @@ pub async fn serve(
     health_reporter
         .set_serving::<OrderManagementServer<OrderService>>()
         .await;
+    let database = tokio::spawn(watch_database(
+        orders.store().clone(),
+        health_reporter.clone(),
+        config.health_interval,
+    ));
     let app = app::app(orders, &config, health);
 
     info!(
@@ -104,10 +120,9 @@ pub async fn serve(
     }
 
     drop(listener);
+    database.abort();
     info!("shutting down: no new connections, finishing in-flight calls");
-    health_reporter
-        .set_not_serving::<OrderManagementServer<OrderService>>()
-        .await;
+    set_health(&health_reporter, ServingStatus::NotServing).await;
     tokio::select! {
         () = connections.shutdown() => info!("stopped"),
         () = tokio::time::sleep(config.shutdown_grace) => {
@@ -115,6 +130,46 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Sets the server's overall health ("") and the order service's.
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(
+            <OrderManagementServer<OrderService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
+/// Checks the database every `interval`: while it cannot be reached, health reports
+/// `NOT_SERVING` (so load balancers send calls elsewhere), and `SERVING` again once it answers.
+/// Calls themselves never wait for this: each reaches the database on its own and gets
+/// `UNAVAILABLE` if it cannot.
+async fn watch_database(store: Store, reporter: HealthReporter, interval: Duration) {
+    let mut reachable = true;
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match store.ping().await {
+            Ok(()) if !reachable => {
+                info!(
+                    database = store.name(),
+                    "the database answers again: serving"
+                );
+                set_health(&reporter, ServingStatus::Serving).await;
+                reachable = true;
+            }
+            Err(error) if reachable => {
+                warn!(database = store.name(), %error, "the database cannot be reached: health reports NOT_SERVING until it answers");
+                set_health(&reporter, ServingStatus::NotServing).await;
+                reachable = false;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The page is optional for the API, but a person opening it deserves a hint in the log.

@@ -1,15 +1,9 @@
 //! The `OrderManagement` gRPC service: each RPC converts its request (validating it), acts on the
 //! [`Store`] and converts the result back.
 
-use std::{
-    num::NonZeroUsize,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-};
+use std::num::NonZeroUsize;
 
-use futures::stream::BoxStream;
+use futures::{stream::BoxStream, StreamExt, TryStreamExt};
 use order_api::pb::{order_management_server::OrderManagement, CombinedShipment, Order};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, instrument};
@@ -35,7 +29,6 @@ pub struct OrderService {
     store: Store,
     batch_size: NonZeroUsize,
     open_streams: OpenStreams,
-    shipments: Arc<AtomicU64>,
 }
 
 impl OrderService {
@@ -46,7 +39,6 @@ impl OrderService {
             store,
             batch_size,
             open_streams: OpenStreams::default(),
-            shipments: Arc::default(),
         }
     }
 
@@ -55,14 +47,33 @@ impl OrderService {
         self.open_streams.watch()
     }
 
-    fn ship(&self, (destination, orders): Group) -> CombinedShipment {
-        let number = self.shipments.fetch_add(1, Ordering::Relaxed) + 1;
+    /// The store the service answers from.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Numbers a group from the database's shipment sequence, so shipment IDs are unique across
+    /// every server sharing the database.
+    async fn ship(&self, (destination, orders): Group) -> Result<CombinedShipment, Status> {
+        let number = self.store.next_shipment().await?;
         info!(shipment = number, %destination, orders = orders.len(), "shipment assembled");
-        CombinedShipment {
+        Ok(CombinedShipment {
             id: format!("shipment-{number}"),
             status: SHIPMENT_STATUS.to_owned(),
             orders_list: orders,
-        }
+        })
+    }
+
+    /// Ships `group`; after a failure the call is done.
+    async fn ship_then(
+        &self,
+        group: Group,
+        next: Process,
+    ) -> Option<(Result<CombinedShipment, Status>, Process)> {
+        Some(match self.ship(group).await {
+            Ok(shipment) => (Ok(shipment), next),
+            Err(status) => (Err(status), Process::Done),
+        })
     }
 }
 
@@ -88,7 +99,7 @@ impl OrderManagement for OrderService {
     #[instrument(level = "debug", skip_all, fields(order_id = %Echo(&request.get_ref().id)))]
     async fn add_order(&self, request: Request<Order>) -> Result<Response<String>, Status> {
         let order = ValidOrder::try_from(request.into_inner())?;
-        let id = self.store.add(order)?;
+        let id = self.store.add(order).await?;
         info!(%id, "order added");
         Ok(Response::new(id))
     }
@@ -99,7 +110,7 @@ impl OrderManagement for OrderService {
         if id.is_empty() {
             return Err(Error::Empty("order id").into());
         }
-        let order = self.store.get(&id);
+        let order = self.store.get(&id).await;
         debug!(found = order.is_ok(), "getOrder");
         Ok(Response::new(order?))
     }
@@ -112,12 +123,9 @@ impl OrderManagement for OrderService {
         request: Request<String>,
     ) -> Result<Response<Self::searchOrdersStream>, Status> {
         let deadline = deadline(&request);
-        // A snapshot: the lock is released before anything is sent.
-        let found = self.store.search(request.get_ref());
-        info!(found = found.len(), "search");
-        let stream = self
-            .open_streams
-            .track(futures::stream::iter(found.into_iter().map(Ok)));
+        // Read from the database a page at a time, as the client reads.
+        let found = self.store.search(request.get_ref()).map_err(Status::from);
+        let stream = self.open_streams.track(found);
         Ok(Response::new(until_deadline(stream, deadline)))
     }
 
@@ -126,21 +134,21 @@ impl OrderManagement for OrderService {
         &self,
         request: Request<Streaming<Order>>,
     ) -> Result<Response<String>, Status> {
-        let mut inbound = request.into_inner();
-        // Read and check everything first: one bad order and nothing is applied.
-        let mut orders = Vec::new();
-        while let Some(order) = inbound.message().await? {
-            if orders.len() == MAX_ORDERS_PER_UPDATE {
-                return Err(Error::TooMany(MAX_ORDERS_PER_UPDATE).into());
-            }
-            orders.push(ValidOrder::existing(order)?);
-        }
-        let ids = self.store.update_all(orders)?;
-        info!(updated = ids.len(), "orders updated");
-        Ok(Response::new(match ids.len() {
-            1 => format!("updated 1 order: {}", ids[0]),
-            n => format!("updated {n} orders: {}", ids.join(", ")),
-        }))
+        // Each order is checked and applied as it arrives, inside one transaction: one bad order
+        // and nothing is applied.
+        let orders = request
+            .into_inner()
+            .enumerate()
+            .map(|(index, order)| {
+                if index == MAX_ORDERS_PER_UPDATE {
+                    return Err(Error::TooMany(MAX_ORDERS_PER_UPDATE));
+                }
+                ValidOrder::existing(order.map_err(Error::Client)?)
+            })
+            .boxed();
+        let updated = self.store.update_all(orders).await?;
+        info!(updated = updated.count, "orders updated");
+        Ok(Response::new(updated.to_string()))
     }
 
     type processOrdersStream = BoxStream<'static, Result<CombinedShipment, Status>>;
@@ -168,23 +176,26 @@ impl OrderManagement for OrderService {
                             Ok(None) => {
                                 let mut rest = batcher.finish().into_iter();
                                 let next = rest.next()?;
-                                return Some((Ok(service.ship(next)), Process::Draining(rest)));
+                                return service.ship_then(next, Process::Draining(rest)).await;
                             }
                             Err(status) => return Some((Err(status), Process::Done)),
                         };
-                        let pushed = service.store.get(&id).and_then(|order| batcher.push(order));
+                        let pushed = match service.store.get(&id).await {
+                            Ok(order) => batcher.push(order),
+                            Err(error) => Err(error),
+                        };
                         match pushed {
                             Ok(None) => continue,
                             Ok(Some(full)) => {
-                                let shipment = service.ship(full);
-                                return Some((Ok(shipment), Process::Reading(inbound, batcher)));
+                                let next = Process::Reading(inbound, batcher);
+                                return service.ship_then(full, next).await;
                             }
                             Err(error) => return Some((Err(error.into()), Process::Done)),
                         }
                     },
                     Process::Draining(mut rest) => {
                         let next = rest.next()?;
-                        Some((Ok(service.ship(next)), Process::Draining(rest)))
+                        service.ship_then(next, Process::Draining(rest)).await
                     }
                     Process::Done => None,
                 }

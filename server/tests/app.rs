@@ -12,20 +12,23 @@ use tower::ServiceExt;
 
 const ALLOWED: &str = "http://allowed.test:8080";
 
-fn app_with(config: Config) -> App {
+/// The app on an in-memory SQLite database: these tests never reach the store's files.
+async fn app_with(mut config: Config) -> App {
+    config.database_url = "sqlite::memory:".into();
     let (_reporter, health) = app::health();
-    let orders = OrderService::new(Store::with_sample_data(), config.batch_size);
+    let store = Store::open(&config.store_options()).await.expect("store");
+    let orders = OrderService::new(store, config.batch_size);
     app::app(orders, &config, health)
 }
 
-fn test_app() -> App {
+async fn test_app() -> App {
     let mut config = Config::for_tests();
     config.cors_origins = vec![ALLOWED.parse().unwrap()];
-    app_with(config)
+    app_with(config).await
 }
 
 async fn send(request: Request<Body>) -> (StatusCode, http::HeaderMap, String) {
-    let response = test_app().oneshot(request).await.unwrap();
+    let response = test_app().await.oneshot(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -120,6 +123,7 @@ async fn foreign_origin_gets_no_allow_origin() {
 
     // Nor does any origin when none is configured.
     let response = app_with(Config::for_tests())
+        .await
         .oneshot(preflight(ALLOWED))
         .await
         .unwrap();

@@ -1,45 +1,39 @@
 //! The two binaries as a person uses them: `order-server` started with flags and stopped with
 //! SIGTERM, and `order-client get`.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+mod common;
+
+use std::process::Command;
+
+use common::process::ServerProcess;
+use tempfile::TempDir;
 
 struct Server {
-    child: Child,
-    addr: String,
-    log: mpsc::Receiver<String>,
+    process: ServerProcess,
+    _db: TempDir,
 }
 
-/// Starts the real binary on an ephemeral port and reads the port from its log.
+impl std::ops::Deref for Server {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
+        &mut self.process
+    }
+}
+
+/// Starts the real binary on an ephemeral port and a database of its own.
 fn start_server() -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_order-server"))
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("order-server starts");
-    let stderr = child.stderr.take().unwrap();
-    let (lines, log) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let serving = log
-        .recv_timeout(Duration::from_secs(20))
-        .expect("a first log line");
-    let addr = serving
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix("address="))
-        .unwrap_or_else(|| panic!("no address in {serving:?}"))
-        .to_string();
-    Server { child, addr, log }
+    let db = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", db.path().join("orders.db").display());
+    Server {
+        process: ServerProcess::start(&["--database", &url]),
+        _db: db,
+    }
 }
 
 fn client(server: &Server, args: &[&str]) -> std::process::Output {
@@ -69,12 +63,7 @@ fn client_gets_an_order_and_reports_not_found_and_server_stops_on_sigterm() {
     assert!(stderr.contains("NotFound"), "{stderr}");
     assert!(stderr.contains("not found"), "{stderr}");
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = server.child.wait().unwrap();
+    let status = server.terminate();
     assert!(
         status.success(),
         "order-server exits cleanly on SIGTERM: {status}"

@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{get_order, TestServer};
+use common::{get_order, Db, TestServer};
 use http::uri::PathAndQuery;
 use order_api::pb::Order;
+use rstest::rstest;
 use tonic::{Code, Request};
 
 fn assert_is_106(order: &Order) {
@@ -15,9 +16,10 @@ fn assert_is_106(order: &Order) {
     assert_eq!(order.price, 300.0);
 }
 
+#[rstest]
 #[tokio::test]
-async fn get_order_over_every_transport() {
-    let server = TestServer::start().await;
+async fn get_order_over_every_transport(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let server = TestServer::start_on(db).await;
     assert_is_106(
         &get_order(server.native().await, "106")
             .await
@@ -36,9 +38,10 @@ async fn get_order_over_every_transport() {
     server.stop().await.expect("clean stop");
 }
 
+#[rstest]
 #[tokio::test]
-async fn every_sample_order_is_served() {
-    let server = TestServer::start().await;
+async fn every_sample_order_is_served(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let server = TestServer::start_on(db).await;
     let mut client = server.native().await;
     for (id, first_item, price) in [
         ("102", "Google Pixel 3A", 1800.0),
@@ -58,9 +61,10 @@ async fn every_sample_order_is_served() {
     }
 }
 
+#[rstest]
 #[tokio::test]
-async fn unknown_order_is_not_found_on_every_transport() {
-    let server = TestServer::start().await;
+async fn unknown_order_is_not_found_on_every_transport(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let server = TestServer::start_on(db).await;
     let statuses = [
         get_order(server.native().await, "999").await,
         get_order(server.grpc_web(), "999").await,
@@ -73,9 +77,12 @@ async fn unknown_order_is_not_found_on_every_transport() {
     }
 }
 
+#[rstest]
 #[tokio::test]
-async fn not_found_echoes_only_a_short_prefix_of_the_id() {
-    let server = TestServer::start().await;
+async fn not_found_echoes_only_a_short_prefix_of_the_id(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    let server = TestServer::start_on(db).await;
     let id = "x".repeat(100_000);
     let status = server
         .native()
@@ -87,9 +94,10 @@ async fn not_found_echoes_only_a_short_prefix_of_the_id() {
     assert!(status.message().len() < 80, "{}", status.message());
 }
 
+#[rstest]
 #[tokio::test]
-async fn empty_id_is_invalid() {
-    let server = TestServer::start().await;
+async fn empty_id_is_invalid(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let server = TestServer::start_on(db).await;
     let status = server
         .native()
         .await
@@ -119,9 +127,10 @@ where
     .expect_err("no such method")
 }
 
+#[rstest]
 #[tokio::test]
-async fn unknown_service_or_method_is_unimplemented() {
-    let server = TestServer::start().await;
+async fn unknown_service_or_method_is_unimplemented(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let server = TestServer::start_on(db).await;
     for path in ["/NoSuchService/getOrder", "/OrderManagement/noSuchMethod"] {
         let channel = server.channel().await;
         let status = call_path(channel, &server.url(), path).await;
@@ -135,12 +144,13 @@ async fn unknown_service_or_method_is_unimplemented() {
     }
 }
 
+#[rstest]
 #[tokio::test]
-async fn health_reports_serving() {
+async fn health_reports_serving(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     use tonic_health::pb::{
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
     };
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(db).await;
     let channel = server.channel().await;
     let mut health = HealthClient::new(channel);
     for service in ["", "OrderManagement"] {
@@ -155,14 +165,15 @@ async fn health_reports_serving() {
     }
 }
 
+#[rstest]
 #[tokio::test]
-async fn reflection_lists_the_service_and_describes_it() {
+async fn reflection_lists_the_service_and_describes_it(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     use tonic_reflection::pb::v1::{
         server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
         ServerReflectionRequest,
     };
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(db).await;
     let channel = server.channel().await;
     let mut reflection = ServerReflectionClient::new(channel);
     let requests = [

@@ -5,10 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{search, TestServer};
+use common::{config_on, open_store, search, Db, TestServer};
 use futures::{channel::mpsc, SinkExt, StreamExt};
 use order_api::pb::{CombinedShipment, Order};
-use order_server::{Config, OrderService, Store};
+use order_server::{Config, OrderService};
+use rstest::rstest;
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
 
@@ -31,9 +32,10 @@ fn ids(orders: &[Order]) -> Vec<&str> {
 
 // ---- addOrder ----------------------------------------------------------------------------------
 
+#[rstest]
 #[tokio::test]
-async fn add_order_assigns_an_id_and_stores_the_order() {
-    let server = TestServer::start().await;
+async fn add_order_assigns_an_id_and_stores_the_order(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let server = TestServer::start_on(db).await;
     let mut client = server.native().await;
     let new = order("", &["Pixel 9"], "Seattle, WA", 499.0);
     let id = client
@@ -66,9 +68,10 @@ async fn add_order_assigns_an_id_and_stores_the_order() {
     assert_eq!(named, "A-1");
 }
 
+#[rstest]
 #[tokio::test]
-async fn add_order_over_grpc_web() {
-    let server = TestServer::start().await;
+async fn add_order_over_grpc_web(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let server = TestServer::start_on(db).await;
     let id = server
         .grpc_web()
         .add_order(order("", &["Lamp"], "Denver, CO", 20.0))
@@ -85,9 +88,12 @@ async fn add_order_over_grpc_web() {
     assert_eq!(stored.items, ["Lamp"]);
 }
 
+#[rstest]
 #[tokio::test]
-async fn an_existing_id_is_already_exists_and_the_order_is_untouched() {
-    let server = TestServer::start().await;
+async fn an_existing_id_is_already_exists_and_the_order_is_untouched(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    let server = TestServer::start_on(db).await;
     let mut client = server.native().await;
     let status = client
         .add_order(order("106", &["Something else"], "Nowhere", 1.0))
@@ -115,9 +121,12 @@ fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .collect()
 }
 
+#[rstest]
 #[tokio::test]
-async fn an_invalid_order_is_invalid_argument_with_one_violation_per_field() {
-    let server = TestServer::start().await;
+async fn an_invalid_order_is_invalid_argument_with_one_violation_per_field(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    let server = TestServer::start_on(db).await;
     let cases: [(Order, &[&str]); 6] = [
         (order("", &[], "Seattle, WA", 1.0), &["items"]),
         (order("", &["ok", ""], "Seattle, WA", 1.0), &["items[1]"]),
@@ -151,9 +160,10 @@ async fn an_invalid_order_is_invalid_argument_with_one_violation_per_field() {
     assert_eq!(search(server.native().await, "").await.len(), 5);
 }
 
+#[rstest]
 #[tokio::test]
-async fn an_oversized_field_is_invalid() {
-    let server = TestServer::start().await;
+async fn an_oversized_field_is_invalid(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let server = TestServer::start_on(db).await;
     let status = server
         .native()
         .await
@@ -170,9 +180,10 @@ async fn an_oversized_field_is_invalid() {
 
 // ---- searchOrders ------------------------------------------------------------------------------
 
+#[rstest]
 #[tokio::test]
-async fn search_streams_every_match_in_a_stable_order() {
-    let server = TestServer::start().await;
+async fn search_streams_every_match_in_a_stable_order(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let server = TestServer::start_on(db).await;
     let native = search(server.native().await, "Google").await;
     assert_eq!(ids(&native), ["102", "104"]);
     let web = search(server.grpc_web(), "Google").await;
@@ -181,9 +192,10 @@ async fn search_streams_every_match_in_a_stable_order() {
     assert_eq!(text, native);
 }
 
+#[rstest]
 #[tokio::test]
-async fn search_ignores_case_and_an_empty_result_is_ok() {
-    let server = TestServer::start().await;
+async fn search_ignores_case_and_an_empty_result_is_ok(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let server = TestServer::start_on(db).await;
     let found = search(server.native().await, "amazon echo").await;
     assert_eq!(ids(&found), ["105", "106"]);
     assert!(search(server.native().await, "Nokia").await.is_empty());
@@ -192,9 +204,10 @@ async fn search_ignores_case_and_an_empty_result_is_ok() {
 
 // ---- updateOrders ------------------------------------------------------------------------------
 
+#[rstest]
 #[tokio::test]
-async fn update_replaces_orders_and_names_them() {
-    let server = TestServer::start().await;
+async fn update_replaces_orders_and_names_them(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let server = TestServer::start_on(db).await;
     let mut client = server.native().await;
     let updates = vec![
         order("102", &["Google Pixel 9"], "Mountain View, CA", 999.0),
@@ -229,9 +242,10 @@ async fn update_replaces_orders_and_names_them() {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn update_is_all_or_nothing() {
-    let server = TestServer::start().await;
+async fn update_is_all_or_nothing(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let server = TestServer::start_on(db).await;
     let mut client = server.native().await;
 
     let with_unknown = vec![
@@ -278,9 +292,12 @@ fn shipment_ids(shipment: &CombinedShipment) -> Vec<&str> {
     ids(&shipment.orders_list)
 }
 
+#[rstest]
 #[tokio::test]
-async fn process_ships_each_full_group_at_once_and_the_rest_at_the_end() {
-    let server = TestServer::start().await;
+async fn process_ships_each_full_group_at_once_and_the_rest_at_the_end(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    let server = TestServer::start_on(db).await;
     let mut client = server.native().await;
     let (mut ids_tx, ids_rx) = mpsc::unbounded::<String>();
     let mut shipments = client
@@ -334,12 +351,15 @@ impl Destination for CombinedShipment {
     }
 }
 
+#[rstest]
 #[tokio::test]
-async fn every_order_is_in_exactly_one_shipment_whatever_the_batch_size() {
+async fn every_order_is_in_exactly_one_shipment_whatever_the_batch_size(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
     for batch_size in [1, 2, 3, 10] {
         let mut config = Config::for_tests();
         config.batch_size = batch_size.try_into().unwrap();
-        let server = TestServer::start_with(config).await;
+        let server = TestServer::start_with_on(config, db).await;
         let all = ["102", "103", "104", "105", "106"].map(String::from);
         let shipments: Vec<CombinedShipment> = server
             .native()
@@ -361,9 +381,12 @@ async fn every_order_is_in_exactly_one_shipment_whatever_the_batch_size() {
     }
 }
 
+#[rstest]
 #[tokio::test]
-async fn process_ends_with_not_found_naming_an_unknown_id() {
-    let server = TestServer::start().await;
+async fn process_ends_with_not_found_naming_an_unknown_id(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    let server = TestServer::start_on(db).await;
     let ids = ["102", "404-nope"].map(String::from);
     let mut shipments = server
         .native()
@@ -389,9 +412,12 @@ async fn process_ends_with_not_found_naming_an_unknown_id() {
 
 // ---- deadlines, cancellation, concurrency ------------------------------------------------------
 
+#[rstest]
 #[tokio::test]
-async fn a_client_deadline_ends_a_call_that_would_wait_forever() {
-    let server = TestServer::start().await;
+async fn a_client_deadline_ends_a_call_that_would_wait_forever(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    let server = TestServer::start_on(db).await;
     // A client that sends grpc-timeout but does not enforce it itself.
     let mut client = server.h2c();
 
@@ -420,10 +446,12 @@ async fn a_client_deadline_ends_a_call_that_would_wait_forever() {
     assert_eq!(status.code(), Code::DeadlineExceeded);
 }
 
+#[rstest]
 #[tokio::test]
-async fn a_stream_stops_when_its_client_goes_away() {
-    let config = Config::for_tests();
-    let orders = OrderService::new(Store::with_sample_data(), config.batch_size);
+async fn a_stream_stops_when_its_client_goes_away(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let db = db.create().await;
+    let config = config_on(&db);
+    let orders = OrderService::new(open_store(&config).await, config.batch_size);
     let mut open = orders.open_streams();
     let server = TestServer::start_service(orders, config).await;
 
@@ -450,9 +478,10 @@ async fn a_stream_stops_when_its_client_goes_away() {
         .unwrap();
 }
 
+#[rstest]
 #[tokio::test]
-async fn many_clients_at_once_see_one_consistent_store() {
-    let server = TestServer::start().await;
+async fn many_clients_at_once_see_one_consistent_store(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let server = TestServer::start_on(db).await;
     let mut tasks = Vec::new();
     for client_number in 0..16 {
         let mut client = server.native().await;

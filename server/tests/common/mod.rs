@@ -1,5 +1,9 @@
-//! Shared test harness: a real `order-server` on `127.0.0.1:0` and clients for it.
+//! Shared test harness: a real `order-server` on `127.0.0.1:0`, on a real database (a SQLite file
+//! in a temporary folder, or a fresh database on a PostgreSQL the harness starts), and clients.
 #![allow(dead_code, missing_docs)]
+
+pub mod postgres;
+pub mod process;
 
 use std::{
     future::Future,
@@ -18,26 +22,99 @@ use hyper_util::{
 };
 use order_api::pb::{order_management_client::OrderManagementClient, Order};
 use order_server::{serve, Config, OrderService, Store};
+use tempfile::TempDir;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use tonic_web::{GrpcWebClientLayer, GrpcWebClientService};
 use tower::{Service, ServiceBuilder};
+
+/// Which database a test's server keeps its orders in. RPC tests run on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    /// A SQLite file of the test's own (the default store).
+    Sqlite,
+    /// A database of the test's own on the test process's PostgreSQL.
+    Postgres,
+}
+
+/// A new, empty database for one test; deleted with it (SQLite) or with the test process's
+/// PostgreSQL.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<TempDir>,
+}
+
+impl TestDb {
+    /// A database the test made itself (it outlives nothing of the harness's).
+    pub fn existing(url: String) -> Self {
+        Self { url, _dir: None }
+    }
+}
+
+impl Db {
+    pub async fn create(self) -> TestDb {
+        match self {
+            Db::Sqlite => {
+                let dir = tempfile::tempdir().expect("a temporary folder");
+                TestDb {
+                    url: format!("sqlite:{}", dir.path().join("orders.db").display()),
+                    _dir: Some(dir),
+                }
+            }
+            Db::Postgres => TestDb {
+                url: postgres::shared().create_database().await,
+                _dir: None,
+            },
+        }
+    }
+}
+
+/// The configuration tests start from: the defaults, on `db`.
+pub fn config_on(db: &TestDb) -> Config {
+    let mut config = Config::for_tests();
+    config.database_url = db.url.clone();
+    config
+}
+
+/// Opens the store `config` names.
+pub async fn open_store(config: &Config) -> Store {
+    Store::open(&config.store_options())
+        .await
+        .expect("the test database opens")
+}
 
 /// A server running in this process on an ephemeral loopback port.
 pub struct TestServer {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    _db: Option<TestDb>,
 }
 
 impl TestServer {
+    /// A server on a new SQLite database, with the sample orders.
     pub async fn start() -> Self {
-        Self::start_with(Config::for_tests()).await
+        Self::start_on(Db::Sqlite).await
     }
 
+    /// A server on a new database of `db`'s kind, with the sample orders.
+    pub async fn start_on(db: Db) -> Self {
+        Self::start_with_on(Config::for_tests(), db).await
+    }
+
+    /// A server with `config` on a new SQLite database.
     pub async fn start_with(config: Config) -> Self {
-        let orders = OrderService::new(Store::with_sample_data(), config.batch_size);
-        Self::start_service(orders, config).await
+        Self::start_with_on(config, Db::Sqlite).await
+    }
+
+    /// A server with `config` on a new database of `db`'s kind.
+    pub async fn start_with_on(mut config: Config, db: Db) -> Self {
+        let db = db.create().await;
+        config.database_url = db.url.clone();
+        let orders = OrderService::new(open_store(&config).await, config.batch_size);
+        let mut server = Self::start_service(orders, config).await;
+        server._db = Some(db);
+        server
     }
 
     /// A server around a service the test keeps a handle to.
@@ -52,6 +129,7 @@ impl TestServer {
             addr,
             shutdown: Some(shutdown),
             task,
+            _db: None,
         }
     }
 

@@ -1,0 +1,372 @@
+//! The order store: a cheap-to-clone handle to the orders in a database, shared by every call.
+//!
+//! One interface ([`Store`]), two implementations chosen by the database URL at start:
+//! - `sqlite:PATH`: an embedded SQLite file ([`sqlite`]), created when missing. One server owns
+//!   the file (a lock file keeps out a second one), which lets it keep a read cache that can never
+//!   be stale: every write goes through this process.
+//! - `postgres://…`: PostgreSQL ([`postgres`]), shared by any number of servers. No cache: another
+//!   server may change any order at any time.
+//!
+//! Both apply the schema from migrations embedded in the binary, give a new database the
+//! tutorial's sample orders, assign IDs from a database sequence, make every acknowledged write
+//! durable and run `updateOrders` as one transaction.
+
+mod cache;
+mod postgres;
+mod sqlite;
+
+use std::{fmt, future::Future, sync::Arc, time::Duration};
+
+use futures::stream::BoxStream;
+use order_api::pb::Order;
+
+use crate::{error::Error, order::ValidOrder};
+
+use self::cache::ReadCache;
+
+/// How many orders `search` reads from the database at a time: what it holds in memory, however
+/// many orders there are.
+pub const SEARCH_PAGE: i64 = 64;
+
+/// How many updated IDs `updateOrders`' answer names; the rest are counted.
+pub const UPDATE_SUMMARY_IDS: usize = 20;
+
+/// What [`Store::open`] needs to know.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `sqlite:PATH` or `postgres://USER@HOST:PORT/DB`.
+    pub url: String,
+    /// Give a new database the tutorial's sample orders.
+    pub sample_data: bool,
+    /// How long one database operation may take, connecting included, before the call gets
+    /// `UNAVAILABLE`.
+    pub timeout: Duration,
+    /// Most connections the server opens to the database.
+    pub max_connections: u32,
+    /// Bytes of orders the read cache may hold (SQLite only); 0 turns it off.
+    pub cache_bytes: u64,
+}
+
+impl StoreOptions {
+    /// Options for `url` with the server's defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            sample_data: true,
+            timeout: Duration::from_secs(5),
+            max_connections: 8,
+            cache_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why the store could not be opened. Each names the database (without its password).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The URL names no database this server supports.
+    #[error("{0:?} is not a database URL this server supports: use sqlite:PATH (e.g. sqlite:data/orders.db) or postgres://USER@HOST:PORT/DB")]
+    Scheme(String),
+    /// The URL could not be parsed.
+    #[error("{url} is not a valid database URL: {source}")]
+    Url {
+        /// The URL, password hidden.
+        url: String,
+        /// What the driver said.
+        source: sqlx::Error,
+    },
+    /// Another server has the SQLite file open.
+    #[error("{url} is in use by another order-server (see {lock}); SQLite serves one server, share a PostgreSQL database to run several")]
+    Locked {
+        /// The URL.
+        url: String,
+        /// The lock file.
+        lock: String,
+    },
+    /// A file or folder for the SQLite database could not be made.
+    #[error("cannot create {path}: {source}")]
+    Io {
+        /// What could not be made.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database could not be reached or opened.
+    #[error("cannot open the database {url}: {source}")]
+    Connect {
+        /// The URL, password hidden.
+        url: String,
+        /// What the driver said.
+        source: sqlx::Error,
+    },
+    /// The schema could not be brought up to date.
+    #[error("cannot apply the schema migrations to {url}: {source}")]
+    Migrate {
+        /// The URL, password hidden.
+        url: String,
+        /// What the migrator said.
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+/// What `add` did.
+#[derive(Debug)]
+enum Added {
+    /// Stored under this ID.
+    Id(String),
+    /// The order's own ID is taken; nothing was stored.
+    Taken,
+}
+
+/// What `updateOrders` changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Updated {
+    /// How many orders were replaced.
+    pub count: usize,
+    /// The first [`UPDATE_SUMMARY_IDS`] of their IDs, in the order the client sent them.
+    pub first_ids: Vec<String>,
+}
+
+impl Updated {
+    fn record(&mut self, id: &str) {
+        self.count += 1;
+        if self.first_ids.len() < UPDATE_SUMMARY_IDS {
+            self.first_ids.push(id.to_owned());
+        }
+    }
+}
+
+impl fmt::Display for Updated {
+    /// `updated 2 orders: 102, 103`, or `… and N more` past [`UPDATE_SUMMARY_IDS`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.count {
+            1 => write!(f, "updated 1 order: ")?,
+            n => write!(f, "updated {n} orders: ")?,
+        }
+        write!(f, "{}", self.first_ids.join(", "))?;
+        let rest = self.count - self.first_ids.len();
+        if rest > 0 {
+            write!(f, " and {rest} more")?;
+        }
+        Ok(())
+    }
+}
+
+/// The orders `updateOrders` applies, validated as they arrive.
+pub type OrderStream<'a> = BoxStream<'a, Result<ValidOrder, Error>>;
+
+/// One storage engine. Every method is one short piece of work on the database.
+#[tonic::async_trait]
+trait Backend: Send + Sync + fmt::Debug {
+    /// The order with this ID, if any.
+    async fn get(&self, id: &str) -> Result<Option<Order>, Error>;
+    /// Stores `order` under its own ID, or under the next number of the ID sequence (skipping
+    /// taken ones) when it has none.
+    async fn add(&self, order: Order) -> Result<Added, Error>;
+    /// Up to `limit` orders after `after` in ID order ("" for the first page).
+    async fn page(&self, after: &str, limit: i64) -> Result<Vec<Order>, Error>;
+    /// Replaces the orders of `orders`, all or nothing, in one transaction. Each database step
+    /// is bounded by `timeout`; waiting for the client's next order is not.
+    async fn update_all(
+        &self,
+        orders: OrderStream<'_>,
+        timeout: Duration,
+    ) -> Result<Updated, Error>;
+    /// The next number of the shipment ID sequence.
+    async fn next_shipment(&self) -> Result<i64, Error>;
+    /// Succeeds when the database answers.
+    async fn ping(&self) -> Result<(), Error>;
+}
+
+/// Shared order storage. Cloning gives another handle to the same database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    /// Only where no other process can change the orders (SQLite).
+    cache: Option<Arc<ReadCache>>,
+    timeout: Duration,
+    /// What the log may say about the database: the URL without its password.
+    name: Arc<str>,
+}
+
+impl Store {
+    /// Opens (creating it if needed) the database `options.url` names, brings its schema up to
+    /// date and, if it is new, stores the sample orders.
+    pub async fn open(options: &StoreOptions) -> Result<Self, OpenError> {
+        let name: Arc<str> = redact(&options.url).into();
+        let (backend, cache): (Arc<dyn Backend>, _) = if options.url.starts_with("sqlite:") {
+            let cache =
+                (options.cache_bytes > 0).then(|| Arc::new(ReadCache::new(options.cache_bytes)));
+            (Arc::new(sqlite::Sqlite::open(options).await?), cache)
+        } else if options.url.starts_with("postgres://") || options.url.starts_with("postgresql://")
+        {
+            (Arc::new(postgres::Postgres::open(options).await?), None)
+        } else {
+            return Err(OpenError::Scheme(name.to_string()));
+        };
+        Ok(Self {
+            backend,
+            cache,
+            timeout: options.timeout,
+            name,
+        })
+    }
+
+    /// The database's URL without its password, for logs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The order with this ID.
+    pub async fn get(&self, id: &str) -> Result<Order, Error> {
+        let Some(cache) = &self.cache else {
+            return self
+                .bounded(self.backend.get(id))
+                .await?
+                .ok_or_else(|| Error::NotFound(id.to_owned()));
+        };
+        if let Some(order) = cache.get(id) {
+            return Ok(order);
+        }
+        let generation = cache.generation();
+        let order = self
+            .bounded(self.backend.get(id))
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+        cache.fill(&order, generation);
+        Ok(order)
+    }
+
+    /// Stores a new order and returns its ID. An empty ID gets the next number of the database's
+    /// sequence (unique across every server sharing the database); an ID that exists already is
+    /// refused and the stored order left as it was.
+    pub async fn add(&self, order: ValidOrder) -> Result<String, Error> {
+        let order = order.into_inner();
+        let explicit = order.id.clone();
+        match self.bounded(self.backend.add(order)).await? {
+            Added::Id(id) => Ok(id),
+            Added::Taken => Err(Error::AlreadyExists(explicit)),
+        }
+    }
+
+    /// Every order with an item containing `text`, ignoring case, in ID order, read from the
+    /// database a page at a time as the stream is polled: a client that does not read holds one
+    /// page, never a copy of the store.
+    pub fn search(&self, text: &str) -> BoxStream<'static, Result<Order, Error>> {
+        let needle = text.to_lowercase();
+        let store = self.clone();
+        Box::pin(async_stream::try_stream! {
+            let mut after = String::new();
+            loop {
+                let page = store.bounded(store.backend.page(&after, SEARCH_PAGE)).await?;
+                let last_page = (page.len() as i64) < SEARCH_PAGE;
+                if let Some(last) = page.last() {
+                    after.clone_from(&last.id);
+                }
+                for order in page {
+                    if order.items.iter().any(|item| item.to_lowercase().contains(&needle)) {
+                        yield order;
+                    }
+                }
+                if last_page {
+                    break;
+                }
+            }
+        })
+    }
+
+    /// Replaces each order of `orders`, all or nothing, applying them as they arrive inside one
+    /// transaction: an unknown ID (`NOT_FOUND`), an invalid order or a failed client stream and
+    /// nothing changes.
+    pub async fn update_all(&self, orders: OrderStream<'_>) -> Result<Updated, Error> {
+        let updated = self.backend.update_all(orders, self.timeout).await?;
+        if let Some(cache) = &self.cache {
+            // Which orders changed is not kept (that would grow with the call); updates are rare.
+            cache.clear();
+        }
+        Ok(updated)
+    }
+
+    /// A new shipment number, unique across every server sharing the database.
+    pub async fn next_shipment(&self) -> Result<i64, Error> {
+        self.bounded(self.backend.next_shipment()).await
+    }
+
+    /// Succeeds when the database answers within the store's timeout.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.bounded(self.backend.ping()).await
+    }
+
+    async fn bounded<T>(&self, work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        within(self.timeout, work).await
+    }
+}
+
+/// `work`, or [`Error::Timeout`] if it takes longer than `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or(Err(Error::Timeout(timeout)))
+}
+
+/// The URL with its password (if any) replaced by `***`, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// The sample orders of the original tutorial (its `initSampleData`).
+pub fn sample_orders() -> Vec<Order> {
+    let order = |id: &str, items: &[&str], destination: &str, price: f32| Order {
+        id: id.into(),
+        items: items.iter().map(|&item| item.into()).collect(),
+        description: String::new(),
+        price,
+        destination: destination.into(),
+    };
+    vec![
+        order(
+            "102",
+            &["Google Pixel 3A", "Mac Book Pro"],
+            "Mountain View, CA",
+            1800.0,
+        ),
+        order("103", &["Apple Watch S4"], "San Jose, CA", 400.0),
+        order(
+            "104",
+            &["Google Home Mini", "Google Nest Hub"],
+            "Mountain View, CA",
+            400.0,
+        ),
+        order("105", &["Amazon Echo"], "San Jose, CA", 30.0),
+        order(
+            "106",
+            &["Amazon Echo", "Apple iPhone XS"],
+            "Mountain View, CA",
+            300.0,
+        ),
+    ]
+}
+
+/// Where a seeded database's ID sequence stands: after the largest sample ID, so the first
+/// assigned ID is 107 as in the tutorial.
+fn last_sample_id() -> i64 {
+    sample_orders()
+        .iter()
+        .filter_map(|order| order.id.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

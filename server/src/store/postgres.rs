@@ -1,0 +1,229 @@
+//! The shared store: PostgreSQL, for any number of servers behind a load balancer. IDs come from
+//! database sequences, so they are unique across all of them; every write is committed (and so
+//! durable, with PostgreSQL's default `synchronous_commit`) before the call is answered.
+
+use std::{str::FromStr, time::Duration};
+
+use futures::StreamExt;
+use order_api::pb::Order;
+use sqlx::{
+    postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow},
+    PgConnection, Row,
+};
+
+use super::{
+    last_sample_id, redact, sample_orders, within, Added, Backend, OpenError, OrderStream,
+    StoreOptions, Updated,
+};
+use crate::error::Error;
+
+const COLUMNS: &str = "id, items, description, price, destination";
+
+/// A pool of connections to one PostgreSQL database.
+#[derive(Debug)]
+pub(super) struct Postgres {
+    pool: PgPool,
+}
+
+impl Postgres {
+    pub(super) async fn open(options: &StoreOptions) -> Result<Self, OpenError> {
+        let url = &options.url;
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|source| OpenError::Url {
+                url: redact(url),
+                source,
+            })?
+            .application_name("order-server");
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.timeout)
+            // Check a pooled connection before use: after a database restart the old ones are
+            // gone, and a call should get a fresh one rather than an error.
+            .test_before_acquire(true)
+            .connect_with(connect)
+            .await
+            .map_err(|source| OpenError::Connect {
+                url: redact(url),
+                source,
+            })?;
+        // sqlx takes an advisory lock, so servers starting together migrate one at a time.
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|source| OpenError::Migrate {
+                url: redact(url),
+                source,
+            })?;
+        let store = Self { pool };
+        store
+            .set_up(options.sample_data)
+            .await
+            .map_err(|source| OpenError::Connect {
+                url: redact(url),
+                source,
+            })?;
+        Ok(store)
+    }
+
+    /// Marks the database as set up and, the first time only, stores the sample orders. Servers
+    /// starting together wait on the one that inserts the mark, then find it there.
+    async fn set_up(&self, sample_data: bool) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let created = sqlx::query(
+            "INSERT INTO store_info (key, value) VALUES ('created', now()::text)
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if created && sample_data {
+            for order in sample_orders() {
+                insert(&mut tx, &order).await?;
+            }
+            sqlx::query("SELECT setval('order_ids', $1)")
+                .bind(last_sample_id())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+}
+
+/// Inserts `order` under its own ID; false when that ID is taken.
+async fn insert(conn: &mut PgConnection, order: &Order) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO orders (id, items, description, price, destination)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&order.id)
+    .bind(&order.items)
+    .bind(&order.description)
+    .bind(order.price)
+    .bind(&order.destination)
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+fn order(row: &PgRow) -> Result<Order, sqlx::Error> {
+    Ok(Order {
+        id: row.try_get("id")?,
+        items: row.try_get("items")?,
+        description: row.try_get("description")?,
+        price: row.try_get("price")?,
+        destination: row.try_get("destination")?,
+    })
+}
+
+/// A sequence past its maximum ("nextval: reached maximum value of sequence").
+fn exhausted(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("2200H"))
+}
+
+#[tonic::async_trait]
+impl Backend for Postgres {
+    async fn get(&self, id: &str) -> Result<Option<Order>, Error> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(order).transpose()?)
+    }
+
+    async fn add(&self, new: Order) -> Result<Added, Error> {
+        let mut conn = self.pool.acquire().await?;
+        if !new.id.is_empty() {
+            return Ok(match insert(&mut conn, &new).await? {
+                true => Added::Id(new.id),
+                false => Added::Taken,
+            });
+        }
+        // One statement: the number comes from the sequence and, if an order was added with
+        // that number as its own ID, the next one is tried.
+        loop {
+            let id: Option<String> = sqlx::query_scalar(
+                "INSERT INTO orders (id, items, description, price, destination)
+                 VALUES (nextval('order_ids')::text, $1, $2, $3, $4)
+                 ON CONFLICT (id) DO NOTHING RETURNING id",
+            )
+            .bind(&new.items)
+            .bind(&new.description)
+            .bind(new.price)
+            .bind(&new.destination)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| match exhausted(&e) {
+                true => Error::Exhausted("order IDs"),
+                false => e.into(),
+            })?;
+            if let Some(id) = id {
+                return Ok(Added::Id(id));
+            }
+        }
+    }
+
+    async fn page(&self, after: &str, limit: i64) -> Result<Vec<Order>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM orders
+             WHERE (length(id), id) > (length($1), $1 COLLATE \"C\")
+             ORDER BY length(id), id LIMIT $2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(order).collect::<Result<_, _>>()?)
+    }
+
+    /// Each order is applied as it arrives inside one transaction, which commits only after the
+    /// client's stream ended well. Row locks are held on the updated orders only.
+    async fn update_all(
+        &self,
+        mut orders: OrderStream<'_>,
+        timeout: Duration,
+    ) -> Result<Updated, Error> {
+        let mut tx = within(timeout, async { Ok(self.pool.begin().await?) }).await?;
+        let mut updated = Updated::default();
+        while let Some(next) = orders.next().await {
+            let next = next?.into_inner();
+            let changed = within(timeout, async {
+                Ok(sqlx::query(
+                    "UPDATE orders SET items = $2, description = $3, price = $4,
+                         destination = $5 WHERE id = $1",
+                )
+                .bind(&next.id)
+                .bind(&next.items)
+                .bind(&next.description)
+                .bind(next.price)
+                .bind(&next.destination)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected())
+            })
+            .await?;
+            if changed == 0 {
+                // Dropping the transaction rolls it back.
+                return Err(Error::NotFound(next.id));
+            }
+            updated.record(&next.id);
+        }
+        within(timeout, async { Ok(tx.commit().await?) }).await?;
+        Ok(updated)
+    }
+
+    async fn next_shipment(&self) -> Result<i64, Error> {
+        sqlx::query_scalar("SELECT nextval('shipment_ids')")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| match exhausted(&e) {
+                true => Error::Exhausted("shipment IDs"),
+                false => e.into(),
+            })
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,322 @@
+//! The embedded store: one SQLite file in WAL mode, every commit synced to disk
+//! (`synchronous = FULL`), so an acknowledged write survives a crash of the server or the machine.
+
+use std::{fs::File, path::Path, str::FromStr, time::Duration};
+
+use futures::StreamExt;
+use order_api::pb::Order;
+use sqlx::{
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+        SqliteSynchronous,
+    },
+    Connection, Row, SqliteConnection,
+};
+
+use super::{
+    last_sample_id, redact, sample_orders, within, Added, Backend, OpenError, OrderStream,
+    StoreOptions, Updated,
+};
+use crate::error::Error;
+
+const COLUMNS: &str = "id, items, description, price, destination";
+
+/// A SQLite database file and the lock that makes this process its only server.
+#[derive(Debug)]
+pub(super) struct Sqlite {
+    pool: SqlitePool,
+    /// Held (locked) for as long as the store is open.
+    _lock: Option<File>,
+}
+
+impl Sqlite {
+    pub(super) async fn open(options: &StoreOptions) -> Result<Self, OpenError> {
+        let url = &options.url;
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|source| OpenError::Url {
+                url: redact(url),
+                source,
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(options.timeout);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let lock = if in_memory {
+            None
+        } else {
+            Some(lock(url, connect.get_filename())?)
+        };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            // An in-memory database lives as long as one connection to it.
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(options.timeout)
+            .connect_with(connect)
+            .await
+            .map_err(|source| OpenError::Connect {
+                url: redact(url),
+                source,
+            })?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|source| OpenError::Migrate {
+                url: redact(url),
+                source,
+            })?;
+        let store = Self { pool, _lock: lock };
+        store
+            .set_up(options.sample_data)
+            .await
+            .map_err(|source| OpenError::Connect {
+                url: redact(url),
+                source,
+            })?;
+        Ok(store)
+    }
+
+    /// Marks the database as set up and, the first time only, stores the sample orders.
+    async fn set_up(&self, sample_data: bool) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let created = sqlx::query(
+            "INSERT INTO store_info (key, value) VALUES ('created', datetime('now'))
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if created && sample_data {
+            for order in sample_orders() {
+                insert(&mut tx, &order.id, &order).await?;
+            }
+            sqlx::query("UPDATE sequences SET last_value = ?1 WHERE name = 'order_ids'")
+                .bind(last_sample_id())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+}
+
+/// Takes `<database>.lock` so that a second server on the same file fails at start instead of
+/// serving from a cache the first one makes stale.
+fn lock(url: &str, database: &Path) -> Result<File, OpenError> {
+    if let Some(folder) = database.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder).map_err(|source| OpenError::Io {
+            path: folder.display().to_string(),
+            source,
+        })?;
+    }
+    let mut path = database.as_os_str().to_owned();
+    path.push(".lock");
+    let path = std::path::PathBuf::from(path);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| OpenError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked {
+            url: redact(url),
+            lock: path.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(OpenError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Inserts `order` as `id`; false when `id` is taken.
+async fn insert(conn: &mut SqliteConnection, id: &str, order: &Order) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO orders (id, items, description, price, destination)
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(items_json(&order.items))
+    .bind(&order.description)
+    .bind(order.price)
+    .bind(&order.destination)
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+fn items_json(items: &[String]) -> String {
+    // A list of strings always serializes.
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn order(row: &SqliteRow) -> Result<Order, sqlx::Error> {
+    let items: String = row.try_get("items")?;
+    Ok(Order {
+        id: row.try_get("id")?,
+        items: serde_json::from_str(&items).map_err(|e| sqlx::Error::ColumnDecode {
+            index: "items".into(),
+            source: Box::new(e),
+        })?,
+        description: row.try_get("description")?,
+        price: row.try_get("price")?,
+        destination: row.try_get("destination")?,
+    })
+}
+
+#[tonic::async_trait]
+impl Backend for Sqlite {
+    async fn get(&self, id: &str) -> Result<Option<Order>, Error> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE id = ?1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(order).transpose()?)
+    }
+
+    async fn add(&self, new: Order) -> Result<Added, Error> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let id = if new.id.is_empty() {
+            loop {
+                let next: Option<i64> = sqlx::query_scalar(
+                    "UPDATE sequences SET last_value = last_value + 1
+                     WHERE name = 'order_ids' AND last_value < 9223372036854775807
+                     RETURNING last_value",
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
+                let id = next.ok_or(Error::Exhausted("order IDs"))?.to_string();
+                // An order added with this number as its own ID: take the next one.
+                if insert(&mut tx, &id, &new).await? {
+                    break id;
+                }
+            }
+        } else if insert(&mut tx, &new.id, &new).await? {
+            new.id
+        } else {
+            return Ok(Added::Taken);
+        };
+        tx.commit().await?;
+        Ok(Added::Id(id))
+    }
+
+    async fn page(&self, after: &str, limit: i64) -> Result<Vec<Order>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM orders WHERE (length(id), id) > (length(?1), ?1)
+             ORDER BY length(id), id LIMIT ?2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(order).collect::<Result<_, _>>()?)
+    }
+
+    /// The orders are staged in a temporary table of this connection first, which takes no lock
+    /// on the database, so a slow client does not hold up other writers; then one short
+    /// `BEGIN IMMEDIATE` transaction applies them all.
+    async fn update_all(
+        &self,
+        mut orders: OrderStream<'_>,
+        timeout: Duration,
+    ) -> Result<Updated, Error> {
+        let mut conn = within(timeout, async { Ok(self.pool.acquire().await?) }).await?;
+        within(timeout, async {
+            sqlx::query(
+                "CREATE TEMP TABLE IF NOT EXISTS staged_updates (
+                     seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, items TEXT NOT NULL,
+                     description TEXT NOT NULL, price REAL NOT NULL, destination TEXT NOT NULL)",
+            )
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("DELETE FROM temp.staged_updates")
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await?;
+        let mut updated = Updated::default();
+        while let Some(next) = orders.next().await {
+            let next = next?.into_inner();
+            within(timeout, async {
+                let exists: bool =
+                    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orders WHERE id = ?1)")
+                        .bind(&next.id)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                if !exists {
+                    return Err(Error::NotFound(next.id.clone()));
+                }
+                // The same order twice in one call: the last version wins.
+                sqlx::query(
+                    "INSERT INTO temp.staged_updates (id, items, description, price, destination)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (id) DO UPDATE SET items = excluded.items,
+                         description = excluded.description, price = excluded.price,
+                         destination = excluded.destination",
+                )
+                .bind(&next.id)
+                .bind(items_json(&next.items))
+                .bind(&next.description)
+                .bind(next.price)
+                .bind(&next.destination)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+            .await?;
+            updated.record(&next.id);
+        }
+        within(timeout, async {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let missing: Option<String> = sqlx::query_scalar(
+                "SELECT s.id FROM temp.staged_updates s
+                 WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = s.id)
+                 ORDER BY s.seq LIMIT 1",
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = missing {
+                return Err(Error::NotFound(id));
+            }
+            sqlx::query(
+                "UPDATE orders SET items = s.items, description = s.description,
+                     price = s.price, destination = s.destination
+                 FROM temp.staged_updates s WHERE orders.id = s.id",
+            )
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await?;
+        // Best effort: the next call empties the table anyway.
+        let _ = sqlx::query("DELETE FROM temp.staged_updates")
+            .execute(&mut *conn)
+            .await;
+        Ok(updated)
+    }
+
+    async fn next_shipment(&self) -> Result<i64, Error> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "UPDATE sequences SET last_value = last_value + 1
+             WHERE name = 'shipment_ids' AND last_value < 9223372036854775807
+             RETURNING last_value",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        next.ok_or(Error::Exhausted("shipment IDs"))
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,230 @@
+//! The store's rules on an embedded SQLite file. The same rules on PostgreSQL are covered by the
+//! integration tests, which run every RPC on both.
+
+use futures::{StreamExt, TryStreamExt};
+
+use super::*;
+
+fn new_order(id: &str, item: &str) -> ValidOrder {
+    ValidOrder::try_from(Order {
+        id: id.into(),
+        items: vec![item.into()],
+        description: String::new(),
+        price: 10.0,
+        destination: "Austin, TX".into(),
+    })
+    .unwrap()
+}
+
+async fn open(dir: &tempfile::TempDir) -> Store {
+    let url = format!("sqlite:{}", dir.path().join("orders.db").display());
+    Store::open(&StoreOptions::new(url)).await.expect("opens")
+}
+
+async fn search(store: &Store, text: &str) -> Vec<String> {
+    store
+        .search(text)
+        .map_ok(|o| o.id)
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+fn updates(orders: Vec<ValidOrder>) -> OrderStream<'static> {
+    futures::stream::iter(orders.into_iter().map(Ok)).boxed()
+}
+
+#[tokio::test]
+async fn a_new_database_has_the_tutorials_sample_orders() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let order = store.get("106").await.expect("106 is a sample order");
+    assert_eq!(order.items, ["Amazon Echo", "Apple iPhone XS"]);
+    assert_eq!(order.destination, "Mountain View, CA");
+    assert_eq!(order.price, 300.0);
+    assert!(matches!(store.get("101").await, Err(Error::NotFound(_))));
+    assert!(matches!(store.get("107").await, Err(Error::NotFound(_))));
+}
+
+#[tokio::test]
+async fn an_existing_database_is_not_seeded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store
+        .update_all(updates(vec![new_order("103", "changed")]))
+        .await
+        .unwrap();
+    drop(store);
+    let store = open(&dir).await;
+    assert_eq!(store.get("103").await.unwrap().items, ["changed"]);
+}
+
+#[tokio::test]
+async fn no_sample_data_starts_empty_and_numbers_from_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("orders.db").display());
+    let store = Store::open(&StoreOptions {
+        sample_data: false,
+        ..StoreOptions::new(url)
+    })
+    .await
+    .unwrap();
+    assert!(search(&store, "").await.is_empty());
+    assert_eq!(store.add(new_order("", "a")).await.unwrap(), "1");
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(&dir).await;
+    let url = format!("sqlite:{}", dir.path().join("orders.db").display());
+    let error = Store::open(&StoreOptions::new(url)).await.unwrap_err();
+    assert!(matches!(error, OpenError::Locked { .. }), "{error}");
+    assert!(error.to_string().contains("PostgreSQL"), "{error}");
+}
+
+#[tokio::test]
+async fn assigned_ids_follow_the_sequence_and_skip_taken_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    assert_eq!(store.add(new_order("", "a")).await.unwrap(), "107");
+    store.add(new_order("108", "b")).await.unwrap();
+    assert_eq!(store.add(new_order("", "c")).await.unwrap(), "109");
+    assert_eq!(store.get("109").await.unwrap().id, "109");
+}
+
+#[tokio::test]
+async fn a_huge_explicit_id_is_just_a_string() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store
+        .add(new_order("18446744073709551615", "x"))
+        .await
+        .unwrap();
+    assert_eq!(store.add(new_order("", "a")).await.unwrap(), "107");
+}
+
+#[tokio::test]
+async fn an_existing_id_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let err = store.add(new_order("106", "Other")).await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyExists(id) if id == "106"));
+    assert_eq!(store.get("106").await.unwrap().items[1], "Apple iPhone XS");
+}
+
+#[tokio::test]
+async fn search_ignores_case_and_keeps_id_order_across_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store.add(new_order("99", "google glass")).await.unwrap();
+    // More than a page of non-matching orders between the matches.
+    for _ in 0..(2 * SEARCH_PAGE) {
+        store.add(new_order("", "mug")).await.unwrap();
+    }
+    store.add(new_order("zzzz", "Google TV")).await.unwrap();
+    assert_eq!(search(&store, "GOOGLE").await, ["99", "102", "104", "zzzz"]);
+    assert!(search(&store, "no such thing").await.is_empty());
+    assert_eq!(search(&store, "mug").await.len() as i64, 2 * SEARCH_PAGE);
+}
+
+#[tokio::test]
+async fn update_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    // Read once so the cache holds the old 102.
+    store.get("102").await.unwrap();
+    let err = store
+        .update_all(updates(vec![
+            new_order("102", "changed"),
+            new_order("777", "x"),
+        ]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound(id) if id == "777"));
+    assert_eq!(store.get("102").await.unwrap().items[0], "Google Pixel 3A");
+
+    let updated = store
+        .update_all(updates(vec![
+            new_order("102", "changed"),
+            new_order("103", "too"),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(updated.to_string(), "updated 2 orders: 102, 103");
+    assert_eq!(store.get("102").await.unwrap().items, ["changed"]);
+}
+
+#[tokio::test]
+async fn a_failing_update_stream_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let orders = futures::stream::iter([
+        Ok(new_order("102", "changed")),
+        Err(Error::Client(tonic::Status::cancelled("client went away"))),
+    ])
+    .boxed();
+    assert!(store.update_all(orders).await.is_err());
+    assert_eq!(store.get("102").await.unwrap().items[0], "Google Pixel 3A");
+}
+
+#[test]
+fn a_long_update_summary_counts_the_rest() {
+    let mut updated = Updated::default();
+    for i in 0..25 {
+        updated.record(&i.to_string());
+    }
+    let summary = updated.to_string();
+    assert!(
+        summary.starts_with("updated 25 orders: 0, 1, 2"),
+        "{summary}"
+    );
+    assert!(summary.ends_with("19 and 5 more"), "{summary}");
+}
+
+#[tokio::test]
+async fn concurrent_adds_get_distinct_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..10 {
+                    ids.push(store.add(new_order("", "Widget")).await.unwrap());
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.extend(task.await.unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 80);
+    assert_eq!(search(&store, "widget").await.len(), 80);
+}
+
+#[test]
+fn passwords_stay_out_of_logs() {
+    assert_eq!(
+        redact("postgres://shop:s3cret@db:5432/orders"),
+        "postgres://shop:***@db:5432/orders"
+    );
+    assert_eq!(
+        redact("postgres://shop@db/orders"),
+        "postgres://shop@db/orders"
+    );
+    assert_eq!(redact("sqlite:data/orders.db"), "sqlite:data/orders.db");
+}
+
+#[tokio::test]
+async fn an_unknown_scheme_is_refused_clearly() {
+    let error = Store::open(&StoreOptions::new("mysql://x/y"))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("sqlite:PATH"), "{error}");
+}

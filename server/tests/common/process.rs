@@ -1,0 +1,98 @@
+//! The real `order-server` binary as an operator runs it: started with flags, read through its
+//! log, stopped with a signal (or killed).
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+/// Only a server that never starts reaches this.
+const START_LIMIT: Duration = Duration::from_secs(30);
+
+/// A running `order-server` process on an ephemeral loopback port.
+pub struct ServerProcess {
+    pub child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// The log lines after the one that gave the address, as they come.
+    pub log: mpsc::Receiver<String>,
+}
+
+impl ServerProcess {
+    /// Starts `order-server --listen 127.0.0.1:0 ARGS…` and waits for the line with its address.
+    pub fn start(args: &[&str]) -> Self {
+        match Self::try_start(args) {
+            Ok(server) => server,
+            Err(log) => panic!("order-server did not start:\n{}", log.join("\n")),
+        }
+    }
+
+    /// As [`Self::start`], or the log of a server that exited before listening.
+    pub fn try_start(args: &[&str]) -> Result<Self, Vec<String>> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_order-server"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("order-server starts");
+        let stderr = child.stderr.take().expect("piped");
+        let (lines, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut early = Vec::new();
+        loop {
+            let Ok(line) = log.recv_timeout(START_LIMIT) else {
+                // The log ended (the process exited) or nothing came in time.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(early);
+            };
+            if let Some(addr) = line
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix("address="))
+            {
+                return Ok(Self {
+                    child,
+                    addr: addr.to_owned(),
+                    log,
+                });
+            }
+            early.push(line);
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `kill -9`: no chance to finish anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, as an operator stops it; waits for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        self.child.wait().expect("order-server exits")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
