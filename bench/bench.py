@@ -1,6 +1,11 @@
 #!/usr/bin/env python3
 """`make bench`: getOrder under load, order-server against the tutorial's Go server and a bare
-hyper ceiling, in one run that prints one table and the ratios.
+hyper ceiling, in one run that prints one table and the ratios; then order-server on PostgreSQL
+(getOrder) and durable addOrder throughput on both stores.
+
+order-server runs with its default durable store, a SQLite file (in a temporary folder), as
+`make run` does. The PostgreSQL figures use a cluster of the benchmark's own (Debian's package,
+default durable settings: fsync and synchronous_commit on), pinned to the server's CPU.
 
 Each server runs pinned to CPU 0 and h2load to CPU 1 (taskset). For each server and cell: a
 warm-up, then ROUNDS measured runs of DURATION seconds; the table shows medians. Measured per run:
@@ -13,18 +18,27 @@ every successful answer carries the order, a failed one does not) and, per serve
 import argparse
 import os
 import re
+import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# StringValue{"106"} in a gRPC frame: the request every call sends.
+# StringValue{"106"} in a gRPC frame: the request every getOrder call sends.
 GET_106 = b"\x00\x00\x00\x00\x05\x0a\x03106"
+
+# Order{items: ["Bench item"], price: 1, destination: "Bench, CA"} without an ID (the server
+# assigns one), in a gRPC frame: the request every addOrder call sends.
+BENCH_DESTINATION = "Bench, CA"
+_ORDER = b"\x12\x0aBench item" + b"\x25" + struct.pack("<f", 1.0) + b"\x2a\x09" + BENCH_DESTINATION.encode()
+ADD_ORDER = b"\x00" + struct.pack(">I", len(_ORDER)) + _ORDER
 
 CELLS = {
     "native": {
@@ -35,6 +49,11 @@ CELLS = {
         "title": "gRPC-Web, HTTP/1.1, 64 conns",
         "args": ["--h1", "-c", "64", "-m", "1", "-H", "content-type: application/grpc-web+proto",
                  "-H", "x-grpc-web: 1"],
+    },
+    "add": {
+        "title": "addOrder, native, 4 conns x 4 streams",
+        "args": ["-c", "4", "-m", "4", "-H", "content-type: application/grpc", "-H", "te: trailers"],
+        "path": "/OrderManagement/addOrder",
     },
 }
 
@@ -75,7 +94,7 @@ def h2load(url, cell, body_file, cpu, duration=None, requests=None):
         args = [a if args[i - 1] not in ("-c", "-m") else "1" for i, a in enumerate(args)]
     command = ["taskset", "-c", str(cpu), "h2load", *args, "-d", str(body_file)]
     command += ["-D", str(duration)] if duration else ["-n", str(requests)]
-    command.append(f"{url}/OrderManagement/getOrder")
+    command.append(url + CELLS[cell].get("path", "/OrderManagement/getOrder"))
     out = subprocess.run(command, capture_output=True, text=True, timeout=600).stdout
     number = lambda pattern: float(re.search(pattern, out).group(1))
     return {
@@ -92,6 +111,48 @@ def data_bytes(out):
     # "traffic: 1.2MB (1234567) total, 10KB (10240) headers (space savings 95%), 1MB (1048576) data"
     match = re.search(r"\((\d+)\) data", out)
     return int(match.group(1))
+
+
+class Postgres:
+    """A PostgreSQL cluster of the benchmark's own in a temporary folder, with PostgreSQL's default
+    (durable) settings. initdb refuses root, so as root it runs as the postgres user."""
+
+    def __init__(self, cpu):
+        bindir = max(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)).parent
+        self.pg_ctl = str(bindir / "pg_ctl")
+        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.dir = tempfile.mkdtemp(prefix="order-bench-pg-")
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres")
+        self.data = f"{self.dir}/data"
+        self.port = free_port()
+        subprocess.run([*self.as_postgres, str(bindir / "initdb"), "-D", self.data, "-U", "postgres",
+                        "--auth=trust"], check=True, capture_output=True)
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        subprocess.run([*self.as_postgres, "taskset", "-c", str(cpu), self.pg_ctl, "-D", self.data,
+                        "-l", f"{self.dir}/postgres.log", "-w", "-o", options, "start"],
+                       check=True, capture_output=True)
+        self.psql("postgres", "CREATE DATABASE orders")
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}/orders"
+
+    def psql(self, database, sql):
+        return subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d",
+                               database, "-tAc", sql], check=True, capture_output=True, text=True).stdout
+
+    def stop(self):
+        subprocess.run([*self.as_postgres, self.pg_ctl, "-D", self.data, "-m", "fast", "-w", "stop"],
+                       capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def count_bench_orders(database_url, postgres):
+    """How many addOrder calls of the benchmark the database kept."""
+    sql = f"SELECT count(*) FROM orders WHERE destination = '{BENCH_DESTINATION}'"
+    if postgres:
+        return int(postgres.psql("orders", sql))
+    import sqlite3
+    with sqlite3.connect(database_url.removeprefix("sqlite:")) as db:
+        return db.execute(sql).fetchone()[0]
 
 
 class Server:
@@ -136,6 +197,24 @@ def measure(server, cell, body_file, args):
     }
 
 
+def measure_adds(server, body_file, args):
+    """Durable addOrder calls per second. The calls that failed are counted from the database
+    afterwards: every call h2load saw done must have left its order there."""
+    runs = []
+    for _ in range(args.rounds):
+        before = cpu_ticks(server.process.pid)
+        result = h2load(server.url, "add", body_file, args.load_cpu, duration=args.duration)
+        ticks = cpu_ticks(server.process.pid) - before
+        runs.append({**result, "cpu_us": ticks / CLK_TCK * 1e6 / max(result["done"], 1)})
+    return {
+        "rps": statistics.median(r["rps"] for r in runs),
+        "cpu_us": statistics.median(r["cpu_us"] for r in runs),
+        "done": sum(r["done"] for r in runs),
+        "failed": sum(r["failed"] + r["non2xx"] for r in runs),
+        "rounds": [round(r["rps"]) for r in runs],
+    }
+
+
 def check_answers(server, cell, body_file):
     """Order 106 with grpc-status 0, asked the way the load generator asks."""
     headers = ["-H", "content-type: application/grpc-web+proto"] if cell == "web" else [
@@ -162,9 +241,17 @@ def main():
     body_file = ROOT / "target/bench/get106.bin"
     body_file.parent.mkdir(parents=True, exist_ok=True)
     body_file.write_bytes(GET_106)
+    add_file = ROOT / "target/bench/add-order.bin"
+    add_file.write_bytes(ADD_ORDER)
+
+    # The default durable store, as `make run` uses it, in a folder of the benchmark's own.
+    data = tempfile.mkdtemp(prefix="order-bench-")
+    sqlite_url = f"sqlite:{data}/orders.db"
+    order_server = lambda port, database: [args.order_server, "--listen", f"127.0.0.1:{port}",
+                                           "--database", database]
 
     servers = [
-        ("order-server", lambda port: [args.order_server, "--listen", f"127.0.0.1:{port}"], ["native", "web"]),
+        ("order-server", lambda port: order_server(port, sqlite_url), ["native", "web"]),
         ("tutorial Go", lambda port: [args.go_server, f"127.0.0.1:{port}"], ["native"]),
         ("hyper ceiling", lambda port: [args.ceiling, f"127.0.0.1:{port}"], ["native", "web"]),
     ]
@@ -182,6 +269,34 @@ def main():
                 results[(name, cell)]["rss_mib"] = rss / 1024
         finally:
             server.stop()
+
+    # order-server on PostgreSQL: getOrder (no cache: other servers may change any order), then
+    # addOrder on both stores, each on a new database.
+    postgres = Postgres(args.server_cpu)
+    stores = {}
+    try:
+        port = free_port()
+        server = Server("order-server (PostgreSQL)", order_server(port, postgres.url), port, args.server_cpu)
+        try:
+            check_answers(server, "native", body_file)
+            print("  measuring order-server on PostgreSQL, getOrder ...", file=sys.stderr, flush=True)
+            stores["postgres get"] = measure(server, "native", body_file, args)
+        finally:
+            server.stop()
+        for store, url in [("sqlite", f"sqlite:{data}/adds.db"), ("postgres", postgres.url)]:
+            port = free_port()
+            server = Server(f"order-server ({store})", order_server(port, url), port, args.server_cpu)
+            try:
+                print(f"  measuring addOrder on {store} ...", file=sys.stderr, flush=True)
+                adds = measure_adds(server, add_file, args)
+            finally:
+                server.stop()
+            kept = count_bench_orders(url, postgres if store == "postgres" else None)
+            adds["failed"] += max(adds["done"] - kept, 0)
+            stores[f"{store} add"] = adds
+    finally:
+        postgres.stop()
+        shutil.rmtree(data, ignore_errors=True)
 
     cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
     print(f"Machine: {os.cpu_count()} cores ({cpu.group(1) if cpu else 'unknown CPU'}), "
@@ -215,9 +330,27 @@ def main():
     failed = sum(r["failed"] for (name, _), r in results.items() if name == "order-server")
     rss = max(r["rss_mib"] for (name, _), r in results.items() if name == "order-server")
     print(f"  order-server: {failed} failed calls (target 0); peak RSS {rss:.1f} MB (target < 20 MB)")
+
+    print("\nThe stores (order-server only; PostgreSQL on the server's CPU too):")
+    header = f"{'cell':<52} {'req/s':>9} {'CPU µs/req':>11} {'failed':>7}"
+    print(header)
+    print("-" * len(header))
+    rows = [
+        ("getOrder on PostgreSQL, native, 16 conns x 16 streams", "postgres get"),
+        ("addOrder on SQLite (default), durable writes", "sqlite add"),
+        ("addOrder on PostgreSQL, durable writes", "postgres add"),
+    ]
+    for title, key in rows:
+        r = stores[key]
+        print(f"{title:<52} {r['rps']:>9.0f} {r['cpu_us']:>11.1f} {r['failed']:>7}")
+    sqlite_get = results[("order-server", "native")]["rps"]
+    print(f"  getOrder: PostgreSQL / SQLite (cached) = {stores['postgres get']['rps'] / sqlite_get:.2f}x")
+
     print("\nrequests/s of each round:")
     for (name, cell), r in results.items():
         print(f"  {name:<14} {cell:<7} {r['rounds']}")
+    for key, r in stores.items():
+        print(f"  {key:<22} {r['rounds']}")
 
 
 if __name__ == "__main__":

@@ -2,16 +2,23 @@
 // and Debian's Chromium driven by playwright-core (which never downloads a browser).
 import { spawn } from "node:child_process";
 import { once } from "node:events";
+import { mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import { chromium } from "playwright-core";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
-/** Starts order-server on 127.0.0.1:0; resolves to { url, stop() } once it listens. */
+/**
+ * Starts order-server on 127.0.0.1:0 with a new SQLite database of its own (deleted by stop());
+ * resolves to { url, stop() } once it listens.
+ */
 export async function startServer(args = []) {
   const bin = process.env.ORDER_SERVER_BIN ?? path.join(root, "target/debug/order-server");
-  const child = spawn(bin, ["--listen", "127.0.0.1:0", ...args], {
+  const data = mkdtempSync(path.join(os.tmpdir(), "order-e2e-"));
+  const database = `sqlite:${path.join(data, "orders.db")}`;
+  const child = spawn(bin, ["--listen", "127.0.0.1:0", "--database", database, ...args], {
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info", NO_COLOR: "1" },
     stdio: ["ignore", "ignore", "pipe"],
   });
@@ -32,6 +39,7 @@ export async function startServer(args = []) {
         child.kill("SIGTERM");
         await once(child, "exit");
       }
+      rmSync(data, { recursive: true, force: true });
     },
   };
 }

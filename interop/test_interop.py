@@ -9,6 +9,7 @@ Run by `make test` (python3 -m unittest, in the project's .venv).
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,8 +46,11 @@ def generate_python_stubs(out_dir):
 class LiveServer:
     def __enter__(self):
         binary = os.environ.get("ORDER_SERVER_BIN", str(ROOT / "target" / "debug" / "order-server"))
+        # A database of its own, deleted with the server.
+        self.data = tempfile.mkdtemp(prefix="order-interop-")
+        database = f"sqlite:{self.data}/orders.db"
         self.process = subprocess.Popen(
-            [binary, "--listen", "127.0.0.1:0"],
+            [binary, "--listen", "127.0.0.1:0", "--database", database],
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "RUST_LOG": "info", "NO_COLOR": "1"},
@@ -61,6 +65,7 @@ class LiveServer:
     def __exit__(self, *exc):
         self.process.terminate()
         self.process.wait(timeout=20)
+        shutil.rmtree(self.data, ignore_errors=True)
 
 
 def setUpModule():

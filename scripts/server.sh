@@ -6,15 +6,17 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-# start_server [order-server flags...]: builds if needed, starts on 127.0.0.1:0, waits until it
-# listens and sets SERVER_URL and SERVER_PID. The log goes to $SERVER_LOG.
+# start_server [order-server flags...]: builds if needed, starts on 127.0.0.1:0 with a new SQLite
+# database of its own, waits until it listens and sets SERVER_URL and SERVER_PID. The log goes to
+# $SERVER_LOG; stop_server deletes the database.
 start_server() {
   local bin="${ORDER_SERVER_BIN:-$root/target/debug/order-server}"
   if [ -z "${ORDER_SERVER_BIN:-}" ]; then
     (cd "$root" && cargo build -q -p order-server --bin order-server)
   fi
   SERVER_LOG=$(mktemp)
-  RUST_LOG=${RUST_LOG:-info} "$bin" --listen 127.0.0.1:0 "$@" 2>"$SERVER_LOG" &
+  SERVER_DATA=$(mktemp -d)
+  RUST_LOG=${RUST_LOG:-info} "$bin" --listen 127.0.0.1:0 --database "sqlite:$SERVER_DATA/orders.db" "$@" 2>"$SERVER_LOG" &
   SERVER_PID=$!
   local address=""
   for _ in $(seq 1 200); do
@@ -33,4 +35,5 @@ stop_server() {
     kill -TERM "$SERVER_PID"
     wait "$SERVER_PID" 2>/dev/null || true
   fi
+  [ -z "${SERVER_DATA:-}" ] || rm -rf "$SERVER_DATA"
 }

@@ -37,6 +37,16 @@ apt_install() {
 # Chromium and its WebDriver, for `wasm-pack test --headless --chrome` and the end-to-end test.
 apt_install chromium chromium-driver
 
+# PostgreSQL, for the tests of the PostgreSQL store (and `make bench`): the tests start clusters of
+# their own with initdb, so the package's own "main" cluster is not wanted (and is not made when
+# the package is installed here).
+if ! dpkg-query -W -f='${Status}' postgresql 2>/dev/null | grep -q "install ok installed" &&
+  [ ! -e /etc/postgresql-common/createcluster.conf ] && [ "$(id -u)" -eq 0 ]; then
+  mkdir -p /etc/postgresql-common
+  echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
+fi
+apt_install postgresql
+
 if [ "${1:-}" = "bench" ]; then
   apt_install nghttp2-client golang-go golang-google-grpc-dev golang-google-protobuf-dev \
     golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc protobuf-compiler util-linux

@@ -513,3 +513,38 @@ async fn many_clients_at_once_see_one_consistent_store(#[values(Db::Sqlite, Db::
     let widgets = search(server.native().await, "widget").await;
     assert_eq!(widgets.len(), 16 * 20);
 }
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_adds_with_one_id_have_exactly_one_winner(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    let server = TestServer::start_on(db).await;
+    let mut racers = Vec::new();
+    for n in 0..16 {
+        let mut client = server.native().await;
+        racers.push(tokio::spawn(async move {
+            let item = format!("Racer {n}");
+            client
+                .add_order(order("RACE-1", &[&item], "Reno, NV", 1.0))
+                .await
+                .map(|_| item)
+        }));
+    }
+    let mut winners = Vec::new();
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(item) => winners.push(item),
+            Err(status) => assert_eq!(status.code(), Code::AlreadyExists, "{status:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let stored = server
+        .native()
+        .await
+        .get_order("RACE-1".to_string())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.items, winners, "the stored order is the winner's");
+}
