@@ -306,7 +306,7 @@ def main():
     header = f"{'cell':<42} {'server':<14} {'req/s':>9} {'CPU µs/req':>11} {'failed':>7} {'peak RSS':>9}"
     print(header)
     print("-" * len(header))
-    for cell in CELLS:
+    for cell in ("native", "web"):
         first = True
         for name, _, cells in servers:
             title = CELLS[cell]["title"] if first else ""
