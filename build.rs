@@ -2,7 +2,8 @@
 //!
 //! The client half is always generated and builds for wasm32 (no transport). The server half is
 //! generated only with the `server` feature, which the native server enables. The file descriptor
-//! set is kept for gRPC server reflection.
+//! set is kept for gRPC server reflection (and tells the server which methods are unary). With the
+//! `serde` feature every message also gets serde derives.
 
 use std::{env, path::PathBuf};
 
@@ -20,6 +21,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(env::var_os("CARGO_FEATURE_SERVER").is_some())
         .build_transport(false)
         .file_descriptor_set_path(out_dir.join("order_management_descriptor.bin"))
+        // JSON for every message with the `serde` feature: the proto's JSON names (lowerCamel,
+        // as `buf curl` prints them), missing fields at their defaults, unknown fields refused.
+        .type_attribute(
+            ".",
+            "#[cfg_attr(feature = \"serde\", derive(serde::Serialize, serde::Deserialize), serde(rename_all = \"camelCase\", default, deny_unknown_fields))]",
+        )
         .compile_protos(&[proto], &includes)?;
     Ok(())
 }

@@ -31,6 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+# The tutorial's service has no proto package, so its methods are at /OrderManagement/<method>.
+SERVICE = "OrderManagement"
+
 # StringValue{"106"} in a gRPC frame: the request every getOrder call sends.
 GET_106 = b"\x00\x00\x00\x00\x05\x0a\x03106"
 
@@ -53,7 +56,7 @@ CELLS = {
     "add": {
         "title": "addOrder, native, 4 conns x 4 streams",
         "args": ["-c", "4", "-m", "4", "-H", "content-type: application/grpc", "-H", "te: trailers"],
-        "path": "/OrderManagement/addOrder",
+        "method": "addOrder",
     },
 }
 
@@ -94,7 +97,7 @@ def h2load(url, cell, body_file, cpu, duration=None, requests=None):
         args = [a if args[i - 1] not in ("-c", "-m") else "1" for i, a in enumerate(args)]
     command = ["taskset", "-c", str(cpu), "h2load", *args, "-d", str(body_file)]
     command += ["-D", str(duration)] if duration else ["-n", str(requests)]
-    command.append(url + CELLS[cell].get("path", "/OrderManagement/getOrder"))
+    command.append(f"{url}/{SERVICE}/{CELLS[cell].get('method', 'getOrder')}")
     out = subprocess.run(command, capture_output=True, text=True, timeout=600).stdout
     number = lambda pattern: float(re.search(pattern, out).group(1))
     return {
@@ -220,7 +223,7 @@ def check_answers(server, cell, body_file):
     headers = ["-H", "content-type: application/grpc-web+proto"] if cell == "web" else [
         "--http2-prior-knowledge", "-H", "content-type: application/grpc", "-H", "te: trailers"]
     out = subprocess.run(["curl", "-sS", "-i", "--data-binary", f"@{body_file}", *headers,
-                          f"{server.url}/OrderManagement/getOrder"], capture_output=True, timeout=10).stdout
+                          f"{server.url}/{SERVICE}/getOrder"], capture_output=True, timeout=10).stdout
     if b"Apple iPhone XS" not in out:
         raise RuntimeError(f"{server.name} did not return order 106 over {cell}: {out[:300]!r}")
 

@@ -18,6 +18,3 @@ pub mod pb {
 /// The encoded `FileDescriptorSet` of the proto (with its imports), for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/order_management_descriptor.bin"));
-
-/// The wire name of the service (`/OrderManagement/...`), as clients see it.
-pub const SERVICE_NAME: &str = "OrderManagement";

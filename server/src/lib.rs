@@ -2,209 +2,46 @@
 //! (gRPC-Web), services and command-line tools (native gRPC) and people (the web page).
 //!
 //! Modules:
-//! - [`config`]: the typed command line and environment ([`Config`]);
-//! - [`app`]: the application service that splits gRPC, gRPC-Web and page requests;
-//! - [`service`]: the `OrderManagement` RPCs;
-//! - [`order`]: validation of the orders clients send;
-//! - [`store`]: the orders in a database (embedded SQLite or PostgreSQL) and the tutorial's
-//!   sample data;
-//! - [`shipments`]: `processOrders`' grouping by destination;
-//! - [`deadline`]: `grpc-timeout` on every call, streams included;
-//! - [`streams`]: the count of open response streams;
-//! - [`error`]: the service's errors and their gRPC statuses;
-//! - [`telemetry`]: logging through `tracing`.
+//! - `config`: the typed command line and environment ([`Config`]);
+//! - `server`: [`run`] and [`serve`], the accept loop, graceful shutdown, health status;
+//! - `app`: the application service ([`App`], built by [`app()`]) that sends each request where
+//!   `route` decides: a gRPC target in one of its transports, or the page;
+//! - `grpc`: the one gRPC layer stack every gRPC service goes through; `deadline`
+//!   (`grpc-timeout` on every call, streams included) and `cors` are its layers;
+//! - `body`: unary gRPC-Web answers sent whole; `files`: the static page;
+//! - `service`: the `OrderManagement` RPCs ([`OrderService`]); `process`: all of
+//!   `processOrders`; `order`: validation of the orders clients send; `streams`: the count of
+//!   open response streams;
+//! - `store`: the orders in a database, embedded SQLite or PostgreSQL ([`Store`]);
+//! - `error`: the service's errors and their gRPC statuses;
+//! - `telemetry`: logging through `tracing`.
 //!
 //! [`run`] serves on a listener the caller binds until the caller's shutdown future completes, so
 //! tests bind `127.0.0.1:0` and stop the server whenever they like.
 
-pub mod app;
-pub mod config;
-pub mod deadline;
-pub mod error;
-pub mod order;
-pub mod service;
-pub mod shipments;
-pub mod store;
-pub mod streams;
+mod app;
+mod body;
+mod config;
+mod cors;
+mod deadline;
+mod error;
+mod files;
+mod grpc;
+mod order;
+mod process;
+mod route;
+mod server;
+mod service;
+mod store;
+mod streams;
 pub mod telemetry;
 
-use std::{future::Future, time::Duration};
-
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::graceful::GracefulShutdown,
-};
-use order_api::pb::order_management_server::OrderManagementServer;
-use tokio::net::TcpListener;
-use tonic_health::{server::HealthReporter, ServingStatus};
-use tracing::{debug, info, warn};
-
 pub use crate::{
+    app::{app, App, AppFuture},
     config::Config,
+    cors::{CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS},
     error::RunError,
+    server::{run, serve},
     service::OrderService,
-    store::{Store, StoreOptions},
+    store::{OpenError, Store, StoreOptions},
 };
-
-/// Opens the database the configuration names (creating and seeding it if it is new), then
-/// serves on `listener` until `shutdown` completes and lets in-flight calls finish for up to
-/// [`Config::shutdown_grace`].
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), RunError> {
-    let store = Store::open(&config.store_options()).await?;
-    info!(database = store.name(), "orders are stored in the database");
-    let orders = OrderService::new(store, config.batch_size);
-    serve(listener, orders, config, shutdown).await?;
-    Ok(())
-}
-
-/// [`run`] with a service the caller made (and may keep a handle to).
-pub async fn serve(
-    listener: TcpListener,
-    orders: OrderService,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let (health_reporter, health) = app::health();
-    health_reporter
-        .set_serving::<OrderManagementServer<OrderService>>()
-        .await;
-    let database = tokio::spawn(watch_database(
-        orders.store().clone(),
-        health_reporter.clone(),
-        config.health_interval,
-    ));
-    let app = app::app(orders, &config, health);
-
-    info!(
-        address = %listener.local_addr()?,
-        static_dir = %config.static_dir.display(),
-        cors_origins = ?config.cors_origins,
-        "serving gRPC, gRPC-Web and the web page",
-    );
-    warn_if_page_missing(&config.static_dir);
-
-    // HTTP/1.1 and HTTP/2 (prior knowledge, as gRPC clients use it) on the same port.
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let connections = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of file descriptors and the like: wait a moment rather than spin.
-                    warn!(%error, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        // gRPC messages are small and latency-bound: send them at once.
-        if let Err(error) = stream.set_nodelay(true) {
-            debug!(%error, "cannot set TCP_NODELAY");
-        }
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), app.clone())
-            .into_owned();
-        let connection = connections.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(error = %error, "connection ended with an error");
-            }
-        });
-    }
-
-    drop(listener);
-    database.abort();
-    info!("shutting down: no new connections, finishing in-flight calls");
-    set_health(&health_reporter, ServingStatus::NotServing).await;
-    tokio::select! {
-        () = connections.shutdown() => info!("stopped"),
-        () = tokio::time::sleep(config.shutdown_grace) => {
-            warn!(grace = ?config.shutdown_grace, "stopped with calls still in flight after the grace period");
-        }
-    }
-    Ok(())
-}
-
-/// Sets the server's overall health ("") and the order service's.
-async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
-    reporter.set_service_status("", status).await;
-    reporter
-        .set_service_status(
-            <OrderManagementServer<OrderService> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
-}
-
-/// Checks the database every `interval`: while it cannot be reached, health reports
-/// `NOT_SERVING` (so load balancers send calls elsewhere), and `SERVING` again once it answers.
-/// Calls themselves never wait for this: each reaches the database on its own and gets
-/// `UNAVAILABLE` if it cannot.
-async fn watch_database(store: Store, reporter: HealthReporter, interval: Duration) {
-    let mut reachable = true;
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        match store.ping().await {
-            Ok(()) if !reachable => {
-                info!(
-                    database = store.name(),
-                    "the database answers again: serving"
-                );
-                set_health(&reporter, ServingStatus::Serving).await;
-                reachable = true;
-            }
-            Err(error) if reachable => {
-                warn!(database = store.name(), %error, "the database cannot be reached: health reports NOT_SERVING until it answers");
-                set_health(&reporter, ServingStatus::NotServing).await;
-                reachable = false;
-            }
-            _ => {}
-        }
-    }
-}
-
-/// The page is optional for the API, but a person opening it deserves a hint in the log.
-fn warn_if_page_missing(static_dir: &std::path::Path) {
-    if !static_dir.join("index.html").is_file() {
-        warn!(static_dir = %static_dir.display(), "no index.html here: the web page will answer 404 (see --static-dir)");
-    } else if !static_dir.join("pkg").is_dir() {
-        warn!(static_dir = %static_dir.display(), "the web client is not built into pkg/: run `make run`, or `make wasm` once");
-    }
-}
-
-/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM: what `order-server` stops on.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            warn!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-}

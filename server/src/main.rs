@@ -4,7 +4,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use order_server::{config::Config, run, shutdown_signal, telemetry};
+use order_server::{run, telemetry, Config};
+use tracing::warn;
 
 /// mimalloc: the server allocates and frees many small buffers per call, which it does faster than
 /// the system allocator (see the Performance section of the README).
@@ -32,4 +33,32 @@ fn main() -> anyhow::Result<()> {
         run(listener, config, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM: what `order-server` stops on.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
 }

@@ -12,16 +12,13 @@ use crate::{
     deadline::{until_deadline, Deadline},
     error::{Echo, Error},
     order::ValidOrder,
-    shipments::{Batcher, Group},
+    process,
     store::Store,
     streams::OpenStreams,
 };
 
 /// Most orders one `updateOrders` call may carry.
 pub const MAX_ORDERS_PER_UPDATE: usize = 10_000;
-
-/// What a shipment's `status` says once it is assembled.
-pub const SHIPMENT_STATUS: &str = "Processed";
 
 /// The implementation of `OrderManagement` behind both native gRPC and gRPC-Web. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -52,44 +49,19 @@ impl OrderService {
         &self.store
     }
 
-    /// Numbers a group from the database's shipment sequence, so shipment IDs are unique across
-    /// every server sharing the database.
-    async fn ship(&self, (destination, orders): Group) -> Result<CombinedShipment, Status> {
-        let number = self.store.next_shipment().await?;
-        info!(shipment = number, %destination, orders = orders.len(), "shipment assembled");
-        Ok(CombinedShipment {
-            id: format!("shipment-{number}"),
-            status: SHIPMENT_STATUS.to_owned(),
-            orders_list: orders,
-        })
-    }
-
-    /// Ships `group`; after a failure the call is done.
-    async fn ship_then(
+    /// `stream`, counted while open and ended at the client's deadline.
+    fn respond<T: Send + 'static>(
         &self,
-        group: Group,
-        next: Process,
-    ) -> Option<(Result<CombinedShipment, Status>, Process)> {
-        Some(match self.ship(group).await {
-            Ok(shipment) => (Ok(shipment), next),
-            Err(status) => (Err(status), Process::Done),
-        })
+        stream: impl futures::Stream<Item = Result<T, Status>> + Send + 'static,
+        deadline: Option<Deadline>,
+    ) -> Response<BoxStream<'static, Result<T, Status>>> {
+        Response::new(until_deadline(self.open_streams.track(stream), deadline))
     }
 }
 
 /// The client's deadline, where it sent one.
 fn deadline<T>(request: &Request<T>) -> Option<Deadline> {
     request.extensions().get::<Deadline>().copied()
-}
-
-/// Where `processOrders` is in its work.
-enum Process {
-    /// Reading order IDs; shipping each group as it fills.
-    Reading(Box<Streaming<String>>, Batcher),
-    /// The client's stream ended: shipping the groups that are left.
-    Draining(std::vec::IntoIter<Group>),
-    /// Finished, after the last shipment or an error.
-    Done,
 }
 
 // The stream types are named after the tutorial's lowerCamel RPC names.
@@ -125,8 +97,7 @@ impl OrderManagement for OrderService {
         let deadline = deadline(&request);
         // Read from the database a page at a time, as the client reads.
         let found = self.store.search(request.get_ref()).map_err(Status::from);
-        let stream = self.open_streams.track(found);
-        Ok(Response::new(until_deadline(stream, deadline)))
+        Ok(self.respond(found, deadline))
     }
 
     #[instrument(level = "debug", skip_all)]
@@ -159,49 +130,11 @@ impl OrderManagement for OrderService {
         request: Request<Streaming<String>>,
     ) -> Result<Response<Self::processOrdersStream>, Status> {
         let deadline = deadline(&request);
-        let start = Process::Reading(
-            Box::new(request.into_inner()),
-            Batcher::new(self.batch_size.get()),
+        let shipments = process::shipments(
+            self.store.clone(),
+            self.batch_size.get(),
+            request.into_inner(),
         );
-        let service = self.clone();
-        // No task is spawned: when the client goes away, the response and with it this stream are
-        // dropped, and the work stops.
-        let shipments = futures::stream::unfold(start, move |step| {
-            let service = service.clone();
-            async move {
-                match step {
-                    Process::Reading(mut inbound, mut batcher) => loop {
-                        let id = match inbound.message().await {
-                            Ok(Some(id)) => id,
-                            Ok(None) => {
-                                let mut rest = batcher.finish().into_iter();
-                                let next = rest.next()?;
-                                return service.ship_then(next, Process::Draining(rest)).await;
-                            }
-                            Err(status) => return Some((Err(status), Process::Done)),
-                        };
-                        let pushed = match service.store.get(&id).await {
-                            Ok(order) => batcher.push(order),
-                            Err(error) => Err(error),
-                        };
-                        match pushed {
-                            Ok(None) => continue,
-                            Ok(Some(full)) => {
-                                let next = Process::Reading(inbound, batcher);
-                                return service.ship_then(full, next).await;
-                            }
-                            Err(error) => return Some((Err(error.into()), Process::Done)),
-                        }
-                    },
-                    Process::Draining(mut rest) => {
-                        let next = rest.next()?;
-                        service.ship_then(next, Process::Draining(rest)).await
-                    }
-                    Process::Done => None,
-                }
-            }
-        });
-        let stream = self.open_streams.track(shipments);
-        Ok(Response::new(until_deadline(stream, deadline)))
+        Ok(self.respond(shipments, deadline))
     }
 }

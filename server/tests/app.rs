@@ -4,10 +4,7 @@
 use axum::body::Body;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use order_server::{
-    app::{self, App},
-    Config, OrderService, Store,
-};
+use order_server::{App, Config, OrderService, Store};
 use tower::ServiceExt;
 
 const ALLOWED: &str = "http://allowed.test:8080";
@@ -15,10 +12,9 @@ const ALLOWED: &str = "http://allowed.test:8080";
 /// The app on an in-memory SQLite database: these tests never reach the store's files.
 async fn app_with(mut config: Config) -> App {
     config.database_url = "sqlite::memory:".into();
-    let (_reporter, health) = app::health();
     let store = Store::open(&config.store_options()).await.expect("store");
     let orders = OrderService::new(store, config.batch_size);
-    app::app(orders, &config, health)
+    order_server::app(orders, &config)
 }
 
 async fn test_app() -> App {

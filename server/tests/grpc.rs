@@ -207,3 +207,66 @@ async fn reflection_lists_the_service_and_describes_it(#[values(Db::Sqlite, Db::
     assert!(all.windows(8).any(|w| w == b"getOrder"));
     assert!(all.windows(23).any(|w| w == b"google/protobuf/wrapper"));
 }
+
+/// The `grpc-status` of a gRPC-Web answer: in the headers (trailers-only) or in its trailer frame.
+fn grpc_web_status(headers: &http::HeaderMap, body: &[u8]) -> Option<String> {
+    if let Some(status) = headers.get("grpc-status") {
+        return Some(status.to_str().ok()?.to_owned());
+    }
+    let mut rest = body;
+    while rest.len() >= 5 {
+        let length = u32::from_be_bytes(rest[1..5].try_into().ok()?) as usize;
+        let frame = rest.get(5..5 + length)?;
+        if rest[0] & 0x80 != 0 {
+            let text = std::str::from_utf8(frame).ok()?;
+            return text
+                .lines()
+                .find_map(|line| line.trim().strip_prefix("grpc-status:"))
+                .map(|s| s.trim().to_owned());
+        }
+        rest = &rest[5 + length..];
+    }
+    None
+}
+
+#[tokio::test]
+async fn every_rpc_of_the_descriptor_is_served_over_grpc_web_and_unary_answers_have_a_length() {
+    use prost::Message;
+    let server = TestServer::start().await;
+    let set = prost_types::FileDescriptorSet::decode(order_api::FILE_DESCRIPTOR_SET).unwrap();
+    let service = set
+        .file
+        .iter()
+        .flat_map(|file| &file.service)
+        .find(|service| service.name() == order_api::pb::order_management_server::SERVICE_NAME)
+        .expect("the order service is in the descriptor");
+    assert_eq!(service.method.len(), 5);
+    let client = common::http1_client::<http_body_util::Full<bytes::Bytes>>();
+    for method in &service.method {
+        let path = format!("/{}/{}", service.name(), method.name());
+        // One empty message: valid protobuf for every request type.
+        let request = http::Request::post(format!("{}{path}", server.url()))
+            .header("content-type", "application/grpc-web+proto")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"\0\0\0\0\0",
+            )))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let (parts, body) = response.into_parts();
+        let body = http_body_util::BodyExt::collect(body)
+            .await
+            .unwrap()
+            .to_bytes();
+        let status = grpc_web_status(&parts.headers, &body).expect("a grpc-status");
+        assert_ne!(status, "12", "{path} is not routed to the order service");
+        let unary = !method.client_streaming() && !method.server_streaming();
+        let has_length = parts.headers.contains_key(http::header::CONTENT_LENGTH);
+        let trailers_only = parts.headers.contains_key("grpc-status");
+        if unary {
+            assert!(has_length, "{path}: a unary answer is sent whole");
+        } else if !trailers_only {
+            assert!(!has_length, "{path}: a stream is sent as it comes");
+        }
+    }
+}

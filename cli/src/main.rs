@@ -1,5 +1,6 @@
 //! `order-client`: the tutorial's client, in Rust. Calls an `order-server` (or any server of the
-//! OrderManagement contract) over native gRPC, in all four RPC modes.
+//! OrderManagement contract) over native gRPC, in all four RPC modes. Its own crate, depending on
+//! `order-api` only; orders are JSON through the serde derives `order-api` generates.
 //!
 //! ```text
 //! order-client get 106
@@ -78,34 +79,6 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
-}
-
-/// An order as JSON, in the field names of the proto (as `buf curl` prints it).
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OrderJson {
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    items: Vec<String>,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    price: f32,
-    #[serde(default)]
-    destination: String,
-}
-
-impl From<OrderJson> for Order {
-    fn from(json: OrderJson) -> Self {
-        Order {
-            id: json.id,
-            items: json.items,
-            description: json.description,
-            price: json.price,
-            destination: json.destination,
-        }
-    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -225,8 +198,9 @@ fn parse_orders(args: &[String]) -> Result<Vec<Order>, String> {
     texts
         .iter()
         .map(|text| {
-            serde_json::from_str::<OrderJson>(text)
-                .map(Order::from)
+            // JSON in the proto's field names, as `buf curl` prints orders (serde derives that
+            // order-api generates with its `serde` feature).
+            serde_json::from_str::<Order>(text)
                 .map_err(|e| format!("{text:?} is not an order: {e}"))
         })
         .collect()

@@ -1,42 +1,57 @@
-//! The two binaries as a person uses them: `order-server` started with flags and stopped with
-//! SIGTERM, and `order-client get`.
+//! `order-client` as a person uses it, against a live `order-server` (the library, in this
+//! process, on `127.0.0.1:0` and a SQLite database of its own).
 
-mod common;
+use std::{process::Command, thread::JoinHandle};
 
-use std::process::Command;
+use clap::Parser;
 
-use common::process::ServerProcess;
-use tempfile::TempDir;
-
-struct Server {
-    process: ServerProcess,
-    _db: TempDir,
+/// A server on its own runtime thread, stopped when dropped.
+struct LiveServer {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    _data: tempfile::TempDir,
 }
 
-impl std::ops::Deref for Server {
-    type Target = ServerProcess;
-    fn deref(&self) -> &ServerProcess {
-        &self.process
+impl LiveServer {
+    fn start() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let database = format!("sqlite:{}", data.path().join("orders.db").display());
+        let config = order_server::Config::parse_from(["order-server", "--database", &database]);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            runtime
+                .block_on(order_server::run(listener, config, async {
+                    let _ = stopped.await;
+                }))
+                .expect("the server runs");
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+            _data: data,
+        }
     }
 }
 
-impl std::ops::DerefMut for Server {
-    fn deref_mut(&mut self) -> &mut ServerProcess {
-        &mut self.process
+impl Drop for LiveServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
-/// Starts the real binary on an ephemeral port and a database of its own.
-fn start_server() -> Server {
-    let db = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", db.path().join("orders.db").display());
-    Server {
-        process: ServerProcess::start(&["--database", &url]),
-        _db: db,
-    }
-}
-
-fn client(server: &Server, args: &[&str]) -> std::process::Output {
+fn client(server: &LiveServer, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_order-client"))
         .arg("--addr")
         .arg(format!("http://{}", server.addr))
@@ -46,8 +61,8 @@ fn client(server: &Server, args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-fn client_gets_an_order_and_reports_not_found_and_server_stops_on_sigterm() {
-    let mut server = start_server();
+fn client_gets_an_order_and_reports_not_found() {
+    let server = LiveServer::start();
 
     let found = client(&server, &["get", "106"]);
     let stdout = String::from_utf8_lossy(&found.stdout);
@@ -62,18 +77,23 @@ fn client_gets_an_order_and_reports_not_found_and_server_stops_on_sigterm() {
     assert!(!missing.status.success());
     assert!(stderr.contains("NotFound"), "{stderr}");
     assert!(stderr.contains("not found"), "{stderr}");
+}
 
-    let status = server.terminate();
-    assert!(
-        status.success(),
-        "order-server exits cleanly on SIGTERM: {status}"
-    );
-    // The log ends when the process does.
-    let log: Vec<String> = server.log.iter().collect();
-    assert!(
-        log.iter().any(|line| line.contains("shutting down")),
-        "{log:?}"
-    );
+#[test]
+fn orders_are_json_in_the_protos_field_names() {
+    let server = LiveServer::start();
+    let unknown_field = client(&server, &["update", r#"{"id":"103","colour":"red"}"#]);
+    let stderr = String::from_utf8_lossy(&unknown_field.stderr);
+    assert!(!unknown_field.status.success());
+    assert!(stderr.contains("is not an order"), "{stderr}");
+    assert!(stderr.contains("unknown field `colour`"), "{stderr}");
+
+    // Fields left out keep their defaults; here the server then names the one that is required.
+    let no_items = client(&server, &["update", r#"{"id":"103","destination":"X"}"#]);
+    let stderr = String::from_utf8_lossy(&no_items.stderr);
+    assert!(!no_items.status.success());
+    assert!(stderr.contains("InvalidArgument"), "{stderr}");
+    assert!(stderr.contains("items"), "{stderr}");
 }
 
 #[test]
@@ -98,19 +118,8 @@ fn client_explains_an_unreachable_server() {
 }
 
 #[test]
-fn server_rejects_a_bad_flag_with_a_clear_message() {
-    let output = Command::new(env!("CARGO_BIN_EXE_order-server"))
-        .args(["--cors-origin", "localhost:8080"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
-    assert!(stderr.contains("expected scheme://host[:port]"), "{stderr}");
-}
-
-#[test]
 fn client_covers_all_four_modes() {
-    let mut server = start_server();
+    let server = LiveServer::start();
     let stdout =
         |output: &std::process::Output| String::from_utf8_lossy(&output.stdout).into_owned();
 
@@ -185,7 +194,4 @@ fn client_covers_all_four_modes() {
     let unknown = client(&server, &["process", "102", "999"]);
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains(r#"order "999" not found"#));
-
-    let _ = server.child.kill();
-    let _ = server.child.wait();
 }

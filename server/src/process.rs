@@ -1,14 +1,56 @@
-//! `processOrders`' grouping: orders are batched by destination into combined shipments.
+//! `processOrders`, all of it: the stream of IDs in, orders batched by destination, each full
+//! batch numbered from the database's shipment sequence and sent at once, the rest when the
+//! client's stream ends.
 
 use std::collections::{HashMap, HashSet};
 
-use order_api::pb::Order;
+use futures::Stream;
+use order_api::pb::{CombinedShipment, Order};
+use tonic::{Status, Streaming};
+use tracing::info;
 
-use crate::error::Error;
+use crate::{error::Error, store::Store};
+
+/// What a shipment's `status` says once it is assembled.
+pub const SHIPMENT_STATUS: &str = "Processed";
+
+/// The shipments for the order IDs of `ids`, in batches of `batch_size` per destination. An
+/// unknown or repeated ID ends the stream with its error. No task is spawned: when the client
+/// goes away, the response and with it this stream are dropped, and the work stops.
+pub(crate) fn shipments(
+    store: Store,
+    batch_size: usize,
+    mut ids: Streaming<String>,
+) -> impl Stream<Item = Result<CombinedShipment, Status>> + Send + 'static {
+    async_stream::try_stream! {
+        let mut batcher = Batcher::new(batch_size);
+        while let Some(id) = ids.message().await? {
+            let order = store.get(&id).await?;
+            if let Some(full) = batcher.push(order)? {
+                yield ship(&store, full).await?;
+            }
+        }
+        for group in batcher.finish() {
+            yield ship(&store, group).await?;
+        }
+    }
+}
+
+/// Numbers a group from the database's shipment sequence, so shipment IDs are unique across every
+/// server sharing the database.
+async fn ship(store: &Store, (destination, orders): Group) -> Result<CombinedShipment, Error> {
+    let number = store.next_shipment().await?;
+    info!(shipment = number, %destination, orders = orders.len(), "shipment assembled");
+    Ok(CombinedShipment {
+        id: format!("shipment-{number}"),
+        status: SHIPMENT_STATUS.to_owned(),
+        orders_list: orders,
+    })
+}
 
 /// Collects the orders of one `processOrders` call into per-destination groups.
 #[derive(Debug)]
-pub struct Batcher {
+struct Batcher {
     batch_size: usize,
     /// Groups in order of their destination's first appearance; a group is emptied when shipped.
     groups: Vec<(String, Vec<Order>)>,
@@ -17,11 +59,11 @@ pub struct Batcher {
 }
 
 /// The orders of one shipment, all bound for `destination`.
-pub type Group = (String, Vec<Order>);
+type Group = (String, Vec<Order>);
 
 impl Batcher {
     /// A batcher that ships a group as soon as it holds `batch_size` orders.
-    pub fn new(batch_size: usize) -> Self {
+    fn new(batch_size: usize) -> Self {
         Self {
             batch_size: batch_size.max(1),
             groups: Vec::new(),
@@ -32,7 +74,7 @@ impl Batcher {
 
     /// Adds an order. Returns its group when that group reaches the batch size. The same order
     /// twice in one call is refused, so every order is in exactly one shipment.
-    pub fn push(&mut self, order: Order) -> Result<Option<Group>, Error> {
+    fn push(&mut self, order: Order) -> Result<Option<Group>, Error> {
         if !self.seen.insert(order.id.clone()) {
             return Err(Error::Duplicate(order.id));
         }
@@ -55,7 +97,7 @@ impl Batcher {
     }
 
     /// The groups not shipped yet, in order of their destination's first appearance.
-    pub fn finish(self) -> Vec<Group> {
+    fn finish(self) -> Vec<Group> {
         self.groups
             .into_iter()
             .filter(|(_, orders)| !orders.is_empty())

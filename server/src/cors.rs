@@ -1,0 +1,37 @@
+//! CORS for gRPC-Web from pages on other origins: an explicit allowlist from the configuration,
+//! header sets as named constants. Pages never get CORS headers; only the gRPC side does.
+
+use std::time::Duration;
+
+use http::{header, HeaderName, Method};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::Config;
+
+/// Request headers a gRPC-Web client in a browser sends and CORS must allow.
+pub const CORS_ALLOW_HEADERS: [HeaderName; 4] = [
+    header::CONTENT_TYPE,
+    HeaderName::from_static("x-grpc-web"),
+    HeaderName::from_static("x-user-agent"),
+    HeaderName::from_static("grpc-timeout"),
+];
+
+/// Response headers a browser client must be able to read: the call's status is in them.
+pub const CORS_EXPOSE_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("grpc-status"),
+    HeaderName::from_static("grpc-message"),
+    HeaderName::from_static("grpc-status-details-bin"),
+];
+
+/// How long a browser may cache a preflight answer.
+const CORS_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The CORS layer of the gRPC side: the configured origins, POST, the gRPC-Web headers.
+pub(crate) fn cors(config: &Config) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(config.cors_origins.iter().cloned()))
+        .allow_methods([Method::POST])
+        .allow_headers(CORS_ALLOW_HEADERS)
+        .expose_headers(CORS_EXPOSE_HEADERS)
+        .max_age(CORS_MAX_AGE)
+}

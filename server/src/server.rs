@@ -1,0 +1,149 @@
+//! Serving: the accept loop (HTTP/1.1 and HTTP/2 cleartext on one port), graceful shutdown, and
+//! the health status as the server starts, loses or regains its database, and stops.
+
+use std::{future::Future, time::Duration};
+
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::graceful::GracefulShutdown,
+};
+use order_api::pb::order_management_server::OrderManagementServer;
+use tokio::net::TcpListener;
+use tonic_health::{server::HealthReporter, ServingStatus};
+use tracing::{debug, info, warn};
+
+use crate::{app::app, config::Config, error::RunError, service::OrderService, store::Store};
+
+/// Opens the database the configuration names (creating and seeding it if it is new), then
+/// serves on `listener` until `shutdown` completes and lets in-flight calls finish for up to
+/// [`Config::shutdown_grace`].
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let store = Store::open(&config.store_options()).await?;
+    info!(database = store.name(), "orders are stored in the database");
+    let orders = OrderService::new(store, config.batch_size);
+    serve(listener, orders, config, shutdown).await?;
+    Ok(())
+}
+
+/// [`run`] with a service the caller made (and may keep a handle to).
+pub async fn serve(
+    listener: TcpListener,
+    orders: OrderService,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let store = orders.store().clone();
+    let app = app(orders, &config);
+    let health_reporter = app.health().clone();
+    set_health(&health_reporter, ServingStatus::Serving).await;
+    let database = tokio::spawn(watch_database(
+        store,
+        health_reporter.clone(),
+        config.health_interval,
+    ));
+
+    info!(
+        address = %listener.local_addr()?,
+        static_dir = %config.static_dir.display(),
+        cors_origins = ?config.cors_origins,
+        "serving gRPC, gRPC-Web and the web page",
+    );
+    warn_if_page_missing(&config.static_dir);
+
+    // HTTP/1.1 and HTTP/2 (prior knowledge, as gRPC clients use it) on the same port.
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let connections = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // gRPC messages are small and latency-bound: send them at once.
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), app.clone())
+            .into_owned();
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                debug!(error = %error, "connection ended with an error");
+            }
+        });
+    }
+
+    drop(listener);
+    database.abort();
+    info!("shutting down: no new connections, finishing in-flight calls");
+    set_health(&health_reporter, ServingStatus::NotServing).await;
+    tokio::select! {
+        () = connections.shutdown() => info!("stopped"),
+        () = tokio::time::sleep(config.shutdown_grace) => {
+            warn!(grace = ?config.shutdown_grace, "stopped with calls still in flight after the grace period");
+        }
+    }
+    Ok(())
+}
+
+/// Sets the server's overall health ("") and the order service's.
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(
+            <OrderManagementServer<OrderService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
+/// Checks the database every `interval`: while it cannot be reached, health reports
+/// `NOT_SERVING` (so load balancers send calls elsewhere), and `SERVING` again once it answers.
+/// Calls themselves never wait for this: each reaches the database on its own and gets
+/// `UNAVAILABLE` if it cannot.
+async fn watch_database(store: Store, reporter: HealthReporter, interval: Duration) {
+    let mut reachable = true;
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match store.ping().await {
+            Ok(()) if !reachable => {
+                info!(
+                    database = store.name(),
+                    "the database answers again: serving"
+                );
+                set_health(&reporter, ServingStatus::Serving).await;
+                reachable = true;
+            }
+            Err(error) if reachable => {
+                warn!(database = store.name(), %error, "the database cannot be reached: health reports NOT_SERVING until it answers");
+                set_health(&reporter, ServingStatus::NotServing).await;
+                reachable = false;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The page is optional for the API, but a person opening it deserves a hint in the log.
+fn warn_if_page_missing(static_dir: &std::path::Path) {
+    if !static_dir.join("index.html").is_file() {
+        warn!(static_dir = %static_dir.display(), "no index.html here: the web page will answer 404 (see --static-dir)");
+    } else if !static_dir.join("pkg").is_dir() {
+        warn!(static_dir = %static_dir.display(), "the web client is not built into pkg/: run `make run`, or `make wasm` once");
+    }
+}

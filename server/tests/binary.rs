@@ -1,0 +1,71 @@
+//! The `order-server` binary as an operator runs it: started with flags, stopped with SIGTERM.
+
+mod common;
+
+use std::process::Command;
+
+use common::process::ServerProcess;
+
+#[test]
+fn the_server_serves_and_stops_cleanly_on_sigterm() {
+    let db = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", db.path().join("orders.db").display());
+    let mut server = ServerProcess::start(&["--database", &url]);
+
+    // The client's runtime (and with it its connection) is gone before the signal, as when a
+    // CLI call ends.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let order = runtime
+        .block_on(async {
+            let channel = tonic::transport::Channel::from_shared(server.url())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let client =
+                order_api::pb::order_management_client::OrderManagementClient::new(channel);
+            common::get_order(client, "106").await
+        })
+        .expect("order 106");
+    drop(runtime);
+    assert_eq!(order.destination, "Mountain View, CA");
+
+    let status = server.terminate();
+    assert!(
+        status.success(),
+        "order-server exits cleanly on SIGTERM: {status}"
+    );
+    // The log ends when the process does.
+    let log: Vec<String> = server.log.iter().collect();
+    assert!(
+        log.iter().any(|line| line.contains("shutting down")),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn server_rejects_a_bad_flag_with_a_clear_message() {
+    let output = Command::new(env!("CARGO_BIN_EXE_order-server"))
+        .args(["--cors-origin", "localhost:8080"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("expected scheme://host[:port]"), "{stderr}");
+}
+
+#[test]
+fn a_database_that_cannot_be_opened_stops_the_start_with_a_clear_message() {
+    let output = Command::new(env!("CARGO_BIN_EXE_order-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            "mysql://shop@db/orders",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("use sqlite:PATH"), "{stderr}");
+}
