@@ -255,6 +255,9 @@ def main():
 
     servers = [
         ("order-server", lambda port: order_server(port, sqlite_url), ["native", "web"]),
+        # The same app with an axum Router at the top, to measure the hand-written top level.
+        ("axum Router", lambda port: order_server(port, f"sqlite:{data}/router.db") + ["--axum-router"],
+         ["native", "web"]),
         ("tutorial Go", lambda port: [args.go_server, f"127.0.0.1:{port}"], ["native"]),
         ("hyper ceiling", lambda port: [args.ceiling, f"127.0.0.1:{port}"], ["native", "web"]),
     ]
@@ -333,6 +336,10 @@ def main():
     failed = sum(r["failed"] for (name, _), r in results.items() if name == "order-server")
     rss = max(r["rss_mib"] for (name, _), r in results.items() if name == "order-server")
     print(f"  order-server: {failed} failed calls (target 0); peak RSS {rss:.1f} MB (target < 20 MB)")
+    for cell in ("native", "web"):
+        cost = 1 - results[("axum Router", cell)]["rps"] / results[("order-server", cell)]["rps"]
+        print(f"  {cell}: an axum Router at the top costs {cost * 100:.1f}% of order-server's req/s "
+              f"(the hand-written top level stays only if > 5%)")
 
     print("\nThe stores (order-server only; PostgreSQL on the server's CPU too):")
     header = f"{'cell':<52} {'req/s':>9} {'CPU µs/req':>11} {'failed':>7}"

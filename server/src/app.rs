@@ -120,6 +120,20 @@ impl App {
     }
 }
 
+/// The same application behind an axum `Router` at the top: the order service's paths
+/// (`/OrderManagement/{*method}`, from the generated service name) mounted with `route_service`,
+/// everything else as the fallback, no per-call tracing span. Only for measuring what the
+/// hand-written top level is worth (`--axum-router`).
+pub fn router(app: App) -> Router {
+    let orders = format!(
+        "/{}/{{*method}}",
+        order_api::pb::order_management_server::SERVICE_NAME
+    );
+    Router::new()
+        .route_service(&orders, app.clone())
+        .fallback_service(app)
+}
+
 /// A gRPC-Web call's future: unary answers are sent whole.
 fn web(
     call: impl Future<Output = Result<Response<GrpcBody>, Infallible>> + Send + 'static,

@@ -76,6 +76,12 @@ pub struct Config {
     #[arg(long, env = "ORDER_HEALTH_INTERVAL", default_value = "2", value_parser = parse_seconds)]
     pub health_interval: Duration,
 
+    /// Serve through an axum `Router` at the top instead of the hand-written top-level service
+    /// (the order service mounted with `route_service`, the rest as the fallback), to measure
+    /// what the hand-written one is worth; see the README's Performance section.
+    #[arg(long, hide = true, env = "ORDER_AXUM_ROUTER")]
+    pub axum_router: bool,
+
     /// How long in-flight calls may run after SIGINT/SIGTERM before the server stops anyway, in
     /// seconds.
     #[arg(long, env = "ORDER_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_seconds)]

@@ -54,9 +54,48 @@ pub async fn serve(
     );
     warn_if_page_missing(&config.static_dir);
 
-    // HTTP/1.1 and HTTP/2 (prior knowledge, as gRPC clients use it) on the same port.
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let connections = GracefulShutdown::new();
+    if config.axum_router {
+        let router = crate::app::router(app);
+        let service = hyper_util::service::TowerToHyperService::new(router);
+        accept(&listener, service, &connections, shutdown).await;
+    } else {
+        accept(&listener, app, &connections, shutdown).await;
+    }
+
+    drop(listener);
+    database.abort();
+    info!("shutting down: no new connections, finishing in-flight calls");
+    set_health(&health_reporter, ServingStatus::NotServing).await;
+    tokio::select! {
+        () = connections.shutdown() => info!("stopped"),
+        () = tokio::time::sleep(config.shutdown_grace) => {
+            warn!(grace = ?config.shutdown_grace, "stopped with calls still in flight after the grace period");
+        }
+    }
+    Ok(())
+}
+
+/// Accepts connections and serves `service` on each, HTTP/1.1 and HTTP/2 (prior knowledge, as
+/// gRPC clients use it) on the same port, until `shutdown` completes.
+async fn accept<S, B>(
+    listener: &TcpListener,
+    service: S,
+    connections: &GracefulShutdown,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -76,7 +115,7 @@ pub async fn serve(
             debug!(%error, "cannot set TCP_NODELAY");
         }
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), app.clone())
+            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
             .into_owned();
         let connection = connections.watch(connection);
         tokio::spawn(async move {
@@ -85,18 +124,6 @@ pub async fn serve(
             }
         });
     }
-
-    drop(listener);
-    database.abort();
-    info!("shutting down: no new connections, finishing in-flight calls");
-    set_health(&health_reporter, ServingStatus::NotServing).await;
-    tokio::select! {
-        () = connections.shutdown() => info!("stopped"),
-        () = tokio::time::sleep(config.shutdown_grace) => {
-            warn!(grace = ?config.shutdown_grace, "stopped with calls still in flight after the grace period");
-        }
-    }
-    Ok(())
 }
 
 /// Sets the server's overall health ("") and the order service's.

@@ -270,3 +270,22 @@ async fn every_rpc_of_the_descriptor_is_served_over_grpc_web_and_unary_answers_h
         }
     }
 }
+
+#[tokio::test]
+async fn the_axum_router_top_level_serves_the_same() {
+    let mut config = order_server::Config::for_tests();
+    config.axum_router = true;
+    let server = TestServer::start_with(config).await;
+    assert_is_106(&get_order(server.native().await, "106").await.unwrap());
+    assert_is_106(&get_order(server.grpc_web(), "106").await.unwrap());
+    let web = tower::ServiceBuilder::new()
+        .layer(tonic_web::GrpcWebClientLayer::new())
+        .service(common::http1_client());
+    let status = call_path(web, &server.url(), "/Nope/x").await;
+    assert_eq!(status.code(), Code::Unimplemented);
+    let page = common::http1_client::<http_body_util::Empty<bytes::Bytes>>()
+        .get(format!("{}/", server.url()).parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+}
