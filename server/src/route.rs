@@ -44,8 +44,9 @@ pub(crate) enum Route {
 
 /// The gRPC methods whose gRPC-Web answers are sent whole (see [`crate::body`]): every unary
 /// method of the embedded descriptor sets, as wire paths (`/OrderManagement/getOrder`).
+/// A handful of paths, so a scan (length first) beats hashing.
 #[derive(Debug, Clone)]
-pub(crate) struct UnaryMethods(HashSet<String>);
+pub(crate) struct UnaryMethods(Vec<String>);
 
 impl UnaryMethods {
     /// The unary methods of the order service and of the health service.
@@ -63,11 +64,11 @@ impl UnaryMethods {
                 }
             }
         }
-        Self(paths)
+        Self(paths.into_iter().collect())
     }
 
     pub(crate) fn contains(&self, path: &str) -> bool {
-        self.0.contains(path)
+        self.0.iter().any(|unary| unary == path)
     }
 }
 
