@@ -45,6 +45,15 @@ pub struct Config {
     #[arg(long, env = "ORDER_THREADS", default_value_t = 0)]
     pub threads: usize,
 
+    /// TLS certificate chain (PEM). With --tls-key, the port speaks TLS only (ALPN h2 and
+    /// http/1.1): native gRPC over h2, gRPC-Web and the page over either. Re-read on SIGHUP.
+    #[arg(long, env = "ORDER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1), for --tls-cert. Re-read on SIGHUP.
+    #[arg(long, env = "ORDER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Where the orders are kept. `sqlite:PATH`: an embedded SQLite file, created when missing
     /// (relative paths start from the working directory); one server per file. Or
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=require&...]`: a PostgreSQL database

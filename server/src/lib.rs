@@ -3,7 +3,8 @@
 //!
 //! Modules:
 //! - `config`: the typed command line and environment ([`Config`]);
-//! - `server`: [`run`] and [`serve`], the accept loop, graceful shutdown, health status;
+//! - `server`: [`run`] and [`serve`], the accept loop, graceful shutdown, health status; `tls`:
+//!   TLS on the same port, its certificate reloaded on demand;
 //! - `app`: the application service ([`App`], built by [`app()`]) that sends each request where
 //!   `route` decides: a gRPC target in one of its transports, or the page;
 //! - `grpc`: the one gRPC layer stack every gRPC service goes through; `deadline`
@@ -35,13 +36,15 @@ mod service;
 mod store;
 mod streams;
 pub mod telemetry;
+mod tls;
 
 pub use crate::{
     app::{app, App, AppFuture},
     config::Config,
     cors::{CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS},
     error::RunError,
-    server::{run, serve},
+    server::{run, run_with_reload, serve, serve_with_reload},
     service::OrderService,
     store::{OpenError, Store, StoreOptions},
+    tls::TlsError,
 };

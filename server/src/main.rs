@@ -1,10 +1,11 @@
 //! `order-server`: parses the configuration, starts logging and the runtime, binds and runs until
-//! SIGINT/SIGTERM.
+//! SIGINT/SIGTERM; SIGHUP re-reads the TLS certificate.
 //! See `order-server --help`.
 
 use anyhow::Context;
 use clap::Parser;
-use order_server::{run, telemetry, Config};
+use futures::{Stream, StreamExt};
+use order_server::{run_with_reload, telemetry, Config};
 use tracing::warn;
 
 /// mimalloc: the server allocates and frees many small buffers per call, which it does faster than
@@ -30,9 +31,29 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        run(listener, config, shutdown_signal()).await?;
+        run_with_reload(listener, config, shutdown_signal(), reload_signal()).await?;
         Ok(())
     })
+}
+
+/// Yields on each SIGHUP: re-read the TLS certificate and key.
+fn reload_signal() -> impl Stream<Item = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(hangups) => futures::stream::unfold(hangups, |mut hangups| async move {
+                hangups.recv().await.map(|()| ((), hangups))
+            })
+            .left_stream(),
+            Err(error) => {
+                warn!(%error, "cannot listen for SIGHUP: the TLS certificate will not be reloaded");
+                futures::stream::pending().right_stream()
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    futures::stream::pending()
 }
 
 /// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM: what `order-server` stops on.

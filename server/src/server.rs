@@ -3,6 +3,8 @@
 
 use std::{future::Future, time::Duration};
 
+use futures::{Stream, StreamExt};
+
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::graceful::GracefulShutdown,
@@ -12,7 +14,9 @@ use tokio::net::TcpListener;
 use tonic_health::{server::HealthReporter, ServingStatus};
 use tracing::{debug, info, warn};
 
-use crate::{app::app, config::Config, error::RunError, service::OrderService, store::Store};
+use crate::{
+    app::app, config::Config, error::RunError, service::OrderService, store::Store, tls::Tls,
+};
 
 /// Opens the database the configuration names (creating and seeding it if it is new), then
 /// serves on `listener` until `shutdown` completes and lets in-flight calls finish for up to
@@ -22,11 +26,21 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    run_with_reload(listener, config, shutdown, futures::stream::pending()).await
+}
+
+/// [`run`], re-reading the TLS certificate and key each time `reload` yields (`order-server`
+/// passes SIGHUP).
+pub async fn run_with_reload(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: impl Stream<Item = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let store = Store::open(&config.store_options()).await?;
     info!(database = store.name(), "orders are stored in the database");
     let orders = OrderService::new(store, config.batch_size);
-    serve(listener, orders, config, shutdown).await?;
-    Ok(())
+    serve_with_reload(listener, orders, config, shutdown, reload).await
 }
 
 /// [`run`] with a service the caller made (and may keep a handle to).
@@ -35,7 +49,30 @@ pub async fn serve(
     orders: OrderService,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> Result<(), RunError> {
+    serve_with_reload(
+        listener,
+        orders,
+        config,
+        shutdown,
+        futures::stream::pending(),
+    )
+    .await
+}
+
+/// [`serve`], re-reading the TLS certificate and key each time `reload` yields.
+pub async fn serve_with_reload(
+    listener: TcpListener,
+    orders: OrderService,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: impl Stream<Item = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls::new(cert, key)?),
+        _ => None,
+    };
+    let reloading = tokio::spawn(reload_on(reload, tls.clone()));
     let store = orders.store().clone();
     let app = app(orders, &config);
     let health_reporter = app.health().clone();
@@ -48,6 +85,7 @@ pub async fn serve(
 
     info!(
         address = %listener.local_addr()?,
+        tls = tls.is_some(),
         static_dir = %config.static_dir.display(),
         cors_origins = ?config.cors_origins,
         "serving gRPC, gRPC-Web and the web page",
@@ -58,13 +96,14 @@ pub async fn serve(
     if config.axum_router {
         let router = crate::app::router(app);
         let service = hyper_util::service::TowerToHyperService::new(router);
-        accept(&listener, service, &connections, shutdown).await;
+        accept(&listener, service, tls, &connections, shutdown).await;
     } else {
-        accept(&listener, app, &connections, shutdown).await;
+        accept(&listener, app, tls, &connections, shutdown).await;
     }
 
     drop(listener);
     database.abort();
+    reloading.abort();
     info!("shutting down: no new connections, finishing in-flight calls");
     set_health(&health_reporter, ServingStatus::NotServing).await;
     tokio::select! {
@@ -81,6 +120,7 @@ pub async fn serve(
 async fn accept<S, B>(
     listener: &TcpListener,
     service: S,
+    tls: Option<Tls>,
     connections: &GracefulShutdown,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -114,15 +154,87 @@ async fn accept<S, B>(
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "cannot set TCP_NODELAY");
         }
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
-            .into_owned();
-        let connection = connections.watch(connection);
+        let Some(tls) = &tls else {
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
+                .into_owned();
+            let connection = connections.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    debug!(error = %error, "connection ended with an error");
+                }
+            });
+            continue;
+        };
+        // The handshake happens on the connection's own task, so a slow client holds up nobody.
+        let (tls, builder, service, watcher) = (
+            tls.clone(),
+            builder.clone(),
+            service.clone(),
+            connections.watcher(),
+        );
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let Some(stream) = handshake(&tls, stream).await else {
+                return;
+            };
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(error) = watcher.watch(connection).await {
                 debug!(error = %error, "connection ended with an error");
             }
         });
+    }
+}
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a plaintext HTTP client on the TLS port is told, instead of a silent close.
+const PLAINTEXT_REFUSED: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n\
+connection: close\r\ncontent-length: 49\r\n\r\nThis port speaks TLS only: use https:// instead.\n";
+
+/// The TLS side of a new connection: a plaintext client (its first byte is not a TLS handshake
+/// record) gets a plain 400 and the connection is closed; a handshake that fails or takes too
+/// long ends the connection.
+async fn handshake(
+    tls: &Tls,
+    stream: tokio::net::TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::AsyncWriteExt;
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
+    if !matches!(peeked, Ok(Ok(1))) {
+        return None;
+    }
+    if first[0] != 0x16 {
+        debug!("plaintext request on the TLS port: refused");
+        let mut stream = stream;
+        let _ = stream.write_all(PLAINTEXT_REFUSED).await;
+        let _ = stream.shutdown().await;
+        return None;
+    }
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            debug!(%error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Re-reads the certificate each time `reload` yields.
+async fn reload_on(reload: impl Stream<Item = ()>, tls: Option<Tls>) {
+    let mut reload = std::pin::pin!(reload);
+    while reload.next().await.is_some() {
+        match &tls {
+            Some(tls) => tls.reload(),
+            None => info!("reload asked for, but there is no TLS certificate to reload"),
+        }
     }
 }
 

@@ -87,7 +87,7 @@ pub async fn open_store(config: &Config) -> Store {
 pub struct TestServer {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<Result<(), order_server::RunError>>,
     _db: Option<TestDb>,
 }
 
@@ -186,7 +186,7 @@ impl TestServer {
     }
 
     /// Shuts down and waits until the server has stopped.
-    pub async fn stop(mut self) -> std::io::Result<()> {
+    pub async fn stop(mut self) -> Result<(), order_server::RunError> {
         self.begin_shutdown();
         self.task.await.expect("server task panicked")
     }
