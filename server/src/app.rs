@@ -25,12 +25,16 @@ use tonic::{body::Body as GrpcBody, codegen::BoxFuture, service::Routes};
 use tonic_health::server::HealthReporter;
 use tower::Service;
 
+use tracing::{info, warn};
+
 use crate::{
+    auth::{Auth, AuthError, AuthFuture, AuthLayer},
     body::whole,
     config::Config,
+    cors::cors,
     deadline::DeadlineFuture,
     files::files,
-    grpc::{stack, Stack},
+    grpc::{stack, Layers, Stack},
     route::{Route, Target, Transport, UnaryMethods},
     service::OrderService,
 };
@@ -46,7 +50,23 @@ pub struct App {
 }
 
 /// Builds the application around `orders`, with the health and reflection services beside it.
-pub fn app(orders: OrderService, config: &Config) -> App {
+/// Fails only on an authentication key that cannot be used.
+pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
+    let auth = Auth::new(&config.auth_config())?;
+    match &auth {
+        None => warn!("authentication is OFF: anyone who can reach this port can read and change every order (see --auth-secret-file, --auth-public-key)"),
+        Some((_, algorithm)) => info!(
+            ?algorithm,
+            issuer = ?config.auth_issuer,
+            audience = ?config.auth_audience,
+            public_reads = config.public_reads,
+            "authentication on: every order call needs a bearer token"
+        ),
+    }
+    let layers = Layers {
+        cors: cors(config),
+        auth: AuthLayer(auth.map(|(auth, _)| Arc::new(auth))),
+    };
     let health = HealthReporter::new();
     let health_service = tonic_health::pb::health_server::HealthServer::new(
         tonic_health::server::HealthService::from_health_reporter(health.clone()),
@@ -64,13 +84,13 @@ pub fn app(orders: OrderService, config: &Config) -> App {
     let orders = OrderManagementServer::new(orders)
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size);
-    App {
-        orders: stack(orders, config),
-        other: stack(other, config),
+    Ok(App {
+        orders: stack(orders, &layers),
+        other: stack(other, &layers),
         files: files(config),
         unary: Arc::new(UnaryMethods::from_descriptors()),
         health,
-    }
+    })
 }
 
 impl App {
@@ -179,7 +199,11 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
     }
 }
 
-type OrdersFuture = DeadlineFuture<BoxFuture<Response<GrpcBody>, Infallible>>;
+type OrdersFuture = AuthFuture<
+    DeadlineFuture<BoxFuture<Response<GrpcBody>, Infallible>>,
+    Response<GrpcBody>,
+    Infallible,
+>;
 type BoxedFuture = dyn Future<Output = Result<Response<GrpcBody>, Infallible>> + Send;
 
 /// The response future of [`App`]: native gRPC to the order service (the hot path) unboxed,

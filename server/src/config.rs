@@ -16,6 +16,10 @@ const DEFAULT_DATABASE: &str = "sqlite:data/orders.db";
 #[derive(Debug, Clone, Parser)]
 #[command(name = "order-server", version, about, long_about = None)]
 pub struct Config {
+    /// Something other than serving (`order-server` alone serves).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on. Use 0.0.0.0:50051 to accept connections from other machines.
     #[arg(long, env = "ORDER_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -53,6 +57,32 @@ pub struct Config {
     /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1), for --tls-cert. Re-read on SIGHUP.
     #[arg(long, env = "ORDER_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// Require JWT bearer tokens signed with this HS256 secret (the file's bytes, a trailing
+    /// newline stripped). Without this or --auth-public-key, authentication is off.
+    #[arg(
+        long,
+        env = "ORDER_AUTH_SECRET_FILE",
+        conflicts_with = "auth_public_key"
+    )]
+    pub auth_secret_file: Option<PathBuf>,
+
+    /// Require JWT bearer tokens signed with the private half of this PEM public key: RSA
+    /// (RS256), EC P-256 (ES256) or Ed25519 (EdDSA), by key type.
+    #[arg(long, env = "ORDER_AUTH_PUBLIC_KEY")]
+    pub auth_public_key: Option<PathBuf>,
+
+    /// With authentication: the issuer (`iss`) every token must name.
+    #[arg(long, env = "ORDER_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+
+    /// With authentication: the audience (`aud`) every token must name.
+    #[arg(long, env = "ORDER_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+
+    /// With authentication: let callers without a token read orders (getOrder, searchOrders).
+    #[arg(long, env = "ORDER_PUBLIC_READS")]
+    pub public_reads: bool,
 
     /// Where the orders are kept. `sqlite:PATH`: an embedded SQLite file, created when missing
     /// (relative paths start from the working directory); one server per file. Or
@@ -97,12 +127,72 @@ pub struct Config {
     pub shutdown_grace: Duration,
 }
 
+/// What `order-server` can do besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print a signed token (HS256) for a server started with --auth-secret-file: the way a
+    /// developer gets one locally, e.g. `order-server token --secret-file secret --scope
+    /// "orders:read orders:write"`.
+    Token(TokenArgs),
+}
+
+/// The token `order-server token` prints.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// The HS256 secret file the server uses (its --auth-secret-file).
+    #[arg(long)]
+    pub secret_file: PathBuf,
+
+    /// The token's scopes, space-separated: orders:read, orders:write (which includes read).
+    #[arg(long, value_parser = parse_scopes)]
+    pub scope: String,
+
+    /// How long the token is valid, e.g. 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+
+    /// The token's subject (`sub`), which the server's logs show for each call.
+    #[arg(long, default_value = "developer")]
+    pub subject: String,
+
+    /// The issuer (`iss`) to put in the token, for a server started with --auth-issuer.
+    #[arg(long)]
+    pub issuer: Option<String>,
+
+    /// The audience (`aud`) to put in the token, for a server started with --auth-audience.
+    #[arg(long)]
+    pub audience: Option<String>,
+}
+
+fn parse_scopes(s: &str) -> Result<String, String> {
+    let known = [crate::auth::READ_SCOPE, crate::auth::WRITE_SCOPE];
+    match s.split_whitespace().find(|scope| !known.contains(scope)) {
+        Some(unknown) => Err(format!(
+            "unknown scope {unknown:?}: use {} and/or {}",
+            known[0], known[1]
+        )),
+        None if s.trim().is_empty() => Err("give at least one scope".into()),
+        None => Ok(s.split_whitespace().collect::<Vec<_>>().join(" ")),
+    }
+}
+
 impl Config {
     /// How many worker threads to run: `--threads`, or one per CPU this process may use.
     pub fn worker_threads(&self) -> usize {
         match self.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
+        }
+    }
+
+    /// What authentication needs of this configuration.
+    pub(crate) fn auth_config(&self) -> crate::auth::AuthConfig {
+        crate::auth::AuthConfig {
+            secret_file: self.auth_secret_file.clone(),
+            public_key: self.auth_public_key.clone(),
+            issuer: self.auth_issuer.clone(),
+            audience: self.auth_audience.clone(),
+            public_reads: self.public_reads,
         }
     }
 

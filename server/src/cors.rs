@@ -8,9 +8,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Config;
 
-/// Request headers a gRPC-Web client in a browser sends and CORS must allow.
-pub const CORS_ALLOW_HEADERS: [HeaderName; 4] = [
+/// Request headers a gRPC-Web client in a browser sends and CORS must allow (`authorization`
+/// carries its token).
+pub const CORS_ALLOW_HEADERS: [HeaderName; 5] = [
     header::CONTENT_TYPE,
+    header::AUTHORIZATION,
     HeaderName::from_static("x-grpc-web"),
     HeaderName::from_static("x-user-agent"),
     HeaderName::from_static("grpc-timeout"),

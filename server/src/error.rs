@@ -63,6 +63,9 @@ pub enum RunError {
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::OpenError),
+    /// The authentication key could not be used.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     /// The TLS certificate or key could not be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),

@@ -2,7 +2,8 @@
 //! the `Routes` of health, reflection and `UNIMPLEMENTED` for anything else) goes through
 //! [`stack`], so every gRPC call, whatever its service, has the same layers in the same order:
 //!
-//! - **native** (HTTP/2 gRPC): deadlines (`grpc-timeout`), then the service;
+//! - **native** (HTTP/2 gRPC): authentication (the caller's token and scope), deadlines
+//!   (`grpc-timeout`), then the service;
 //! - **web** (gRPC-Web without `Origin`, so not from a browser): tonic-web's translation, then as
 //!   natively;
 //! - **browser** (gRPC-Web from a page): CORS from the allowlist, then as gRPC-Web.
@@ -14,13 +15,12 @@ use tower::Layer;
 use tower_http::cors::Cors;
 
 use crate::{
-    config::Config,
-    cors::cors,
+    auth::{AuthLayer, AuthService},
     deadline::{DeadlineLayer, DeadlineService},
 };
 
 /// A gRPC service as native gRPC clients reach it.
-pub(crate) type Native<S> = DeadlineService<S>;
+pub(crate) type Native<S> = AuthService<DeadlineService<S>>;
 /// A gRPC service as gRPC-Web clients that are not browsers reach it.
 pub(crate) type Web<S> = GrpcWebService<Native<S>>;
 /// A gRPC service as browsers reach it.
@@ -34,11 +34,18 @@ pub(crate) struct Stack<S> {
     pub(crate) browser: Browser<S>,
 }
 
+/// What every stack is built from: the CORS allowlist and the token checker, made once.
+#[derive(Clone)]
+pub(crate) struct Layers {
+    pub(crate) cors: tower_http::cors::CorsLayer,
+    pub(crate) auth: AuthLayer,
+}
+
 /// Wraps `service` in the gRPC layers, once per transport.
-pub(crate) fn stack<S: Clone>(service: S, config: &Config) -> Stack<S> {
-    let native = DeadlineLayer.layer(service);
+pub(crate) fn stack<S: Clone>(service: S, layers: &Layers) -> Stack<S> {
+    let native = layers.auth.layer(DeadlineLayer.layer(service));
     let web = GrpcWebLayer::new().layer(native.clone());
-    let browser = cors(config).layer(web.clone());
+    let browser = layers.cors.layer(web.clone());
     Stack {
         native,
         web,

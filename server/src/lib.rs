@@ -7,8 +7,9 @@
 //!   TLS on the same port, its certificate reloaded on demand;
 //! - `app`: the application service ([`App`], built by [`app()`]) that sends each request where
 //!   `route` decides: a gRPC target in one of its transports, or the page;
-//! - `grpc`: the one gRPC layer stack every gRPC service goes through; `deadline`
-//!   (`grpc-timeout` on every call, streams included) and `cors` are its layers;
+//! - `grpc`: the one gRPC layer stack every gRPC service goes through; `auth` (JWT bearer
+//!   tokens and scopes), `deadline` (`grpc-timeout` on every call, streams included) and `cors`
+//!   are its layers;
 //! - `body`: unary gRPC-Web answers sent whole; `files`: the static page;
 //! - `service`: the `OrderManagement` RPCs ([`OrderService`]); `process`: all of
 //!   `processOrders`; `order`: validation of the orders clients send; `streams`: the count of
@@ -21,6 +22,7 @@
 //! tests bind `127.0.0.1:0` and stop the server whenever they like.
 
 mod app;
+mod auth;
 mod body;
 mod config;
 mod cors;
@@ -40,7 +42,8 @@ mod tls;
 
 pub use crate::{
     app::{app, App, AppFuture},
-    config::Config,
+    auth::{read_secret, sign_token, AuthError, Caller, READ_SCOPE, WRITE_SCOPE},
+    config::{Command, Config, TokenArgs},
     cors::{CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS},
     error::RunError,
     server::{run, run_with_reload, serve, serve_with_reload},

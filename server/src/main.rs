@@ -5,7 +5,7 @@
 use anyhow::Context;
 use clap::Parser;
 use futures::{Stream, StreamExt};
-use order_server::{run_with_reload, telemetry, Config};
+use order_server::{read_secret, run_with_reload, sign_token, telemetry, Command, Config};
 use tracing::warn;
 
 /// mimalloc: the server allocates and frees many small buffers per call, which it does faster than
@@ -15,6 +15,20 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    if let Some(Command::Token(token)) = &config.command {
+        let secret = read_secret(&token.secret_file)?;
+        let signed = sign_token(
+            &secret,
+            &token.subject,
+            &token.scope,
+            token.ttl,
+            token.issuer.as_deref(),
+            token.audience.as_deref(),
+        )
+        .context("cannot sign the token")?;
+        println!("{signed}");
+        return Ok(());
+    }
     telemetry::init();
     let runtime = match config.worker_threads() {
         1 => tokio::runtime::Builder::new_current_thread(),

@@ -9,7 +9,10 @@ use order_api::pb::{CombinedShipment, Order};
 use tonic::{Status, Streaming};
 use tracing::info;
 
-use crate::{error::Error, store::Store};
+use crate::{
+    error::{Echo, Error},
+    store::Store,
+};
 
 /// What a shipment's `status` says once it is assembled.
 pub const SHIPMENT_STATUS: &str = "Processed";
@@ -21,26 +24,31 @@ pub(crate) fn shipments(
     store: Store,
     batch_size: usize,
     mut ids: Streaming<String>,
+    subject: String,
 ) -> impl Stream<Item = Result<CombinedShipment, Status>> + Send + 'static {
     async_stream::try_stream! {
         let mut batcher = Batcher::new(batch_size);
         while let Some(id) = ids.message().await? {
             let order = store.get(&id).await?;
             if let Some(full) = batcher.push(order)? {
-                yield ship(&store, full).await?;
+                yield ship(&store, full, &subject).await?;
             }
         }
         for group in batcher.finish() {
-            yield ship(&store, group).await?;
+            yield ship(&store, group, &subject).await?;
         }
     }
 }
 
 /// Numbers a group from the database's shipment sequence, so shipment IDs are unique across every
 /// server sharing the database.
-async fn ship(store: &Store, (destination, orders): Group) -> Result<CombinedShipment, Error> {
+async fn ship(
+    store: &Store,
+    (destination, orders): Group,
+    subject: &str,
+) -> Result<CombinedShipment, Error> {
     let number = store.next_shipment().await?;
-    info!(shipment = number, %destination, orders = orders.len(), "shipment assembled");
+    info!(shipment = number, destination = %Echo(&destination), orders = orders.len(), sub = %Echo(subject), "shipment assembled");
     Ok(CombinedShipment {
         id: format!("shipment-{number}"),
         status: SHIPMENT_STATUS.to_owned(),

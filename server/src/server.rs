@@ -74,7 +74,7 @@ pub async fn serve_with_reload(
     };
     let reloading = tokio::spawn(reload_on(reload, tls.clone()));
     let store = orders.store().clone();
-    let app = app(orders, &config);
+    let app = app(orders, &config)?;
     let health_reporter = app.health().clone();
     set_health(&health_reporter, ServingStatus::Serving).await;
     let database = tokio::spawn(watch_database(

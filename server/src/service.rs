@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, instrument};
 
 use crate::{
+    auth::Caller,
     deadline::{until_deadline, Deadline},
     error::{Echo, Error},
     order::ValidOrder,
@@ -59,6 +60,15 @@ impl OrderService {
     }
 }
 
+/// Who made the call, as its token says (empty with authentication off).
+fn subject<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map(|caller| caller.subject.clone())
+        .unwrap_or_default()
+}
+
 /// The client's deadline, where it sent one.
 fn deadline<T>(request: &Request<T>) -> Option<Deadline> {
     request.extensions().get::<Deadline>().copied()
@@ -68,15 +78,16 @@ fn deadline<T>(request: &Request<T>) -> Option<Deadline> {
 #[allow(non_camel_case_types)]
 #[tonic::async_trait]
 impl OrderManagement for OrderService {
-    #[instrument(level = "debug", skip_all, fields(order_id = %Echo(&request.get_ref().id)))]
+    #[instrument(level = "debug", skip_all, fields(order_id = %Echo(&request.get_ref().id), sub = %Echo(&subject(&request))))]
     async fn add_order(&self, request: Request<Order>) -> Result<Response<String>, Status> {
+        let sub = subject(&request);
         let order = ValidOrder::try_from(request.into_inner())?;
         let id = self.store.add(order).await?;
-        info!(%id, "order added");
+        info!(%id, sub = %Echo(&sub), "order added");
         Ok(Response::new(id))
     }
 
-    #[instrument(level = "debug", skip_all, fields(order_id = %Echo(request.get_ref())))]
+    #[instrument(level = "debug", skip_all, fields(order_id = %Echo(request.get_ref()), sub = %Echo(&subject(&request))))]
     async fn get_order(&self, request: Request<String>) -> Result<Response<Order>, Status> {
         let id = request.into_inner();
         if id.is_empty() {
@@ -89,7 +100,7 @@ impl OrderManagement for OrderService {
 
     type searchOrdersStream = BoxStream<'static, Result<Order, Status>>;
 
-    #[instrument(level = "debug", skip_all, fields(text = %Echo(request.get_ref())))]
+    #[instrument(level = "debug", skip_all, fields(text = %Echo(request.get_ref()), sub = %Echo(&subject(&request))))]
     async fn search_orders(
         &self,
         request: Request<String>,
@@ -100,11 +111,12 @@ impl OrderManagement for OrderService {
         Ok(self.respond(found, deadline))
     }
 
-    #[instrument(level = "debug", skip_all)]
+    #[instrument(level = "debug", skip_all, fields(sub = %Echo(&subject(&request))))]
     async fn update_orders(
         &self,
         request: Request<Streaming<Order>>,
     ) -> Result<Response<String>, Status> {
+        let sub = subject(&request);
         // Each order is checked and applied as it arrives, inside one transaction: one bad order
         // and nothing is applied.
         let orders = request
@@ -118,22 +130,24 @@ impl OrderManagement for OrderService {
             })
             .boxed();
         let updated = self.store.update_all(orders).await?;
-        info!(updated = updated.count, "orders updated");
+        info!(updated = updated.count, sub = %Echo(&sub), "orders updated");
         Ok(Response::new(updated.to_string()))
     }
 
     type processOrdersStream = BoxStream<'static, Result<CombinedShipment, Status>>;
 
-    #[instrument(level = "debug", skip_all)]
+    #[instrument(level = "debug", skip_all, fields(sub = %Echo(&subject(&request))))]
     async fn process_orders(
         &self,
         request: Request<Streaming<String>>,
     ) -> Result<Response<Self::processOrdersStream>, Status> {
         let deadline = deadline(&request);
+        let sub = subject(&request);
         let shipments = process::shipments(
             self.store.clone(),
             self.batch_size.get(),
             request.into_inner(),
+            sub,
         );
         Ok(self.respond(shipments, deadline))
     }

@@ -14,7 +14,7 @@ async fn app_with(mut config: Config) -> App {
     config.database_url = "sqlite::memory:".into();
     let store = Store::open(&config.store_options()).await.expect("store");
     let orders = OrderService::new(store, config.batch_size);
-    order_server::app(orders, &config)
+    order_server::app(orders, &config).expect("app")
 }
 
 async fn test_app() -> App {

@@ -1,0 +1,372 @@
+//! Authentication: JWT bearer tokens (`authorization: Bearer …`), checked once, in the gRPC layer
+//! stack ([`crate::grpc`]), so no RPC can be reached around it.
+//!
+//! Scopes are in the `scope` claim, space-separated: `orders:read` for `getOrder` and
+//! `searchOrders`, `orders:write` (which includes read) for every other order RPC. Health and
+//! reflection need no token. A missing or invalid token is `UNAUTHENTICATED`, a valid one without
+//! the scope `PERMISSION_DENIED`; the message says which, never echoing the token.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use futures::future::Either;
+use http::{Request, Response};
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Validation};
+use order_api::pb::order_management_server::SERVICE_NAME;
+use tonic::Status;
+use tower::{Layer, Service};
+
+/// The scope that lets a caller read orders.
+pub const READ_SCOPE: &str = "orders:read";
+/// The scope that lets a caller change orders (and read them).
+pub const WRITE_SCOPE: &str = "orders:write";
+
+/// The order RPCs that only read; every other order RPC writes. A test checks this against the
+/// descriptor, so a new RPC is a write until someone says otherwise.
+const READ_METHODS: [&str; 2] = ["getOrder", "searchOrders"];
+
+/// What a call needs of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// Nothing: health, reflection, unknown services.
+    Nothing,
+    /// `orders:read` or `orders:write`.
+    Read,
+    /// `orders:write`.
+    Write,
+}
+
+impl Need {
+    /// What a call to `path` needs.
+    pub(crate) fn of(path: &str) -> Need {
+        let method = path
+            .strip_prefix('/')
+            .and_then(|rest| rest.strip_prefix(SERVICE_NAME))
+            .and_then(|rest| rest.strip_prefix('/'));
+        match method {
+            None => Need::Nothing,
+            Some(method) if READ_METHODS.contains(&method) => Need::Read,
+            Some(_) => Need::Write,
+        }
+    }
+}
+
+/// Who made a call, as its token says; in the request's extensions for the RPC's logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's `sub`, or `anonymous` for a public read.
+    pub subject: String,
+}
+
+/// Why the authentication configuration cannot be used. Names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The key or secret file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file holds nothing usable.
+    #[error("{path} holds no usable key: {reason}")]
+    Key {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The claims the server reads.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+struct Claims {
+    #[serde(default)]
+    sub: String,
+    #[serde(default)]
+    scope: String,
+}
+
+/// How tokens are checked.
+#[derive(Clone)]
+pub(crate) struct Auth {
+    key: DecodingKey,
+    validation: Validation,
+    public_reads: bool,
+}
+
+/// Where the keys come from, and what the claims must say.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AuthConfig {
+    pub(crate) secret_file: Option<PathBuf>,
+    pub(crate) public_key: Option<PathBuf>,
+    pub(crate) issuer: Option<String>,
+    pub(crate) audience: Option<String>,
+    pub(crate) public_reads: bool,
+}
+
+/// The secret of an HS256 secret file: its bytes, a trailing newline stripped.
+pub fn read_secret(path: &Path) -> Result<Vec<u8>, AuthError> {
+    let mut secret = std::fs::read(path).map_err(|source| AuthError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    while secret.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
+        secret.pop();
+    }
+    if secret.is_empty() {
+        return Err(AuthError::Key {
+            path: path.display().to_string(),
+            reason: "the secret is empty".into(),
+        });
+    }
+    Ok(secret)
+}
+
+impl Auth {
+    /// The checker `config` asks for, or `None` when no key is given (authentication off).
+    pub(crate) fn new(config: &AuthConfig) -> Result<Option<(Self, Algorithm)>, AuthError> {
+        let (key, algorithm) = match (&config.secret_file, &config.public_key) {
+            (Some(path), _) => (
+                DecodingKey::from_secret(&read_secret(path)?),
+                Algorithm::HS256,
+            ),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|source| AuthError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                    (key, Algorithm::RS256)
+                } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+                    (key, Algorithm::ES256)
+                } else if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
+                    (key, Algorithm::EdDSA)
+                } else {
+                    return Err(AuthError::Key {
+                        path: path.display().to_string(),
+                        reason: "expected a PEM public key: RSA (RS256), EC P-256 (ES256) or Ed25519 (EdDSA)".into(),
+                    });
+                }
+            }
+            (None, None) => return Ok(None),
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.validate_nbf = true;
+        match &config.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &config.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        Ok(Some((
+            Self {
+                key,
+                validation,
+                public_reads: config.public_reads,
+            },
+            algorithm,
+        )))
+    }
+
+    /// Checks the call's `authorization` header against what `need` asks.
+    pub(crate) fn check(&self, headers: &http::HeaderMap, need: Need) -> Result<Caller, Status> {
+        let header = headers.get(http::header::AUTHORIZATION);
+        if need == Need::Nothing {
+            return Ok(Caller {
+                subject: String::new(),
+            });
+        }
+        let Some(header) = header else {
+            if need == Need::Read && self.public_reads {
+                return Ok(Caller {
+                    subject: "anonymous".into(),
+                });
+            }
+            return Err(Status::unauthenticated(
+                "no token: send `authorization: Bearer <token>`",
+            ));
+        };
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization header must be `Bearer <token>`")
+            })?;
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|error| Status::unauthenticated(refusal(error.kind())))?
+            .claims;
+        let scopes: Vec<&str> = claims.scope.split_whitespace().collect();
+        let allowed =
+            scopes.contains(&WRITE_SCOPE) || (need == Need::Read && scopes.contains(&READ_SCOPE));
+        if !allowed {
+            let wanted = match need {
+                Need::Read => format!("{READ_SCOPE} or {WRITE_SCOPE}"),
+                _ => WRITE_SCOPE.to_owned(),
+            };
+            return Err(Status::permission_denied(format!(
+                "this call needs the {wanted} scope; the token has {}",
+                if scopes.is_empty() {
+                    "none".to_owned()
+                } else {
+                    format!("\"{}\"", claims.scope.chars().take(100).collect::<String>())
+                }
+            )));
+        }
+        Ok(Caller {
+            subject: claims.sub.chars().take(100).collect(),
+        })
+    }
+}
+
+/// Why a token was refused, for the client.
+fn refusal(kind: &ErrorKind) -> String {
+    match kind {
+        ErrorKind::ExpiredSignature => "the token has expired".into(),
+        ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)".into(),
+        ErrorKind::InvalidSignature => "the token's signature is not valid".into(),
+        ErrorKind::InvalidIssuer => {
+            "the token's issuer (iss) is not the one this server accepts".into()
+        }
+        ErrorKind::InvalidAudience => {
+            "the token's audience (aud) is not the one this server accepts".into()
+        }
+        ErrorKind::InvalidAlgorithm => {
+            "the token is signed with another algorithm than this server's".into()
+        }
+        ErrorKind::MissingRequiredClaim(claim) => format!("the token has no {claim} claim"),
+        _ => "the token is malformed".into(),
+    }
+}
+
+/// Signs a token with an HS256 secret: what `order-server token` prints.
+pub fn sign_token(
+    secret: &[u8],
+    subject: &str,
+    scope: &str,
+    ttl: Duration,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let mut claims = serde_json::json!({
+        "sub": subject,
+        "scope": scope,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl.as_secs(),
+    });
+    if let Some(issuer) = issuer {
+        claims["iss"] = issuer.into();
+    }
+    if let Some(audience) = audience {
+        claims["aud"] = audience.into();
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+}
+
+/// Checks tokens on every call below it (see the module's doc).
+#[derive(Clone)]
+pub(crate) struct AuthLayer(pub(crate) Option<Arc<Auth>>);
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService {
+            auth: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service [`AuthLayer`] makes.
+#[derive(Clone)]
+pub(crate) struct AuthService<S> {
+    auth: Option<Arc<Auth>>,
+    inner: S,
+}
+
+/// The inner future, or the refusal at once.
+pub(crate) type AuthFuture<F, T, E> = Either<F, std::future::Ready<Result<T, E>>>;
+
+impl<S, B, ResBody> Service<Request<B>> for AuthService<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = AuthFuture<S::Future, Response<ResBody>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let Some(auth) = &self.auth else {
+            return Either::Left(self.inner.call(request));
+        };
+        match auth.check(request.headers(), Need::of(request.uri().path())) {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Either::Left(self.inner.call(request))
+            }
+            Err(status) => Either::Right(std::future::ready(Ok(status.into_http()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn every_order_rpc_needs_a_scope_and_only_the_reads_need_less_than_write() {
+        let set = prost_types::FileDescriptorSet::decode(order_api::FILE_DESCRIPTOR_SET).unwrap();
+        let service = set
+            .file
+            .iter()
+            .flat_map(|f| &f.service)
+            .find(|s| s.name() == SERVICE_NAME)
+            .unwrap();
+        for method in &service.method {
+            let need = Need::of(&format!("/{SERVICE_NAME}/{}", method.name()));
+            let reads = READ_METHODS.contains(&method.name());
+            assert_eq!(
+                need,
+                if reads { Need::Read } else { Need::Write },
+                "{}",
+                method.name()
+            );
+        }
+        for read in READ_METHODS {
+            assert!(
+                service.method.iter().any(|m| m.name() == read),
+                "{read} is not an RPC of the contract"
+            );
+        }
+        assert_eq!(Need::of("/grpc.health.v1.Health/Check"), Need::Nothing);
+        assert_eq!(
+            Need::of("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            Need::Nothing
+        );
+    }
+}

@@ -1,0 +1,338 @@
+//! JWT authentication at the one gRPC stack: every refusal case, scopes, public reads, the
+//! services that need no token, public keys by type, and CORS on refusals.
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::TestServer;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use order_api::pb::Order;
+use order_server::Config;
+use tonic::{transport::Channel, Code, Request};
+
+const SECRET: &[u8] = b"a secret of the test";
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn claims(scope: &str) -> serde_json::Value {
+    serde_json::json!({ "sub": "alice", "scope": scope, "exp": now() + 600 })
+}
+
+fn hs256(claims: &serde_json::Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+struct AuthServer {
+    server: TestServer,
+    _dir: tempfile::TempDir,
+}
+
+/// A server that checks HS256 tokens (with a trailing newline in the secret file, as editors
+/// leave it), changed by `adjust`.
+async fn start(adjust: impl FnOnce(&mut Config)) -> AuthServer {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, [SECRET, b"\n"].concat()).unwrap();
+    let mut config = Config::for_tests();
+    config.auth_secret_file = Some(secret);
+    config.cors_origins = vec!["http://page.test".parse().unwrap()];
+    adjust(&mut config);
+    AuthServer {
+        server: TestServer::start_with(config).await,
+        _dir: dir,
+    }
+}
+
+fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+async fn get(server: &TestServer, token: Option<&str>) -> Result<Order, tonic::Status> {
+    let mut client = server.native().await;
+    Ok(client
+        .get_order(with_token("106".to_string(), token))
+        .await?
+        .into_inner())
+}
+
+async fn add(server: &TestServer, token: Option<&str>) -> Result<String, tonic::Status> {
+    let order = Order {
+        items: vec!["Lamp".into()],
+        destination: "Denver, CO".into(),
+        price: 20.0,
+        ..Order::default()
+    };
+    let mut client = server.native().await;
+    Ok(client
+        .add_order(with_token(order, token))
+        .await?
+        .into_inner())
+}
+
+#[tokio::test]
+async fn every_bad_token_is_unauthenticated_and_the_message_says_why() {
+    let auth = start(|config| {
+        config.auth_issuer = Some("https://issuer.test".into());
+        config.auth_audience = Some("orders".into());
+    })
+    .await;
+    let good = |extra: serde_json::Value| {
+        let mut claims = claims("orders:write");
+        claims["iss"] = "https://issuer.test".into();
+        claims["aud"] = "orders".into();
+        for (key, value) in extra.as_object().unwrap() {
+            claims[key] = value.clone();
+        }
+        claims
+    };
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("missing", None, "no token"),
+        ("malformed", Some("not.a.jwt".into()), "malformed"),
+        (
+            "expired",
+            Some(hs256(
+                &good(serde_json::json!({ "exp": now() - 3600 })),
+                SECRET,
+            )),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            Some(hs256(
+                &good(serde_json::json!({ "nbf": now() + 3600 })),
+                SECRET,
+            )),
+            "not valid yet",
+        ),
+        (
+            "bad signature",
+            Some(hs256(&good(serde_json::json!({})), b"another secret")),
+            "signature",
+        ),
+        (
+            "wrong issuer",
+            Some(hs256(
+                &good(serde_json::json!({ "iss": "https://evil.test" })),
+                SECRET,
+            )),
+            "issuer",
+        ),
+        (
+            "wrong audience",
+            Some(hs256(
+                &good(serde_json::json!({ "aud": "billing" })),
+                SECRET,
+            )),
+            "audience",
+        ),
+    ];
+    for (case, token, why) in cases {
+        let status = get(&auth.server, token.as_deref()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{case}: {status:?}");
+        assert!(status.message().contains(why), "{case}: {status:?}");
+        if let Some(token) = &token {
+            assert!(
+                !status.message().contains(token.as_str()),
+                "{case} echoes the token"
+            );
+        }
+    }
+    // Not a bearer token at all.
+    let mut request = Request::new("106".to_string());
+    request
+        .metadata_mut()
+        .insert("authorization", "Basic YWxpY2U6cHc=".parse().unwrap());
+    let status = auth
+        .server
+        .native()
+        .await
+        .get_order(request)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("Bearer"), "{status:?}");
+
+    // And the good one passes.
+    let token = hs256(&good(serde_json::json!({})), SECRET);
+    assert_eq!(get(&auth.server, Some(&token)).await.unwrap().id, "106");
+}
+
+#[tokio::test]
+async fn a_read_token_reads_but_cannot_write_and_a_write_token_does_both() {
+    let auth = start(|_| {}).await;
+    let read = hs256(&claims("orders:read"), SECRET);
+    let write = hs256(&claims("orders:write"), SECRET);
+    let nothing = hs256(&claims(""), SECRET);
+
+    assert_eq!(get(&auth.server, Some(&read)).await.unwrap().id, "106");
+    let status = add(&auth.server, Some(&read)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("orders:write"), "{status:?}");
+
+    let mut client = auth.server.native().await;
+    let update = futures::stream::iter(Vec::<Order>::new());
+    let status = client
+        .update_orders(with_token(update, Some(&read)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let ids = futures::stream::iter(vec!["106".to_string()]);
+    let status = client
+        .process_orders(with_token(ids, Some(&read)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let search = client
+        .search_orders(with_token("echo".to_string(), Some(&read)))
+        .await;
+    assert!(search.is_ok(), "{search:?}");
+
+    assert!(!add(&auth.server, Some(&write)).await.unwrap().is_empty());
+    assert_eq!(get(&auth.server, Some(&write)).await.unwrap().id, "106");
+
+    let status = get(&auth.server, Some(&nothing)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
+
+#[tokio::test]
+async fn public_reads_let_anonymous_callers_read_and_nothing_more() {
+    let auth = start(|config| config.public_reads = true).await;
+    assert_eq!(get(&auth.server, None).await.unwrap().id, "106");
+    let status = add(&auth.server, None).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    // A bad token is still refused, even for a read.
+    let status = get(&auth.server, Some("bad")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn health_and_reflection_need_no_token() {
+    let auth = start(|_| {}).await;
+    let channel: Channel = auth.server.channel().await;
+    let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "OrderManagement".into(),
+        })
+        .await
+        .expect("health without a token");
+    assert_eq!(health.into_inner().status, 1);
+    let status = get(&auth.server, None).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn es256_and_eddsa_public_keys_are_recognised_by_type() {
+    for (algorithm, key_type) in [
+        (Algorithm::ES256, &rcgen::PKCS_ECDSA_P256_SHA256),
+        (Algorithm::EdDSA, &rcgen::PKCS_ED25519),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = rcgen::KeyPair::generate_for(key_type).unwrap();
+        let public = dir.path().join("public.pem");
+        std::fs::write(&public, pair.public_key_pem()).unwrap();
+        let mut config = Config::for_tests();
+        config.auth_public_key = Some(public);
+        let server = TestServer::start_with(config).await;
+        let private = pair.serialize_pem();
+        let key = match algorithm {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(private.as_bytes()).unwrap(),
+            _ => EncodingKey::from_ed_pem(private.as_bytes()).unwrap(),
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(algorithm), &claims("orders:read"), &key).unwrap();
+        assert_eq!(
+            get(&server, Some(&token)).await.unwrap().id,
+            "106",
+            "{algorithm:?}"
+        );
+        // An HS256 token made with anything is refused by a public-key server.
+        let status = get(&server, Some(&hs256(&claims("orders:read"), SECRET)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{algorithm:?}");
+    }
+}
+
+#[tokio::test]
+async fn browsers_are_told_why_they_were_refused() {
+    use http_body_util::BodyExt;
+    let auth = start(|_| {}).await;
+    let client = common::http1_client::<http_body_util::Full<bytes::Bytes>>();
+
+    // The preflight needs no token and allows the authorization header.
+    let preflight = http::Request::builder()
+        .method("OPTIONS")
+        .uri(format!("{}/OrderManagement/getOrder", auth.server.url()))
+        .header("origin", "http://page.test")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type,x-grpc-web",
+        )
+        .body(Default::default())
+        .unwrap();
+    let answer = client.request(preflight).await.unwrap();
+    assert!(answer.status().is_success());
+    let allowed = answer.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(allowed.contains("authorization"), "{allowed}");
+
+    // A refused call still carries CORS headers, and exposes the status and message.
+    let call = http::Request::post(format!("{}/OrderManagement/getOrder", auth.server.url()))
+        .header("origin", "http://page.test")
+        .header("content-type", "application/grpc-web+proto")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"\0\0\0\0\x05\x0a\x03106",
+        )))
+        .unwrap();
+    let answer = client.request(call).await.unwrap();
+    let headers = answer.headers().clone();
+    let _ = answer.into_body().collect().await;
+    assert_eq!(headers["access-control-allow-origin"], "http://page.test");
+    assert_eq!(headers["grpc-status"], "16");
+    let exposed = headers["access-control-expose-headers"].to_str().unwrap();
+    assert!(
+        exposed.contains("grpc-status") && exposed.contains("grpc-message"),
+        "{exposed}"
+    );
+
+    // The same call with a token goes through.
+    let token = hs256(&claims("orders:read"), SECRET);
+    let call = http::Request::post(format!("{}/OrderManagement/getOrder", auth.server.url()))
+        .header("origin", "http://page.test")
+        .header("content-type", "application/grpc-web+proto")
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"\0\0\0\0\x05\x0a\x03106",
+        )))
+        .unwrap();
+    let answer = client.request(call).await.unwrap();
+    assert_eq!(
+        answer.headers()["access-control-allow-origin"],
+        "http://page.test"
+    );
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        body.windows(15).any(|w| w == b"Apple iPhone XS"),
+        "{body:?}"
+    );
+}
