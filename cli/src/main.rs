@@ -14,7 +14,32 @@ use std::{io::BufRead, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use order_api::pb::{order_management_client::OrderManagementClient, CombinedShipment, Order};
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::{interceptor::InterceptedService, Interceptor},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
+
+/// Sends the bearer token, if any, with every call.
+#[derive(Clone)]
+struct Token(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Token {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The generated client over a channel that sends the token.
+type Client = OrderManagementClient<InterceptedService<Channel, Token>>;
 use tonic_types::StatusExt;
 
 /// Call the OrderManagement service over native gRPC.
@@ -24,6 +49,16 @@ struct Cli {
     /// Address of the server.
     #[arg(long, env = "ORDER_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
+
+    /// Bearer token sent with every call, for a server that checks tokens (see `order-server
+    /// token`).
+    #[arg(long, env = "ORDER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// PEM certificate of the CA (or the self-signed certificate) an https:// server's
+    /// certificate must chain to. Without it, the system's trusted CAs.
+    #[arg(long, env = "ORDER_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
 
     /// Deadline of each call, in seconds (sent to the server as grpc-timeout).
     #[arg(long, env = "ORDER_TIMEOUT", default_value_t = 5.0)]
@@ -101,10 +136,32 @@ async fn execute(cli: Cli) -> Result<(), String> {
         Command::Update { orders } => Some(parse_orders(orders)?),
         _ => None,
     };
-    let endpoint = Endpoint::from_shared(cli.addr.clone())
+    let mut endpoint = Endpoint::from_shared(cli.addr.clone())
         .map_err(|e| format!("--addr {:?} is not a valid URL: {e}", cli.addr))?
         .connect_timeout(timeout)
         .timeout(timeout);
+    if cli.addr.starts_with("https://") {
+        let tls = match &cli.ca_cert {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("cannot read --ca-cert {}: {e}", path.display()))?;
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+            }
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| format!("cannot set up TLS: {}", source_chain(&e)))?;
+    }
+    let token = cli
+        .token
+        .as_deref()
+        .map(|token| {
+            format!("Bearer {}", token.trim())
+                .parse::<MetadataValue<Ascii>>()
+                .map_err(|_| "--token has characters a token cannot have".to_owned())
+        })
+        .transpose()?;
     let channel = endpoint.connect().await.map_err(|e| {
         format!(
             "cannot connect to {}: {} (is order-server running?)",
@@ -112,7 +169,7 @@ async fn execute(cli: Cli) -> Result<(), String> {
             source_chain(&e)
         )
     })?;
-    let mut client = OrderManagementClient::new(channel);
+    let mut client = OrderManagementClient::with_interceptor(channel, Token(token));
     match cli.command {
         Command::Get { id } => {
             let order = client.get_order(id).await.map_err(status_text)?;
@@ -149,7 +206,7 @@ async fn execute(cli: Cli) -> Result<(), String> {
     Ok(())
 }
 
-async fn search(client: &mut OrderManagementClient<Channel>, text: String) -> Result<(), String> {
+async fn search(client: &mut Client, text: String) -> Result<(), String> {
     let mut orders = client
         .search_orders(text.clone())
         .await
@@ -166,10 +223,7 @@ async fn search(client: &mut OrderManagementClient<Channel>, text: String) -> Re
     Ok(())
 }
 
-async fn process(
-    client: &mut OrderManagementClient<Channel>,
-    ids: Vec<String>,
-) -> Result<(), String> {
+async fn process(client: &mut Client, ids: Vec<String>) -> Result<(), String> {
     let mut shipments = client
         .process_orders(futures::stream::iter(ids))
         .await

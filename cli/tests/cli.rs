@@ -15,9 +15,15 @@ struct LiveServer {
 
 impl LiveServer {
     fn start() -> Self {
-        let data = tempfile::tempdir().unwrap();
+        Self::start_with(&[], tempfile::tempdir().unwrap())
+    }
+
+    /// A server with these extra flags, its database in `data`.
+    fn start_with(flags: &[&str], data: tempfile::TempDir) -> Self {
         let database = format!("sqlite:{}", data.path().join("orders.db").display());
-        let config = order_server::Config::parse_from(["order-server", "--database", &database]);
+        let mut args = vec!["order-server", "--database", &database];
+        args.extend_from_slice(flags);
+        let config = order_server::Config::parse_from(args);
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -49,6 +55,97 @@ impl Drop for LiveServer {
             let _ = thread.join();
         }
     }
+}
+
+#[test]
+fn client_calls_over_tls_with_a_token_and_says_why_a_call_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = data.path();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("secret"), "cli test secret\n").unwrap();
+    let path = |name: &str| dir.join(name).display().to_string();
+    let (cert_path, key_path, secret_path) = (path("cert.pem"), path("key.pem"), path("secret"));
+    let secret = order_server::read_secret(dir.join("secret").as_ref()).unwrap();
+    let token = |scope: &str| {
+        order_server::sign_token(
+            &secret,
+            "cli",
+            scope,
+            std::time::Duration::from_secs(600),
+            None,
+            None,
+        )
+        .unwrap()
+    };
+    let server = LiveServer::start_with(
+        &[
+            "--tls-cert",
+            &cert_path,
+            "--tls-key",
+            &key_path,
+            "--auth-secret-file",
+            &secret_path,
+        ],
+        data,
+    );
+    let url = format!("https://localhost:{}", server.addr.port());
+    let call = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_order-client"))
+            .args(["--addr", &url, "--ca-cert", &cert_path])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+
+    let read = token("orders:read");
+    let found = call(&["--token", &read, "get", "106"]);
+    assert!(found.status.success(), "{found:?}");
+    assert!(String::from_utf8_lossy(&found.stdout).contains("Order 106"));
+
+    let anonymous = call(&["get", "106"]);
+    let stderr = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(!anonymous.status.success());
+    assert!(
+        stderr.contains("Unauthenticated") && stderr.contains("no token"),
+        "{stderr}"
+    );
+
+    let refused = call(&[
+        "--token",
+        &read,
+        "add",
+        "--item",
+        "Lamp",
+        "--destination",
+        "X",
+        "--price",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("PermissionDenied") && stderr.contains("orders:write"),
+        "{stderr}"
+    );
+
+    let write = token("orders:write");
+    let added = Command::new(env!("CARGO_BIN_EXE_order-client"))
+        .args(["--addr", &url, "--ca-cert", &cert_path])
+        .env("ORDER_TOKEN", &write)
+        .args([
+            "add",
+            "--item",
+            "Lamp",
+            "--destination",
+            "X",
+            "--price",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
 }
 
 fn client(server: &LiveServer, args: &[&str]) -> std::process::Output {
