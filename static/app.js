@@ -42,8 +42,22 @@ function showOrder(order) {
   result.hidden = false;
 }
 
+// Why the server refused a call, for a person; null when it did not refuse.
+function refusal(error) {
+  switch (error.codeName) {
+    case "Unauthenticated":
+      return `The server wants a valid access token: ${error.message}. Sign in above.`;
+    case "PermissionDenied":
+      return `Your access token does not allow this: ${error.message}.`;
+    default:
+      return null;
+  }
+}
+
 // A sentence for a person, from the client's Error (which carries the gRPC code name).
 function describe(error, id) {
+  const refused = refusal(error);
+  if (refused) return refused;
   switch (error.codeName) {
     case "NotFound":
       return `Order ${id} was not found.`;
@@ -132,7 +146,7 @@ searchForm.addEventListener("submit", async (event) => {
     const what = text ? `with an item containing “${text}”` : "in all";
     searchStatus.textContent = count === 0 ? `No order has an item containing “${text}”.` : `${count} order${count === 1 ? "" : "s"} ${what}.`;
   } catch (error) {
-    searchStatus.textContent = `The search failed: ${error.message}`;
+    searchStatus.textContent = refusal(error) ?? `The search failed: ${error.message}`;
     searchStatus.classList.add("error");
   } finally {
     searchButton.disabled = false;
@@ -197,14 +211,66 @@ addForm.addEventListener("submit", async (event) => {
       showFieldErrors(error.fieldViolations);
       addStatus.textContent = "Please correct the highlighted fields.";
     } else {
-      addStatus.textContent = `The order was not added: ${error.message}`;
+      addStatus.textContent = refusal(error) ?? `The order was not added: ${error.message}`;
     }
     addStatus.classList.add("error");
     addStatus.hidden = false;
   } finally {
-    addButton.disabled = false;
+    addButton.disabled = !canWrite();
   }
 });
+
+// Signing in: the token lives in this tab's sessionStorage (never in the URL) and goes with
+// every call. Its claims are read here only to explain what it allows; the server checks it.
+const TOKEN_KEY = "order-token";
+const tokenForm = $("token-form");
+const tokenInput = $("token");
+const tokenStatus = $("token-status");
+const signOut = $("sign-out");
+const addReason = $("add-reason");
+
+function claimsOf(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(payload.padEnd(payload.length + ((4 - (payload.length % 4)) % 4), "=")));
+  } catch {
+    return null;
+  }
+}
+
+function canWrite() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) return true; // The server may not ask for tokens; if it does, it says so.
+  const scopes = String(claimsOf(token)?.scope ?? "").split(/\s+/);
+  return scopes.includes("orders:write");
+}
+
+function useToken(token) {
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  client?.setToken(token || null);
+  const claims = token ? claimsOf(token) : null;
+  if (!token) {
+    tokenStatus.textContent = "Not signed in: calls carry no token.";
+  } else if (!claims) {
+    tokenStatus.textContent = "Signed in with a token this page cannot read; the server will judge it.";
+  } else {
+    const who = claims.sub ? ` as ${claims.sub}` : "";
+    tokenStatus.textContent = `Signed in${who}; scopes: ${claims.scope || "none"}.`;
+  }
+  signOut.hidden = !token;
+  tokenInput.value = "";
+  const writable = canWrite();
+  addButton.disabled = !client || !writable;
+  addReason.hidden = writable;
+  addReason.textContent = writable ? "" : "Adding orders needs a token with the orders:write scope.";
+}
+
+tokenForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  useToken(tokenInput.value.trim());
+});
+signOut.addEventListener("click", () => useToken(""));
 
 async function start() {
   try {
@@ -218,7 +284,7 @@ async function start() {
   }
   button.disabled = false;
   searchButton.disabled = false;
-  addButton.disabled = false;
+  useToken(sessionStorage.getItem(TOKEN_KEY) ?? "");
   const id = new URLSearchParams(location.search).get("id");
   if (id) {
     input.value = id;

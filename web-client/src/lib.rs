@@ -17,13 +17,17 @@
 //!
 //! Failures reject with an `Error` whose `message` a person can read, plus the gRPC `code`
 //! (number) and `codeName` (such as `"NotFound"`); a rejected `addOrder` also carries
-//! `fieldViolations`, `[{ field, description }]`, one per bad field.
+//! `fieldViolations`, `[{ field, description }]`, one per bad field. For a server that checks
+//! tokens, `new OrderClient(url, timeoutMs, token)` or `client.setToken(token)` sends
+//! `authorization: Bearer <token>` with every call; a refusal rejects with `codeName`
+//! `"Unauthenticated"` or `"PermissionDenied"` and the server's reason as `message`.
 
 mod js;
 
-use std::time::Duration;
+use std::{cell::RefCell, time::Duration};
 
 use order_api::pb::order_management_client::OrderManagementClient;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic_web_wasm_client::{options::FetchOptions, Client};
 use wasm_bindgen::prelude::*;
 
@@ -37,15 +41,21 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct OrderClient {
     grpc: OrderManagementClient<Client>,
     base_url: String,
+    /// `Bearer <token>`, sent with every call when set.
+    authorization: RefCell<Option<MetadataValue<Ascii>>>,
 }
 
 #[wasm_bindgen]
 impl OrderClient {
-    /// `new OrderClient(baseUrl?, timeoutMs?)`: `baseUrl` is the server's origin, such as
-    /// `http://127.0.0.1:50051`; without it, the page's own origin. `timeoutMs` bounds each call
-    /// (default 10 000).
+    /// `new OrderClient(baseUrl?, timeoutMs?, token?)`: `baseUrl` is the server's origin, such
+    /// as `http://127.0.0.1:50051`; without it, the page's own origin. `timeoutMs` bounds each
+    /// call (default 10 000). `token` is sent as a bearer token with every call.
     #[wasm_bindgen(constructor)]
-    pub fn new(base_url: Option<String>, timeout_ms: Option<u32>) -> Result<OrderClient, JsValue> {
+    pub fn new(
+        base_url: Option<String>,
+        timeout_ms: Option<u32>,
+        token: Option<String>,
+    ) -> Result<OrderClient, JsValue> {
         let base_url = match base_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => page_origin()?,
@@ -53,10 +63,31 @@ impl OrderClient {
         let timeout = timeout_ms.map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(ms.into()));
         let transport =
             Client::new_with_options(base_url.clone(), FetchOptions::new().timeout(timeout));
-        Ok(OrderClient {
+        let client = OrderClient {
             grpc: OrderManagementClient::new(transport),
             base_url,
-        })
+            authorization: RefCell::new(None),
+        };
+        client.set_token(token)?;
+        Ok(client)
+    }
+
+    /// `client.setToken(token)`: the bearer token for the calls from now on; `null` or `""`
+    /// sends none.
+    #[wasm_bindgen(js_name = setToken)]
+    pub fn set_token(&self, token: Option<String>) -> Result<(), JsValue> {
+        let value = match token.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| {
+                        js_sys::Error::new("the token has characters a token cannot have")
+                    })?,
+            ),
+        };
+        *self.authorization.borrow_mut() = value;
+        Ok(())
     }
 
     /// The server this client calls.
@@ -71,7 +102,7 @@ impl OrderClient {
     pub async fn get_order(&self, id: String) -> Result<JsValue, JsValue> {
         // The generated client is a cheap handle; a clone per call lets calls overlap.
         let mut grpc = self.grpc.clone();
-        match grpc.get_order(id).await {
+        match grpc.get_order(self.request(id)).await {
             Ok(response) => Ok(js::order_to_js(&response.into_inner())),
             Err(status) => Err(self.error(&status)),
         }
@@ -84,7 +115,7 @@ impl OrderClient {
     pub async fn add_order(&self, order: JsValue) -> Result<String, JsValue> {
         let order = js::order_from_js(&order)?;
         let mut grpc = self.grpc.clone();
-        match grpc.add_order(order).await {
+        match grpc.add_order(self.request(order)).await {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => Err(self.error(&status)),
         }
@@ -101,7 +132,7 @@ impl OrderClient {
     ) -> Result<u32, JsValue> {
         let mut grpc = self.grpc.clone();
         let mut orders = grpc
-            .search_orders(text)
+            .search_orders(self.request(text))
             .await
             .map_err(|status| self.error(&status))?
             .into_inner();
@@ -119,6 +150,17 @@ impl OrderClient {
 }
 
 impl OrderClient {
+    /// `message` as a call, with the token if there is one.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(authorization) = self.authorization.borrow().as_ref() {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        request
+    }
+
     fn error(&self, status: &tonic::Status) -> JsValue {
         js::status_to_error(status, &self.base_url)
     }

@@ -15,6 +15,21 @@ const SERVER: &str = match option_env!("ORDER_SERVER_URL") {
     None => "http://127.0.0.1:50051",
 };
 
+/// A live server that checks tokens, and tokens for it (`make test-wasm` makes them with
+/// `order-server token`).
+const AUTH_SERVER: &str = match option_env!("ORDER_AUTH_SERVER_URL") {
+    Some(url) => url,
+    None => "http://127.0.0.1:50052",
+};
+const READ_TOKEN: &str = match option_env!("ORDER_READ_TOKEN") {
+    Some(token) => token,
+    None => "",
+};
+const WRITE_TOKEN: &str = match option_env!("ORDER_WRITE_TOKEN") {
+    Some(token) => token,
+    None => "",
+};
+
 /// An address where nothing listens.
 const UNREACHABLE: &str = match option_env!("ORDER_UNREACHABLE_URL") {
     Some(url) => url,
@@ -26,7 +41,7 @@ fn get(value: &JsValue, key: &str) -> JsValue {
 }
 
 fn client(url: &str) -> OrderClient {
-    OrderClient::new(Some(url.to_owned()), Some(5_000)).expect("a client")
+    OrderClient::new(Some(url.to_owned()), Some(5_000), None).expect("a client")
 }
 
 /// The rejection of a call, as the page's JavaScript sees it.
@@ -151,4 +166,36 @@ async fn a_rejected_add_exposes_its_field_violations() {
     assert_eq!(fields, ["items[1]", "price", "destination"]);
     let first = js_sys::Array::from(&get(&error, "fieldViolations")).get(0);
     assert_eq!(get(&first, "description"), "must not be empty");
+}
+
+#[wasm_bindgen_test]
+async fn a_token_is_sent_with_every_call_and_refusals_say_why() {
+    let anonymous = client(AUTH_SERVER);
+    let refused = rejection(anonymous.get_order("106".into()).await).await;
+    assert_eq!(get(&refused, "codeName"), "Unauthenticated");
+    assert!(String::from(refused.message()).contains("no token"));
+
+    let reader = OrderClient::new(
+        Some(AUTH_SERVER.to_owned()),
+        Some(5_000),
+        Some(READ_TOKEN.into()),
+    )
+    .expect("a client");
+    let order = reader
+        .get_order("106".into())
+        .await
+        .expect("read with a read token");
+    assert_eq!(get(&order, "id"), "106");
+    let new_order =
+        js_sys::JSON::parse(r#"{"items":["Lamp"],"price":20,"destination":"Denver, CO"}"#).unwrap();
+    let denied = rejection(reader.add_order(new_order.clone()).await.map(JsValue::from)).await;
+    assert_eq!(get(&denied, "codeName"), "PermissionDenied");
+    assert!(String::from(denied.message()).contains("orders:write"));
+
+    reader.set_token(Some(WRITE_TOKEN.into())).unwrap();
+    let id = reader
+        .add_order(new_order)
+        .await
+        .expect("write with a write token");
+    assert!(!id.is_empty());
 }
