@@ -14,7 +14,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
  * Starts order-server on 127.0.0.1:0 with a new SQLite database of its own (deleted by stop());
  * resolves to { url, stop() } once it listens.
  */
-export async function startServer(args = []) {
+export async function startServer(args = [], { scheme = "http" } = {}) {
   const bin = process.env.ORDER_SERVER_BIN ?? path.join(root, "target/debug/order-server");
   const data = mkdtempSync(path.join(os.tmpdir(), "order-e2e-"));
   const database = `sqlite:${path.join(data, "orders.db")}`;
@@ -33,7 +33,7 @@ export async function startServer(args = []) {
     child.on("error", reject);
   });
   return {
-    url: `http://${address}`,
+    url: `${scheme}://${address}`,
     async stop() {
       if (child.exitCode === null) {
         child.kill("SIGTERM");
@@ -45,11 +45,12 @@ export async function startServer(args = []) {
 }
 
 /** Headless Chromium from Debian, without any network access beyond what the page asks for. */
-export function launchBrowser() {
+export function launchBrowser(extraArgs = []) {
   return chromium.launch({
     executablePath: process.env.CHROME_BIN ?? "/usr/bin/chromium",
     headless: true,
     args: [
+      ...extraArgs,
       "--no-sandbox",
       "--disable-gpu",
       "--disable-dev-shm-usage",
