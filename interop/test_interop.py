@@ -43,14 +43,19 @@ def generate_python_stubs(out_dir):
     sys.path.insert(0, out_dir)
 
 
+BINARY = os.environ.get("ORDER_SERVER_BIN", str(ROOT / "target" / "debug" / "order-server"))
+
+
 class LiveServer:
+    def __init__(self, *flags):
+        self.flags = list(flags)
+
     def __enter__(self):
-        binary = os.environ.get("ORDER_SERVER_BIN", str(ROOT / "target" / "debug" / "order-server"))
         # A database of its own, deleted with the server.
         self.data = tempfile.mkdtemp(prefix="order-interop-")
         database = f"sqlite:{self.data}/orders.db"
         self.process = subprocess.Popen(
-            [binary, "--listen", "127.0.0.1:0", "--database", database],
+            [BINARY, "--listen", "127.0.0.1:0", "--database", database, *self.flags],
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "RUST_LOG": "info", "NO_COLOR": "1"},
@@ -230,3 +235,70 @@ class BufCurl(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class OverTlsWithTokens(unittest.TestCase):
+    """A server that speaks TLS only and checks tokens, called by grpcio and buf curl."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="order-interop-tls-")
+        cls.cert = f"{cls.dir}/cert.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+             "-keyout", f"{cls.dir}/key.pem", "-out", cls.cert],
+            check=True, capture_output=True,
+        )
+        secret = f"{cls.dir}/secret"
+        Path(secret).write_text("interop secret\n")
+        token = lambda scope: subprocess.run(
+            [BINARY, "token", "--secret-file", secret, "--scope", scope, "--subject", "interop"],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+        cls.read_token, cls.write_token = token("orders:read"), token("orders:write")
+        cls.server = LiveServer("--tls-cert", cls.cert, "--tls-key", f"{cls.dir}/key.pem",
+                                "--auth-secret-file", secret).__enter__()
+        cls.target = f"localhost:{cls.server.address.rsplit(':', 1)[1]}"
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.__exit__(None, None, None)
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def stub(self):
+        credentials = grpc.ssl_channel_credentials(root_certificates=Path(self.cert).read_bytes())
+        channel = grpc.secure_channel(self.target, credentials)
+        self.addCleanup(channel.close)
+        return pb_grpc.OrderManagementStub(channel)
+
+    def test_grpcio_with_a_token_gets_106(self):
+        order = self.stub().getOrder(
+            wrappers.StringValue(value="106"), timeout=5,
+            metadata=[("authorization", f"Bearer {self.read_token}")],
+        )
+        self.assertEqual(order.destination, "Mountain View, CA")
+
+    def test_grpcio_without_a_token_is_unauthenticated(self):
+        with self.assertRaises(grpc.RpcError) as raised:
+            self.stub().getOrder(wrappers.StringValue(value="106"), timeout=5)
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        self.assertIn("no token", raised.exception.details())
+
+    def test_grpcio_read_token_cannot_add(self):
+        with self.assertRaises(grpc.RpcError) as raised:
+            self.stub().addOrder(
+                pb.Order(items=["x"], price=1, destination="y"), timeout=5,
+                metadata=[("authorization", f"Bearer {self.read_token}")],
+            )
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+
+    def test_buf_curl_over_tls_native_and_grpc_web(self):
+        for protocol in ["grpc", "grpcweb"]:
+            result = buf_curl(
+                "--protocol", protocol, "--cacert", self.cert,
+                "-H", f"Authorization: Bearer {self.write_token}",
+                "-d", '"106"', f"https://{self.target}/OrderManagement/getOrder",
+            )
+            self.assertEqual(result.returncode, 0, f"{protocol}: {result.stderr}")
+            self.assertEqual(json.loads(result.stdout)["id"], "106")
