@@ -276,6 +276,34 @@ def main():
         finally:
             server.stop()
 
+    # Native getOrder over TLS with a token (authentication on), beside the plaintext cell.
+    tls_dir = tempfile.mkdtemp(prefix="order-bench-tls-")
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", f"{tls_dir}/key.pem",
+                        "-out", f"{tls_dir}/cert.pem"], check=True, capture_output=True)
+        Path(f"{tls_dir}/secret").write_text("bench secret\n")
+        token = subprocess.run([args.order_server, "token", "--secret-file", f"{tls_dir}/secret", "--scope",
+                                "orders:read", "--subject", "bench"], check=True, capture_output=True,
+                               text=True).stdout.strip()
+        CELLS["tls"] = {
+            "title": "native gRPC, TLS + token, 16 conns x 16 streams",
+            "args": [*CELLS["native"]["args"], "-H", f"authorization: Bearer {token}"],
+        }
+        port = free_port()
+        command = order_server(port, f"sqlite:{data}/tls.db") + [
+            "--tls-cert", f"{tls_dir}/cert.pem", "--tls-key", f"{tls_dir}/key.pem",
+            "--auth-secret-file", f"{tls_dir}/secret"]
+        server = Server("order-server (TLS)", command, port, args.server_cpu)
+        server.url = f"https://127.0.0.1:{port}"
+        try:
+            print("  measuring order-server over TLS with a token ...", file=sys.stderr, flush=True)
+            tls_result = measure(server, "tls", body_file, args)
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(tls_dir, ignore_errors=True)
+
     # order-server on PostgreSQL: getOrder (no cache: other servers may change any order), then
     # addOrder on both stores, each on a new database.
     postgres = Postgres(args.server_cpu)
@@ -341,6 +369,10 @@ def main():
         print(f"  {cell}: an axum Router at the top costs {cost * 100:.1f}% of order-server's req/s "
               f"(the hand-written top level stays only if > 5%)")
 
+    plain = results[("order-server", "native")]
+    print(f"\n{CELLS['tls']['title']}: {tls_result['rps']:.0f} req/s, {tls_result['cpu_us']:.1f} µs CPU/req, "
+          f"{tls_result['failed']} failed; {tls_result['rps'] / plain['rps']:.2f}x the plaintext cell")
+
     print("\nThe stores (order-server only; PostgreSQL on the server's CPU too):")
     header = f"{'cell':<52} {'req/s':>9} {'CPU µs/req':>11} {'failed':>7}"
     print(header)
@@ -361,6 +393,7 @@ def main():
         print(f"  {name:<14} {cell:<7} {r['rounds']}")
     for key, r in stores.items():
         print(f"  {key:<22} {r['rounds']}")
+    print(f"  {'tls + token':<22} {tls_result['rounds']}")
 
 
 if __name__ == "__main__":
