@@ -156,7 +156,7 @@ async fn accept<S, B>(
         }
         let Some(tls) = &tls else {
             let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
+                .serve_connection(TokioIo::new(stream), service.clone())
                 .into_owned();
             let connection = connections.watch(connection);
             tokio::spawn(async move {
@@ -178,7 +178,7 @@ async fn accept<S, B>(
                 return;
             };
             let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
             if let Err(error) = watcher.watch(connection).await {
                 debug!(error = %error, "connection ended with an error");
