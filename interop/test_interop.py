@@ -302,3 +302,8 @@ class OverTlsWithTokens(unittest.TestCase):
             )
             self.assertEqual(result.returncode, 0, f"{protocol}: {result.stderr}")
             self.assertEqual(json.loads(result.stdout)["id"], "106")
+
+    def test_reflection_needs_no_token(self):
+        result = buf_curl("--protocol", "grpc", "--cacert", self.cert, "--list-methods", f"https://{self.target}")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("OrderManagement/getOrder", result.stdout)
