@@ -6,6 +6,11 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// How many characters of a client-supplied value an error message may echo back.
 const ECHO_LIMIT: usize = 32;
 
+/// How many field violations an answer lists in full (message and `BadRequest` details); the
+/// rest are counted. Keeps `grpc-message` + `grpc-status-details-bin` far under the 16 KiB header
+/// limit of common clients, whatever the order.
+pub const REPORTED_VIOLATIONS: usize = 10;
+
 /// One invalid field of a request, as reported in `google.rpc.BadRequest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
@@ -121,11 +126,19 @@ fn describe_order(id: &str) -> String {
 }
 
 fn summary(violations: &[FieldViolation]) -> String {
-    violations
+    let mut text = violations
         .iter()
+        .take(REPORTED_VIOLATIONS)
         .map(|v| format!("{} {}", v.field, v.description))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if violations.len() > REPORTED_VIOLATIONS {
+        text.push_str(&format!(
+            "; and {} more",
+            violations.len() - REPORTED_VIOLATIONS
+        ));
+    }
+    text
 }
 
 impl From<Error> for Status {
@@ -155,6 +168,7 @@ impl From<Error> for Status {
                 let details = ErrorDetails::with_bad_request(
                     violations
                         .into_iter()
+                        .take(REPORTED_VIOLATIONS)
                         .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
                         .collect::<Vec<_>>(),
                 );

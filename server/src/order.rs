@@ -83,6 +83,14 @@ fn blank(value: &str) -> bool {
     value.trim().is_empty()
 }
 
+/// Control characters (newlines, escapes, NUL…) have no place in an order, and in a log line they
+/// could forge another line.
+fn has_control(value: &str) -> bool {
+    value.chars().any(char::is_control)
+}
+
+const NO_CONTROL: &str = "must not have control characters (such as line breaks)";
+
 /// Every rule an order breaks, one violation per bad field.
 fn violations(order: &Order) -> Vec<FieldViolation> {
     let mut found = Vec::new();
@@ -112,6 +120,8 @@ fn violations(order: &Order) -> Vec<FieldViolation> {
     for (index, item) in order.items.iter().enumerate().take(MAX_ITEMS) {
         if blank(item) {
             violate(format!("items[{index}]"), "must not be empty".into());
+        } else if has_control(item) {
+            violate(format!("items[{index}]"), NO_CONTROL.into());
         } else if too_long(item, MAX_ITEM_CHARS) {
             violate(
                 format!("items[{index}]"),
@@ -125,6 +135,16 @@ fn violations(order: &Order) -> Vec<FieldViolation> {
             "description".into(),
             format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
         );
+    } else if order
+        .description
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        // A description may have lines; the log never shows it.
+        violate(
+            "description".into(),
+            "must not have control characters other than line breaks and tabs".into(),
+        );
     }
 
     if !order.price.is_finite() {
@@ -135,6 +155,8 @@ fn violations(order: &Order) -> Vec<FieldViolation> {
 
     if blank(&order.destination) {
         violate("destination".into(), "must not be empty".into());
+    } else if has_control(&order.destination) {
+        violate("destination".into(), NO_CONTROL.into());
     } else if too_long(&order.destination, MAX_DESTINATION_CHARS) {
         violate(
             "destination".into(),
@@ -225,6 +247,38 @@ mod tests {
             ..good()
         })
         .is_ok());
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_text_field() {
+        let forged = "Austin, TX\n2026-12-01T00:00:00Z  INFO order added id=\"999\"";
+        assert_eq!(
+            fields(Order {
+                destination: forged.into(),
+                ..good()
+            }),
+            ["destination"]
+        );
+        assert_eq!(
+            fields(Order {
+                items: vec!["ok".into(), "bad\u{1b}[31m".into()],
+                ..good()
+            }),
+            ["items[1]"]
+        );
+        assert_eq!(
+            fields(Order {
+                description: "nul\0".into(),
+                ..good()
+            }),
+            ["description"]
+        );
+        // Line breaks are fine in a description, which is never logged.
+        assert!(fields(Order {
+            description: "line one\nline two".into(),
+            ..good()
+        })
+        .is_empty());
     }
 
     #[test]

@@ -548,3 +548,27 @@ async fn concurrent_adds_with_one_id_have_exactly_one_winner(
         .into_inner();
     assert_eq!(stored.items, winners, "the stored order is the winner's");
 }
+
+#[tokio::test]
+async fn an_order_invalid_in_every_field_gets_a_bounded_invalid_argument() {
+    let server = TestServer::start().await;
+    let bad = Order {
+        id: "\u{1}".repeat(1000),
+        items: vec!["x".repeat(10_000); 100],
+        description: "d".repeat(100_000),
+        price: f32::NAN,
+        destination: " ".repeat(1000),
+    };
+    // Through tonic's client, whose header limit is 16 KiB: a bigger answer is a transport error.
+    let status = server.native().await.add_order(bad).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let details = status.details().len();
+    assert!(
+        status.message().len() + details < 8 * 1024,
+        "{} + {details} bytes",
+        status.message().len()
+    );
+    assert!(status.message().ends_with("more"), "{}", status.message());
+    let bad_request = status.get_details_bad_request().expect("details");
+    assert_eq!(bad_request.field_violations.len(), 10);
+}
