@@ -121,6 +121,17 @@ pub struct Config {
     #[arg(long, hide = true, env = "ORDER_AXUM_ROUTER")]
     pub axum_router: bool,
 
+    /// Seconds a client may take to send a request's headers (HTTP/1.1), from the moment the
+    /// server starts reading them: a silent or stalled socket is closed after this.
+    #[arg(long, env = "ORDER_HEADER_READ_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub header_read_timeout: Duration,
+
+    /// Seconds between HTTP/2 keep-alive pings on a connection; a peer that does not answer one
+    /// within the same time is disconnected (a dead or stalled HTTP/2 client is gone within twice
+    /// this).
+    #[arg(long, env = "ORDER_HTTP2_KEEPALIVE", default_value = "20", value_parser = parse_seconds)]
+    pub http2_keepalive: Duration,
+
     /// How long in-flight calls may run after SIGINT/SIGTERM before the server stops anyway, in
     /// seconds.
     #[arg(long, env = "ORDER_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_seconds)]

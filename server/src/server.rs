@@ -6,7 +6,7 @@ use std::{future::Future, time::Duration};
 use futures::{Stream, StreamExt};
 
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
 use order_api::pb::order_management_server::OrderManagementServer;
@@ -96,9 +96,9 @@ pub async fn serve_with_reload(
     if config.axum_router {
         let router = crate::app::router(app);
         let service = hyper_util::service::TowerToHyperService::new(router);
-        accept(&listener, service, tls, &connections, shutdown).await;
+        accept(&listener, service, tls, &connections, &config, shutdown).await;
     } else {
-        accept(&listener, app, tls, &connections, shutdown).await;
+        accept(&listener, app, tls, &connections, &config, shutdown).await;
     }
 
     drop(listener);
@@ -122,6 +122,7 @@ async fn accept<S, B>(
     service: S,
     tls: Option<Tls>,
     connections: &GracefulShutdown,
+    config: &Config,
     shutdown: impl Future<Output = ()>,
 ) where
     S: hyper::service::Service<
@@ -135,7 +136,17 @@ async fn accept<S, B>(
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Silent, stalled or dead clients do not hold a connection forever.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(config.http2_keepalive)
+        .keep_alive_timeout(config.http2_keepalive);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -154,36 +165,47 @@ async fn accept<S, B>(
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "cannot set TCP_NODELAY");
         }
-        let Some(tls) = &tls else {
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service.clone())
-                .into_owned();
-            let connection = connections.watch(connection);
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    debug!(error = %error, "connection ended with an error");
-                }
-            });
-            continue;
-        };
-        // The handshake happens on the connection's own task, so a slow client holds up nobody.
+        // Each connection is set up on its own task, so a slow client holds up nobody.
         let (tls, builder, service, watcher) = (
             tls.clone(),
             builder.clone(),
             service.clone(),
             connections.watcher(),
         );
+        let wait = config.header_read_timeout;
         tokio::spawn(async move {
-            let Some(stream) = handshake(&tls, stream).await else {
+            // hyper's header timeout starts once there are bytes to read: a client that sends
+            // nothing at all is not waited for longer than it.
+            let Some(first) = first_byte(&stream, wait).await else {
+                debug!("a connection sent nothing: closed");
                 return;
             };
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            if let Err(error) = watcher.watch(connection).await {
+            let result = match tls {
+                None => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                Some(tls) => {
+                    let Some(stream) = handshake(&tls, stream, first).await else {
+                        return;
+                    };
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+            };
+            if let Err(error) = result {
                 debug!(error = %error, "connection ended with an error");
             }
         });
+    }
+}
+
+/// The first byte the client sends, once it sends one within `wait`.
+async fn first_byte(stream: &tokio::net::TcpStream, wait: Duration) -> Option<u8> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => Some(first[0]),
+        _ => None,
     }
 }
 
@@ -200,14 +222,10 @@ connection: close\r\ncontent-length: 49\r\n\r\nThis port speaks TLS only: use ht
 async fn handshake(
     tls: &Tls,
     stream: tokio::net::TcpStream,
+    first: u8,
 ) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
     use tokio::io::AsyncWriteExt;
-    let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
-    if !matches!(peeked, Ok(Ok(1))) {
-        return None;
-    }
-    if first[0] != 0x16 {
+    if first != 0x16 {
         debug!("plaintext request on the TLS port: refused");
         let mut stream = stream;
         let _ = stream.write_all(PLAINTEXT_REFUSED).await;

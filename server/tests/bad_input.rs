@@ -445,3 +445,58 @@ async fn hundreds_of_idle_connections_do_not_stop_the_service() {
     assert_eq!(order.into_inner().id, "106");
     drop(idle);
 }
+
+/// A server that gives up on silent clients after one second.
+async fn impatient_server() -> TestServer {
+    let mut config = Config::for_tests();
+    config.header_read_timeout = Duration::from_secs(1);
+    config.http2_keepalive = Duration::from_secs(1);
+    TestServer::start_with(config).await
+}
+
+/// Waits (up to a bound only a hang reaches) for the server to close `stream`.
+async fn closed_by_the_server(mut stream: TcpStream) -> bool {
+    let mut buffer = [0u8; 1024];
+    let closed = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    };
+    timeout(Duration::from_secs(20), closed).await.is_ok()
+}
+
+#[tokio::test]
+async fn a_socket_that_sends_nothing_is_closed() {
+    let server = impatient_server().await;
+    let silent = TcpStream::connect(server.addr).await.unwrap();
+    assert!(closed_by_the_server(silent).await);
+    assert_still_serving(&server, "a silent socket").await;
+}
+
+#[tokio::test]
+async fn half_a_request_head_is_closed() {
+    let server = impatient_server().await;
+    let mut stalled = TcpStream::connect(server.addr).await.unwrap();
+    stalled
+        .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .await
+        .unwrap();
+    assert!(closed_by_the_server(stalled).await);
+    assert_still_serving(&server, "half a request head").await;
+}
+
+#[tokio::test]
+async fn an_http2_preface_and_then_nothing_is_closed() {
+    let server = impatient_server().await;
+    let mut stalled = TcpStream::connect(server.addr).await.unwrap();
+    // The preface and an empty SETTINGS frame, then silence: no answer to the server's pings.
+    stalled
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    assert!(closed_by_the_server(stalled).await);
+    assert_still_serving(&server, "a silent HTTP/2 connection").await;
+}
