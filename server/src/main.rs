@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
         println!("{signed}");
         return Ok(());
     }
-    telemetry::init();
+    let logging = telemetry::init();
     let runtime = match config.worker_threads() {
         1 => tokio::runtime::Builder::new_current_thread(),
         threads => {
@@ -45,8 +45,11 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        run_with_reload(listener, config, shutdown_signal(), reload_signal()).await?;
-        Ok(())
+        tokio::select! {
+            served = run_with_reload(listener, config, shutdown_signal(), reload_signal()) => served?,
+            never = logging.report_dropped_lines() => never,
+        }
+        Ok::<(), anyhow::Error>(())
     })
 }
 

@@ -1,20 +1,66 @@
-//! Logging: `tracing` to stderr, filtered by `RUST_LOG`.
+//! Logging: `tracing` to stderr, filtered by `RUST_LOG`, through a non-blocking writer. A slow or
+//! unread stderr never stops serving: lines that do not fit the writer's queue are dropped and
+//! counted, and the count is reported.
 
-use std::io::IsTerminal;
+use std::{io::IsTerminal, time::Duration};
 
+use tracing::warn;
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 /// What is logged when `RUST_LOG` is not set: the server's own events and each HTTP request.
 const DEFAULT_FILTER: &str = "info,tower_http=info,h2=warn,hyper=warn";
 
+/// How many lines may wait for stderr before new ones are dropped.
+const QUEUED_LINES: usize = 16 * 1024;
+
+/// How often dropped lines are reported.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Keep it for as long as the process logs: dropping it flushes what is queued.
+pub struct Logging {
+    _flush_on_drop: WorkerGuard,
+    dropped: ErrorCounter,
+}
+
 /// Installs the global subscriber. `RUST_LOG` (e.g. `debug`, `order_server=trace`) overrides the
 /// default filter.
-pub fn init() {
+pub fn init() -> Logging {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUED_LINES)
+        .thread_name("order-server-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    Logging {
+        _flush_on_drop: guard,
+        dropped,
+    }
+}
+
+impl Logging {
+    /// Reports, every few seconds, how many log lines were dropped since the last report.
+    pub async fn report_dropped_lines(&self) {
+        let mut reported = 0;
+        let mut ticks = tokio::time::interval(REPORT_EVERY);
+        loop {
+            ticks.tick().await;
+            let dropped = self.dropped.dropped_lines();
+            if dropped > reported {
+                warn!(
+                    dropped = dropped - reported,
+                    total = dropped,
+                    "log lines dropped: stderr is not read fast enough"
+                );
+                reported = dropped;
+            }
+        }
+    }
 }

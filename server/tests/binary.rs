@@ -69,3 +69,36 @@ fn a_database_that_cannot_be_opened_stops_the_start_with_a_clear_message() {
     assert!(!output.status.success());
     assert!(stderr.contains("use sqlite:PATH"), "{stderr}");
 }
+
+#[test]
+fn an_unread_stderr_does_not_stop_the_server() {
+    let db = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", db.path().join("orders.db").display());
+    let server = ServerProcess::start_unread(&["--database", &url]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client =
+            order_api::pb::order_management_client::OrderManagementClient::new(channel);
+        // Each add logs an INFO line; a 64 KiB pipe nobody reads is full long before the end.
+        for n in 0..1500 {
+            let order = order_api::pb::Order {
+                items: vec![format!(
+                    "Item {n} with a long enough name to fill the pipe faster"
+                )],
+                destination: "Reno, NV".into(),
+                price: 1.0,
+                ..Default::default()
+            };
+            let mut request = tonic::Request::new(order);
+            request.set_timeout(std::time::Duration::from_secs(10));
+            client.add_order(request).await.unwrap_or_else(|status| {
+                panic!("add {n} failed while stderr was not read: {status}")
+            });
+        }
+    });
+}

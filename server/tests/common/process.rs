@@ -29,8 +29,21 @@ impl ServerProcess {
         }
     }
 
+    /// As [`Self::start`], but once the address is read nobody reads the server's stderr again:
+    /// the pipe stays open and fills up, as with an operator's stuck log shipper.
+    pub fn start_unread(args: &[&str]) -> Self {
+        match Self::spawn(args, true) {
+            Ok(server) => server,
+            Err(log) => panic!("order-server did not start:\n{}", log.join("\n")),
+        }
+    }
+
     /// As [`Self::start`], or the log of a server that exited before listening.
     pub fn try_start(args: &[&str]) -> Result<Self, Vec<String>> {
+        Self::spawn(args, false)
+    }
+
+    fn spawn(args: &[&str], stop_reading: bool) -> Result<Self, Vec<String>> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_order-server"))
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -42,20 +55,30 @@ impl ServerProcess {
         let stderr = child.stderr.take().expect("piped");
         let (lines, log) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let listening = line.contains("address=");
+                if lines.send(std::mem::take(&mut line)).is_err() {
                     break;
+                }
+                if listening && stop_reading {
+                    // Hold the pipe open, unread, for as long as the test process lives.
+                    loop {
+                        std::thread::park();
+                    }
                 }
             }
         });
         let mut early = Vec::new();
         loop {
-            let Ok(line) = log.recv_timeout(START_LIMIT) else {
+            let Ok(mut line) = log.recv_timeout(START_LIMIT) else {
                 // The log ended (the process exited) or nothing came in time.
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(early);
             };
+            line.truncate(line.trim_end().len());
             if let Some(addr) = line
                 .split_whitespace()
                 .find_map(|word| word.strip_prefix("address="))
