@@ -208,7 +208,7 @@ mod tests {
 
     #[test]
     fn other_requests_are_routed_by_kind() {
-        let get = &format!("/{SERVICE_NAME}/getOrder");
+        let get: &str = &format!("/{SERVICE_NAME}/getOrder");
         let cases = [
             // Native gRPC needs HTTP/2: tonic-web answers the HTTP/1.1 attempt with 400.
             (
