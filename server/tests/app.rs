@@ -180,3 +180,94 @@ async fn grpc_web_to_an_unknown_service_is_unimplemented_not_404() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["grpc-status"], "12");
 }
+
+/// The app serving `dir` as its static folder.
+async fn app_for(dir: &std::path::Path) -> App {
+    let mut config = Config::for_tests();
+    config.static_dir = dir.to_owned();
+    app_with(config).await
+}
+
+async fn status_of(app: App, request: Request<Body>) -> (StatusCode, http::HeaderMap) {
+    let response = app.oneshot(request).await.unwrap();
+    (response.status(), response.headers().clone())
+}
+
+#[tokio::test]
+async fn hostile_page_paths_get_4xx_never_5xx() {
+    let long_name = format!("/{}", "a".repeat(300));
+    let long_path = format!("/{}", "a/".repeat(3000));
+    for (method, path) in [
+        (Method::GET, long_name.as_str()),
+        (Method::GET, long_path.as_str()),
+        (Method::HEAD, "/%00"),
+        (Method::GET, "/%0a"),
+        (Method::GET, "/pkg/%00/x"),
+    ] {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        let (status, _) = status_of(test_app().await, request).await;
+        assert!(
+            status.is_client_error(),
+            "{method} {}…: {status}",
+            &path[..path.len().min(20)]
+        );
+    }
+}
+
+#[tokio::test]
+async fn dotfiles_and_symlinks_out_of_the_folder_are_not_served() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), "secret").unwrap();
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "<p>hi</p>").unwrap();
+    std::fs::write(site.path().join(".env"), "TOKEN=secret").unwrap();
+    std::fs::create_dir(site.path().join(".git")).unwrap();
+    std::fs::write(site.path().join(".git/config"), "secret").unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.txt"),
+        site.path().join("leak.txt"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(outside.path(), site.path().join("out")).unwrap();
+    std::fs::write(site.path().join("inside.txt"), "fine").unwrap();
+    std::os::unix::fs::symlink(
+        site.path().join("inside.txt"),
+        site.path().join("alias.txt"),
+    )
+    .unwrap();
+    for path in ["/.env", "/.git/config", "/leak.txt", "/out/secret.txt"] {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let (status, _) = status_of(app_for(site.path()).await, request).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+    // A symlink that stays inside the folder is fine.
+    let request = Request::get("/alias.txt").body(Body::empty()).unwrap();
+    assert_eq!(
+        status_of(app_for(site.path()).await, request).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn redirects_stay_on_this_site() {
+    let site = tempfile::tempdir().unwrap();
+    std::fs::create_dir(site.path().join("sub")).unwrap();
+    std::fs::write(site.path().join("sub/index.html"), "<p>sub</p>").unwrap();
+
+    // `//sub` would redirect to `//sub/`, which a browser reads as the host `sub`.
+    let request = Request::get("//sub").body(Body::empty()).unwrap();
+    let (status, headers) = status_of(app_for(site.path()).await, request).await;
+    assert!(status.is_client_error(), "{status} {headers:?}");
+
+    // An absolute-form request must not put its host into Location.
+    let request = Request::get("http://evil.test/sub")
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers) = status_of(app_for(site.path()).await, request).await;
+    assert!(status.is_redirection(), "{status}");
+    assert_eq!(headers[header::LOCATION], "/sub/");
+}
