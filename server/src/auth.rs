@@ -16,7 +16,6 @@ use std::{
 use futures::future::Either;
 use http::{Request, Response};
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Validation};
-use order_api::pb::order_management_server::SERVICE_NAME;
 use tonic::Status;
 use tower::{Layer, Service};
 
@@ -43,11 +42,7 @@ pub(crate) enum Need {
 impl Need {
     /// What a call to `path` needs.
     pub(crate) fn of(path: &str) -> Need {
-        let method = path
-            .strip_prefix('/')
-            .and_then(|rest| rest.strip_prefix(SERVICE_NAME))
-            .and_then(|rest| rest.strip_prefix('/'));
-        match method {
+        match crate::route::order_method(path) {
             None => Need::Nothing,
             Some(method) if READ_METHODS.contains(&method) => Need::Read,
             Some(_) => Need::Write,
@@ -177,13 +172,12 @@ impl Auth {
 
     /// Checks the call's `authorization` header against what `need` asks.
     pub(crate) fn check(&self, headers: &http::HeaderMap, need: Need) -> Result<Caller, Status> {
-        let header = headers.get(http::header::AUTHORIZATION);
         if need == Need::Nothing {
             return Ok(Caller {
                 subject: String::new(),
             });
         }
-        let Some(header) = header else {
+        let Some(header) = headers.get(http::header::AUTHORIZATION) else {
             if need == Need::Read && self.public_reads {
                 return Ok(Caller {
                     subject: "anonymous".into(),
@@ -336,6 +330,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use order_api::pb::order_management_server::SERVICE_NAME;
     use prost::Message;
 
     #[test]

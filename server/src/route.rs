@@ -91,18 +91,18 @@ pub(crate) fn methods(set: &prost_types::FileDescriptorSet) -> Vec<(String, Stri
     found
 }
 
-/// True for `/OrderManagement/<method>`.
-fn is_orders_path(path: &str) -> bool {
+/// The method of a call to the order service (`/OrderManagement/<method>`), if it is one.
+pub(crate) fn order_method(path: &str) -> Option<&str> {
     path.strip_prefix('/')
         .and_then(|rest| rest.strip_prefix(SERVICE_NAME))
-        .is_some_and(|rest| rest.starts_with('/'))
+        .and_then(|rest| rest.strip_prefix('/'))
 }
 
 impl Route {
     /// Decides where `request` goes, from its content type, method, version, `Origin` and path.
     pub(crate) fn of<B>(request: &Request<B>) -> Route {
         let headers = request.headers();
-        let target = if is_orders_path(request.uri().path()) {
+        let target = if order_method(request.uri().path()).is_some() {
             Target::Orders
         } else {
             Target::Other
