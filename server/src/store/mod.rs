@@ -218,21 +218,18 @@ impl Store {
 
     /// The order with this ID.
     pub async fn get(&self, id: &str) -> Result<Order, Error> {
-        let Some(cache) = &self.cache else {
-            return self
-                .bounded(self.backend.get(id))
-                .await?
-                .ok_or_else(|| Error::NotFound(id.to_owned()));
-        };
-        if let Some(order) = cache.get(id) {
+        if let Some(order) = self.cache.as_ref().and_then(|cache| cache.get(id)) {
             return Ok(order);
         }
-        let generation = cache.generation();
+        // Taken before the read: a fill after a write that finished meanwhile is dropped.
+        let generation = self.cache.as_ref().map(|cache| cache.generation());
         let order = self
             .bounded(self.backend.get(id))
             .await?
             .ok_or_else(|| Error::NotFound(id.to_owned()))?;
-        cache.fill(&order, generation);
+        if let (Some(cache), Some(generation)) = (&self.cache, generation) {
+            cache.fill(&order, generation);
+        }
         Ok(order)
     }
 
