@@ -72,9 +72,10 @@ pub async fn serve_with_reload(
         (Some(cert), Some(key)) => Some(Tls::new(cert, key)?),
         _ => None,
     };
-    let reloading = tokio::spawn(reload_on(reload, tls.clone()));
     let store = orders.store().clone();
     let app = app(orders, &config)?;
+    // Spawned only once nothing can fail any more: an early error leaves no task behind.
+    let reloading = tokio::spawn(reload_on(reload, tls.clone()));
     let health_reporter = app.health().clone();
     set_health(&health_reporter, ServingStatus::Serving).await;
     let database = tokio::spawn(watch_database(
