@@ -88,8 +88,11 @@ where
         debug!(path = %path, status = %response.status(), "file error answered as 404");
         return not_found();
     }
-    if response.status().is_redirection() {
-        // Only ever a path on this site, never a host taken from the request.
+    // A redirect (not 304 Not Modified, which a reload gets and which carries no Location)
+    // only ever names a path on this site, never a host taken from the request.
+    let redirect =
+        response.status().is_redirection() && response.status() != StatusCode::NOT_MODIFIED;
+    if redirect {
         let location = response
             .headers()
             .get(header::LOCATION)

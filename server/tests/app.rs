@@ -271,3 +271,21 @@ async fn redirects_stay_on_this_site() {
     assert!(status.is_redirection(), "{status}");
     assert_eq!(headers[header::LOCATION], "/sub/");
 }
+
+#[tokio::test]
+async fn a_reload_gets_not_modified_for_a_file_it_has() {
+    // What a browser sends on reload: the file's Last-Modified back as If-Modified-Since.
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("app.js"), "export {};").unwrap();
+    let request = Request::get("/app.js").body(Body::empty()).unwrap();
+    let (status, headers) = status_of(app_for(site.path()).await, request).await;
+    assert_eq!(status, StatusCode::OK);
+    let modified = headers[header::LAST_MODIFIED].clone();
+
+    let request = Request::get("/app.js")
+        .header(header::IF_MODIFIED_SINCE, modified)
+        .body(Body::empty())
+        .unwrap();
+    let (status, _) = status_of(app_for(site.path()).await, request).await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+}
