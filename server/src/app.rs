@@ -35,6 +35,7 @@ use crate::{
     deadline::DeadlineFuture,
     files::files,
     grpc::{stack, Layers, Stack},
+    host::{HostFuture, HostLayer},
     route::{Route, Target, Transport, UnaryMethods},
     service::OrderService,
 };
@@ -64,6 +65,7 @@ pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
         ),
     }
     let layers = Layers {
+        hosts: HostLayer(config.hosts()),
         cors: cors(config),
         auth: AuthLayer(auth.map(|(auth, _)| Arc::new(auth))),
     };
@@ -199,8 +201,12 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
     }
 }
 
-type OrdersFuture = AuthFuture<
-    DeadlineFuture<BoxFuture<Response<GrpcBody>, Infallible>>,
+type OrdersFuture = HostFuture<
+    AuthFuture<
+        DeadlineFuture<BoxFuture<Response<GrpcBody>, Infallible>>,
+        Response<GrpcBody>,
+        Infallible,
+    >,
     Response<GrpcBody>,
     Infallible,
 >;

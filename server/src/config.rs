@@ -34,6 +34,18 @@ pub struct Config {
     #[arg(long = "cors-origin", env = "ORDER_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_origins: Vec<http::HeaderValue>,
 
+    /// A host name (as in the `Host` header or URL, without port) this server answers for, such
+    /// as orders.example.com. Repeat the flag (or separate with commas in the env var) for several.
+    /// Listening on a loopback address, only localhost, 127.0.0.1 and [::1] are answered
+    /// otherwise (a defence against DNS rebinding); on any other address, every host is answered
+    /// unless this flag restricts it. Others get 421 for the page and PERMISSION_DENIED for gRPC.
+    #[arg(
+        long = "allowed-host",
+        env = "ORDER_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+
     /// Largest gRPC message accepted or sent, in bytes. A bigger request is answered with
     /// OUT_OF_RANGE (tonic's code for it) and the connection stays usable.
     #[arg(long, env = "ORDER_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
@@ -205,6 +217,11 @@ impl Config {
             audience: self.auth_audience.clone(),
             public_reads: self.public_reads,
         }
+    }
+
+    /// The hosts this server answers for.
+    pub(crate) fn hosts(&self) -> crate::host::Hosts {
+        crate::host::Hosts::new(self.listen, &self.allowed_hosts)
     }
 
     /// What the store needs of this configuration.

@@ -1,5 +1,5 @@
-//! The web page: files of the static folder, `index.html` for folders, plain 404s otherwise.
-//! gRPC-Web and CORS never wrap it.
+//! The web page: files of the static folder, `index.html` for folders, plain 404s otherwise, 421
+//! for a host this server does not answer ([`crate::host`]). gRPC-Web and CORS never wrap it.
 //!
 //! `ServeDir` refuses paths that climb out of the folder (`..`); in front of it a guard answers
 //! 4xx, never 5xx, for anything a hostile client can send: dotfiles, symlinks that lead out of the
@@ -36,13 +36,27 @@ pub(crate) fn files(config: &Config) -> Router {
     let root = Arc::new(
         std::fs::canonicalize(&config.static_dir).unwrap_or_else(|_| config.static_dir.clone()),
     );
+    let hosts = config.hosts();
     let guarded = service_fn(move |request: Request| {
         let (files, root) = (files.clone(), root.clone());
-        async move { Ok::<_, Infallible>(guard(request, files, root).await) }
+        let host = hosts.check(&request);
+        async move {
+            Ok::<_, Infallible>(match host {
+                Ok(()) => guard(request, files, root).await,
+                Err(host) => misdirected(&host),
+            })
+        }
     });
     Router::new()
         .fallback_service(guarded)
         .layer(TraceLayer::new_for_http())
+}
+
+/// The answer for a host this server does not serve (see [`crate::host`]).
+fn misdirected(host: &str) -> Response {
+    debug!(%host, "page request for a host not served: refused");
+    let body = format!("421 {}\n", crate::host::refusal(host));
+    (StatusCode::MISDIRECTED_REQUEST, body).into_response()
 }
 
 fn not_found() -> Response {

@@ -2,7 +2,7 @@
 //! the `Routes` of health, reflection and `UNIMPLEMENTED` for anything else) goes through
 //! [`stack`], so every gRPC call, whatever its service, has the same layers in the same order:
 //!
-//! - **native** (HTTP/2 gRPC): authentication (the caller's token and scope), deadlines
+//! - **native** (HTTP/2 gRPC): the host check (DNS rebinding), authentication (the caller's token and scope), deadlines
 //!   (`grpc-timeout`), then the service;
 //! - **web** (gRPC-Web without `Origin`, so not from a browser): tonic-web's translation, then as
 //!   natively;
@@ -17,10 +17,11 @@ use tower_http::cors::Cors;
 use crate::{
     auth::{AuthLayer, AuthService},
     deadline::{DeadlineLayer, DeadlineService},
+    host::{HostLayer, HostService},
 };
 
 /// A gRPC service as native gRPC clients reach it.
-pub(crate) type Native<S> = AuthService<DeadlineService<S>>;
+pub(crate) type Native<S> = HostService<AuthService<DeadlineService<S>>>;
 /// A gRPC service as gRPC-Web clients that are not browsers reach it.
 pub(crate) type Web<S> = GrpcWebService<Native<S>>;
 /// A gRPC service as browsers reach it.
@@ -34,16 +35,20 @@ pub(crate) struct Stack<S> {
     pub(crate) browser: Browser<S>,
 }
 
-/// What every stack is built from: the CORS allowlist and the token checker, made once.
+/// What every stack is built from: the hosts served, the CORS allowlist and the token checker,
+/// made once.
 #[derive(Clone)]
 pub(crate) struct Layers {
+    pub(crate) hosts: HostLayer,
     pub(crate) cors: tower_http::cors::CorsLayer,
     pub(crate) auth: AuthLayer,
 }
 
 /// Wraps `service` in the gRPC layers, once per transport.
 pub(crate) fn stack<S: Clone>(service: S, layers: &Layers) -> Stack<S> {
-    let native = layers.auth.layer(DeadlineLayer.layer(service));
+    let native = layers
+        .hosts
+        .layer(layers.auth.layer(DeadlineLayer.layer(service)));
     let web = GrpcWebLayer::new().layer(native.clone());
     let browser = layers.cors.layer(web.clone());
     Stack {

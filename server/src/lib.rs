@@ -7,7 +7,8 @@
 //!   TLS on the same port, its certificate reloaded on demand;
 //! - `app`: the application service ([`App`], built by [`app()`]) that sends each request where
 //!   `route` decides: a gRPC target in one of its transports, or the page;
-//! - `grpc`: the one gRPC layer stack every gRPC service goes through; `auth` (JWT bearer
+//! - `grpc`: the one gRPC layer stack every gRPC service goes through; `host` (DNS rebinding:
+//!   which `Host`s are answered), `auth` (JWT bearer
 //!   tokens and scopes), `deadline` (`grpc-timeout` on every call, streams included) and `cors`
 //!   are its layers;
 //! - `body`: unary gRPC-Web answers sent whole; `files`: the static page;
@@ -30,6 +31,7 @@ mod deadline;
 mod error;
 mod files;
 mod grpc;
+mod host;
 mod order;
 mod process;
 mod route;

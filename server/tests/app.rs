@@ -263,11 +263,15 @@ async fn redirects_stay_on_this_site() {
     let (status, headers) = status_of(app_for(site.path()).await, request).await;
     assert!(status.is_client_error(), "{status} {headers:?}");
 
-    // An absolute-form request must not put its host into Location.
+    // An absolute-form request must not put its host into Location (on a server that answers
+    // any host: a loopback one refuses evil.test outright).
     let request = Request::get("http://evil.test/sub")
         .body(Body::empty())
         .unwrap();
-    let (status, headers) = status_of(app_for(site.path()).await, request).await;
+    let mut config = Config::for_tests();
+    config.static_dir = site.path().to_owned();
+    config.listen = "0.0.0.0:50051".parse().unwrap();
+    let (status, headers) = status_of(app_with(config).await, request).await;
     assert!(status.is_redirection(), "{status}");
     assert_eq!(headers[header::LOCATION], "/sub/");
 }
@@ -288,4 +292,50 @@ async fn a_reload_gets_not_modified_for_a_file_it_has() {
         .unwrap();
     let (status, _) = status_of(app_for(site.path()).await, request).await;
     assert_eq!(status, StatusCode::NOT_MODIFIED);
+}
+
+/// What a DNS-rebinding page sends: its own name as Host, and as Origin, so CORS is satisfied.
+const REBIND: &str = "rebind.attacker.example:50051";
+
+#[tokio::test]
+async fn dns_rebinding_page_gets_no_orders() {
+    let origin = format!("http://{REBIND}");
+    let mut call = grpc_web_call(&origin, "106");
+    call.headers_mut()
+        .insert(header::HOST, REBIND.parse().unwrap());
+    let (status, headers, _) = send(call).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["grpc-status"], "7", "{headers:?}");
+    let message = headers["grpc-message"].to_str().unwrap();
+    assert!(message.contains("--allowed-host"), "{message}");
+
+    // Nor the page that would make the calls.
+    let page = Request::get("/")
+        .header(header::HOST, REBIND)
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = send(page).await;
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST);
+    assert!(body.contains("rebind.attacker.example"), "{body}");
+
+    // The same call for localhost is answered.
+    let mut call = grpc_web_call("http://localhost:50051", "106");
+    call.headers_mut()
+        .insert(header::HOST, "localhost:50051".parse().unwrap());
+    let mut config = Config::for_tests();
+    config.cors_origins = vec![ALLOWED.parse().unwrap()];
+    let response = app_with(config).await.oneshot(call).await.unwrap();
+    assert_eq!(response.headers().get("grpc-status"), None);
+}
+
+#[tokio::test]
+async fn allowed_host_adds_a_name_to_a_loopback_server() {
+    let mut config = Config::for_tests();
+    config.allowed_hosts = vec!["rebind.attacker.example".into()];
+    let page = Request::get("/")
+        .header(header::HOST, REBIND)
+        .body(Body::empty())
+        .unwrap();
+    let response = app_with(config).await.oneshot(page).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }

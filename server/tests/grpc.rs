@@ -5,7 +5,7 @@ mod common;
 
 use common::{get_order, Db, TestServer};
 use http::uri::PathAndQuery;
-use order_api::pb::Order;
+use order_api::pb::{order_management_client::OrderManagementClient, Order};
 use rstest::rstest;
 use tonic::{Code, Request};
 
@@ -288,4 +288,35 @@ async fn the_axum_router_top_level_serves_the_same() {
         .await
         .unwrap();
     assert_eq!(page.status(), 200);
+}
+
+#[tokio::test]
+async fn native_calls_for_a_host_this_loopback_server_does_not_answer_are_permission_denied() {
+    let server = TestServer::start().await;
+    let port = server.url().rsplit(':').next().unwrap().to_owned();
+    let channel_for = |host: &str| {
+        tonic::transport::Endpoint::from_shared(server.url())
+            .unwrap()
+            .origin(format!("http://{host}:{port}").parse().unwrap())
+    };
+    let channel = channel_for("rebind.attacker.example")
+        .connect()
+        .await
+        .unwrap();
+    let error = OrderManagementClient::new(channel)
+        .get_order("106".to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::PermissionDenied, "{error:?}");
+    assert!(
+        error.message().contains("rebind.attacker.example"),
+        "{error:?}"
+    );
+
+    let channel = channel_for("localhost").connect().await.unwrap();
+    let order = OrderManagementClient::new(channel)
+        .get_order("106".to_string())
+        .await
+        .unwrap();
+    assert_is_106(order.get_ref());
 }

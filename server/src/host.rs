@@ -1,0 +1,200 @@
+//! Which `Host`s this server answers: the defence against DNS rebinding.
+//!
+//! A page on `http://rebind.attacker.example:50051` whose name the attacker points at 127.0.0.1
+//! is same-origin with itself, so CORS lets it call a server on the loopback address. What gives
+//! it away is its `Host`. A server listening on a loopback address therefore answers only
+//! `localhost`, `127.0.0.1` and `[::1]` (any port) and the names `--allowed-host` adds; a server
+//! listening on any other address answers any `Host` unless `--allowed-host` restricts it.
+//! Requests without a `Host` (HTTP/1.0 tools) are answered: browsers always send one.
+//!
+//! Refused: `PERMISSION_DENIED` for gRPC and gRPC-Web (in the gRPC stack, [`HostLayer`]), 421
+//! Misdirected Request for the page ([`Hosts::check`] in [`crate::files`]).
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures::future::Either;
+use http::{header, Request, Response};
+use tonic::Status;
+use tower::{Layer, Service};
+
+/// The names a loopback server answers without `--allowed-host`.
+const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+/// The `Host`s allowed, or `None` for any.
+#[derive(Debug, Clone)]
+pub(crate) struct Hosts(Option<Arc<[String]>>);
+
+impl Hosts {
+    /// What a server listening on `listen` answers, with `extra` names from `--allowed-host`.
+    pub(crate) fn new(listen: SocketAddr, extra: &[String]) -> Self {
+        let mut names: Vec<String> = extra.iter().map(|name| normalise(name)).collect();
+        if listen.ip().is_loopback() {
+            names.extend(LOOPBACK_NAMES.map(String::from));
+        } else if names.is_empty() {
+            return Self(None);
+        }
+        Self(Some(names.into()))
+    }
+
+    /// `Ok` if `request` may be answered, else the refused host name for the message.
+    pub(crate) fn check<B>(&self, request: &Request<B>) -> Result<(), String> {
+        let Some(allowed) = &self.0 else {
+            return Ok(());
+        };
+        let Some(host) = host_of(request) else {
+            return Ok(());
+        };
+        let host = normalise(host);
+        if allowed.iter().any(|name| *name == host) {
+            Ok(())
+        } else {
+            Err(host)
+        }
+    }
+}
+
+/// The request's host name without its port: from the URI (HTTP/2's `:authority`, or an
+/// absolute-form HTTP/1.1 request) or the `Host` header.
+fn host_of<B>(request: &Request<B>) -> Option<&str> {
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => request.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    Some(match host_port.strip_prefix('[') {
+        // `[::1]:50051`: the brackets are part of the name.
+        Some(rest) => rest
+            .find(']')
+            .map_or(host_port, |end| &host_port[..end + 2]),
+        None => host_port.split(':').next().unwrap_or(host_port),
+    })
+}
+
+/// Names compare without case and without a trailing dot (`LocalHost.` is `localhost`).
+fn normalise(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Why a request was refused, for the client.
+pub(crate) fn refusal(host: &str) -> String {
+    format!(
+        "this server does not answer for the host {host:?}; if that name is meant to reach it, \
+         start it with --allowed-host {host}"
+    )
+}
+
+/// Refuses gRPC calls for hosts this server does not answer (see the module's doc).
+#[derive(Debug, Clone)]
+pub(crate) struct HostLayer(pub(crate) Hosts);
+
+impl<S> Layer<S> for HostLayer {
+    type Service = HostService<S>;
+
+    fn layer(&self, inner: S) -> HostService<S> {
+        HostService {
+            hosts: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service [`HostLayer`] makes.
+#[derive(Debug, Clone)]
+pub(crate) struct HostService<S> {
+    hosts: Hosts,
+    inner: S,
+}
+
+/// The inner future, or the refusal at once.
+pub(crate) type HostFuture<F, T, E> = Either<F, std::future::Ready<Result<T, E>>>;
+
+impl<S, B, ResBody> Service<Request<B>> for HostService<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = HostFuture<S::Future, Response<ResBody>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match self.hosts.check(&request) {
+            Ok(()) => Either::Left(self.inner.call(request)),
+            Err(host) => {
+                tracing::debug!(%host, path = request.uri().path(), "call for a host not served: refused");
+                let status = Status::permission_denied(refusal(&host));
+                Either::Right(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_host(host: &str) -> Request<()> {
+        Request::get("/")
+            .header(header::HOST, host)
+            .body(())
+            .unwrap()
+    }
+
+    fn loopback(extra: &[&str]) -> Hosts {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Hosts::new("127.0.0.1:50051".parse().unwrap(), &extra)
+    }
+
+    #[test]
+    fn a_loopback_server_answers_only_loopback_names_on_any_port() {
+        let hosts = loopback(&[]);
+        for ok in [
+            "localhost",
+            "localhost:50051",
+            "127.0.0.1:8080",
+            "[::1]:50051",
+            "LocalHost.",
+        ] {
+            assert_eq!(hosts.check(&with_host(ok)), Ok(()), "{ok}");
+        }
+        for refused in [
+            "rebind.attacker.example:50051",
+            "localhost.attacker.example",
+            "127.0.0.2",
+            "[::2]:50051",
+        ] {
+            assert!(hosts.check(&with_host(refused)).is_err(), "{refused}");
+        }
+        // HTTP/2 carries the host in the URI, not the header.
+        let h2 = Request::get("http://rebind.attacker.example:50051/x")
+            .body(())
+            .unwrap();
+        assert_eq!(hosts.check(&h2), Err("rebind.attacker.example".to_string()));
+        // No Host at all: not a browser.
+        assert_eq!(hosts.check(&Request::get("/").body(()).unwrap()), Ok(()));
+    }
+
+    #[test]
+    fn allowed_hosts_add_to_loopback_and_restrict_others() {
+        assert_eq!(
+            loopback(&["Orders.Example"]).check(&with_host("orders.example:443")),
+            Ok(())
+        );
+        let any: Hosts = Hosts::new("0.0.0.0:50051".parse().unwrap(), &[]);
+        assert_eq!(any.check(&with_host("whatever.example")), Ok(()));
+        let only = Hosts::new(
+            "0.0.0.0:50051".parse().unwrap(),
+            &["orders.example".to_string()],
+        );
+        assert_eq!(only.check(&with_host("orders.example")), Ok(()));
+        assert!(only.check(&with_host("localhost")).is_err());
+    }
+}
