@@ -49,7 +49,7 @@ impl Hosts {
             return Ok(());
         };
         let host = normalise(host);
-        if allowed.iter().any(|name| *name == host) {
+        if allowed.contains(&host) {
             Ok(())
         } else {
             Err(host)
