@@ -32,7 +32,7 @@ use crate::{
     body::whole,
     config::Config,
     cors::cors,
-    deadline::DeadlineFuture,
+    deadline::{DeadlineFuture, DeadlineLayer},
     files::files,
     grpc::{stack, Layers, Stack},
     host::{HostFuture, HostLayer},
@@ -68,6 +68,9 @@ pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
         hosts: HostLayer(config.hosts()),
         cors: cors(config),
         auth: AuthLayer(auth.map(|(auth, _)| Arc::new(auth))),
+        deadline: DeadlineLayer {
+            max: config.max_call_duration(),
+        },
     };
     let health = HealthReporter::new();
     let health_service = tonic_health::pb::health_server::HealthServer::new(

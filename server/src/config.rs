@@ -144,6 +144,12 @@ pub struct Config {
     #[arg(long, env = "ORDER_HTTP2_KEEPALIVE", default_value = "20", value_parser = parse_seconds)]
     pub http2_keepalive: Duration,
 
+    /// Longest a gRPC call may run, in seconds, streams included, whatever the client's
+    /// grpc-timeout: past it the call ends with DEADLINE_EXCEEDED, so no call holds a stream or
+    /// a database transaction forever. A shorter grpc-timeout still applies. 0: no ceiling.
+    #[arg(long, env = "ORDER_MAX_CALL_DURATION", default_value = "300", value_parser = parse_seconds)]
+    pub max_call_duration: Duration,
+
     /// How long in-flight calls may run after SIGINT/SIGTERM before the server stops anyway, in
     /// seconds.
     #[arg(long, env = "ORDER_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_seconds)]
@@ -206,6 +212,11 @@ impl Config {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
+    }
+
+    /// The server's ceiling on a call, if any (`--max-call-duration`, 0 for none).
+    pub(crate) fn max_call_duration(&self) -> Option<Duration> {
+        Some(self.max_call_duration).filter(|max| !max.is_zero())
     }
 
     /// What authentication needs of this configuration.

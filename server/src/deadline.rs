@@ -1,35 +1,63 @@
-//! Client deadlines (`grpc-timeout`) honoured on every call.
+//! Deadlines on every call: the client's (`grpc-timeout`) and the server's ceiling
+//! (`--max-call-duration`), whichever comes first.
 //!
-//! [`DeadlineLayer`] reads the header, bounds the call's response future by it and records the
+//! [`DeadlineLayer`] reads the header, bounds the call's response future and records the
 //! [`Deadline`] in the request's extensions, where streaming RPCs find it to bound their response
-//! streams with [`until_deadline`]. A call past its deadline ends with `DEADLINE_EXCEEDED`.
+//! streams with [`until_deadline`]. A call past its deadline ends with `DEADLINE_EXCEEDED`, its
+//! message saying whose deadline it was. So no call, streams included, holds its resources (a
+//! database transaction, a connection's stream) forever.
 
 use std::{
     future::Future,
     pin::Pin,
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
     time::Duration,
 };
 
-use futures::{future::Either, stream::BoxStream, Stream, StreamExt};
+use futures::{stream::BoxStream, Stream, StreamExt};
 use http::{Request, Response};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tower::{Layer, Service};
 
-/// When the client stops waiting for this call.
+/// When the call must be over, and whose limit that is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadline(pub Instant);
+pub struct Deadline {
+    /// The instant the call ends.
+    pub at: Instant,
+    /// The client's `grpc-timeout` (rather than the server's ceiling).
+    pub client: bool,
+}
 
-/// Applies `grpc-timeout` to every gRPC call below it.
+impl Deadline {
+    /// The status a call past this deadline ends with.
+    fn exceeded(&self) -> Status {
+        if self.client {
+            Status::deadline_exceeded("the call's deadline (grpc-timeout) passed")
+        } else {
+            Status::deadline_exceeded(
+                "the call ran for longer than this server allows (--max-call-duration)",
+            )
+        }
+    }
+}
+
+/// Applies `grpc-timeout` and the server's ceiling (`None`: no ceiling) to every gRPC call below
+/// it.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct DeadlineLayer;
+pub struct DeadlineLayer {
+    /// `--max-call-duration`.
+    pub max: Option<Duration>,
+}
 
 impl<S> Layer<S> for DeadlineLayer {
     type Service = DeadlineService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DeadlineService { inner }
+        DeadlineService {
+            inner,
+            max: self.max,
+        }
     }
 }
 
@@ -37,17 +65,13 @@ impl<S> Layer<S> for DeadlineLayer {
 #[derive(Debug, Clone)]
 pub struct DeadlineService<S> {
     inner: S,
+    max: Option<Duration>,
 }
-
-/// The response future of [`DeadlineService`]: the inner future as it is when the call has no
-/// deadline (nothing added to the hot path), boxed with a timer when it has one.
-pub type DeadlineFuture<F> = Either<F, Pin<Box<dyn Future<Output = <F as Future>::Output> + Send>>>;
 
 impl<S, B, ResBody> Service<Request<B>> for DeadlineService<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
-    ResBody: Default + Send + 'static,
+    ResBody: Default,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
@@ -58,27 +82,67 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let timeout = request
+        let client = request
             .headers()
             .get("grpc-timeout")
             .and_then(|value| parse_grpc_timeout(value.as_bytes()));
-        let Some(timeout) = timeout else {
-            return Either::Left(self.inner.call(request));
-        };
-        let deadline = Instant::now() + timeout;
-        request.extensions_mut().insert(Deadline(deadline));
-        let call = self.inner.call(request);
-        Either::Right(Box::pin(async move {
-            match tokio::time::timeout_at(deadline, call).await {
-                Ok(response) => response,
-                Err(_) => Ok(deadline_exceeded().into_http()),
+        let deadline = if client.is_none() && self.max.is_none() {
+            None
+        } else {
+            let now = Instant::now();
+            let after = |limit: Option<Duration>, client| {
+                let at = now.checked_add(limit?)?;
+                Some(Deadline { at, client })
+            };
+            match (after(client, true), after(self.max, false)) {
+                (Some(client), Some(ceiling)) if ceiling.at < client.at => Some(ceiling),
+                (client, ceiling) => client.or(ceiling),
             }
-        }))
+        };
+        if let Some(deadline) = deadline {
+            request.extensions_mut().insert(deadline);
+        }
+        DeadlineFuture {
+            inner: self.inner.call(request),
+            deadline,
+            sleep: None,
+        }
     }
 }
 
-fn deadline_exceeded() -> Status {
-    Status::deadline_exceeded("the call's deadline (grpc-timeout) passed")
+pin_project_lite::pin_project! {
+    /// The response future of [`DeadlineService`]. The timer is armed only if the call does not
+    /// answer on its first poll, so a call answered at once (a cached `getOrder`) never touches
+    /// the timer wheel.
+    pub struct DeadlineFuture<F> {
+        #[pin]
+        inner: F,
+        deadline: Option<Deadline>,
+        sleep: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<F, ResBody, E> Future for DeadlineFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Default,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.inner.poll(cx) {
+            return Poll::Ready(output);
+        }
+        let Some(deadline) = this.deadline else {
+            return Poll::Pending;
+        };
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.at)));
+        ready!(sleep.as_mut().poll(cx));
+        Poll::Ready(Ok(deadline.exceeded().into_http()))
+    }
 }
 
 /// Parses `grpc-timeout`: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`). Anything
@@ -106,15 +170,15 @@ pub fn until_deadline<T: Send + 'static>(
     stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
     deadline: Option<Deadline>,
 ) -> BoxStream<'static, Result<T, Status>> {
-    let Some(Deadline(deadline)) = deadline else {
+    let Some(deadline) = deadline else {
         return stream.boxed();
     };
-    let sleep = Box::pin(tokio::time::sleep_until(deadline));
-    futures::stream::unfold(Some((stream.boxed(), sleep)), |state| async move {
+    let sleep = Box::pin(tokio::time::sleep_until(deadline.at));
+    futures::stream::unfold(Some((stream.boxed(), sleep)), move |state| async move {
         let (mut stream, mut sleep) = state?;
         tokio::select! {
             item = stream.next() => item.map(|item| (item, Some((stream, sleep)))),
-            () = &mut sleep => Some((Err(deadline_exceeded()), None)),
+            () = &mut sleep => Some((Err(deadline.exceeded()), None)),
         }
     })
     .boxed()
@@ -149,7 +213,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stream_past_its_deadline_ends_with_deadline_exceeded() {
         let endless = futures::stream::pending::<Result<u32, Status>>();
-        let deadline = Deadline(Instant::now() + Duration::from_secs(1));
+        let deadline = Deadline {
+            at: Instant::now() + Duration::from_secs(1),
+            client: true,
+        };
         let items: Vec<_> = until_deadline(endless, Some(deadline)).collect().await;
         assert_eq!(items.len(), 1);
         assert_eq!(
@@ -161,7 +228,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stream_that_ends_in_time_is_unchanged() {
         let items = futures::stream::iter([Ok(1), Ok(2)]);
-        let deadline = Deadline(Instant::now() + Duration::from_secs(1));
+        let deadline = Deadline {
+            at: Instant::now() + Duration::from_secs(1),
+            client: true,
+        };
         let items: Vec<_> = until_deadline(items, Some(deadline)).collect().await;
         assert_eq!(
             items.into_iter().map(Result::unwrap).collect::<Vec<_>>(),

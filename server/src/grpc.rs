@@ -3,7 +3,7 @@
 //! [`stack`], so every gRPC call, whatever its service, has the same layers in the same order:
 //!
 //! - **native** (HTTP/2 gRPC): the host check (DNS rebinding), authentication (the caller's token and scope), deadlines
-//!   (`grpc-timeout`), then the service;
+//!   (`grpc-timeout` and `--max-call-duration`), then the service;
 //! - **web** (gRPC-Web without `Origin`, so not from a browser): tonic-web's translation, then as
 //!   natively;
 //! - **browser** (gRPC-Web from a page): CORS from the allowlist, then as gRPC-Web.
@@ -35,20 +35,21 @@ pub(crate) struct Stack<S> {
     pub(crate) browser: Browser<S>,
 }
 
-/// What every stack is built from: the hosts served, the CORS allowlist and the token checker,
-/// made once.
+/// What every stack is built from: the hosts served, the CORS allowlist, the token checker and
+/// the server's ceiling on calls, made once.
 #[derive(Clone)]
 pub(crate) struct Layers {
     pub(crate) hosts: HostLayer,
     pub(crate) cors: tower_http::cors::CorsLayer,
     pub(crate) auth: AuthLayer,
+    pub(crate) deadline: DeadlineLayer,
 }
 
 /// Wraps `service` in the gRPC layers, once per transport.
 pub(crate) fn stack<S: Clone>(service: S, layers: &Layers) -> Stack<S> {
     let native = layers
         .hosts
-        .layer(layers.auth.layer(DeadlineLayer.layer(service)));
+        .layer(layers.auth.layer(layers.deadline.layer(service)));
     let web = GrpcWebLayer::new().layer(native.clone());
     let browser = layers.cors.layer(web.clone());
     Stack {

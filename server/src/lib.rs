@@ -9,7 +9,7 @@
 //!   `route` decides: a gRPC target in one of its transports, or the page;
 //! - `grpc`: the one gRPC layer stack every gRPC service goes through; `host` (DNS rebinding:
 //!   which `Host`s are answered), `auth` (JWT bearer
-//!   tokens and scopes), `deadline` (`grpc-timeout` on every call, streams included) and `cors`
+//!   tokens and scopes), `deadline` (`grpc-timeout` and the server's ceiling on every call, streams included) and `cors`
 //!   are its layers;
 //! - `body`: unary gRPC-Web answers sent whole; `files`: the static page;
 //! - `service`: the `OrderManagement` RPCs ([`OrderService`]); `process`: all of

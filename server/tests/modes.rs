@@ -448,6 +448,55 @@ async fn a_client_deadline_ends_a_call_that_would_wait_forever(
 
 #[rstest]
 #[tokio::test]
+async fn a_call_without_grpc_timeout_cannot_hold_its_stream_forever(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    let mut config = Config::for_tests();
+    config.max_call_duration = Duration::from_millis(500);
+    let server = TestServer::start_with_on(config, db).await;
+    let mut client = server.native().await;
+
+    // updateOrders that sends one order and then neither more nor its end: without the ceiling
+    // it would hold its transaction (and, on SQLite, every other write) for ever.
+    let (mut orders_tx, orders_rx) = mpsc::unbounded::<Order>();
+    orders_tx
+        .send(order("103", &["Sony"], "Colombo", 1.0))
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(LIMIT, client.update_orders(orders_rx))
+        .await
+        .expect("ended by the server's ceiling")
+        .expect_err("past the ceiling");
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert!(
+        status.message().contains("--max-call-duration"),
+        "{status:?}"
+    );
+    // Nothing of it was applied, and writes go on.
+    let added = tokio::time::timeout(LIMIT, client.add_order(order("", &["x"], "Kandy", 1.0)))
+        .await
+        .expect("a write after the ended update does not wait");
+    added.expect("added");
+    let kept = client
+        .get_order("103".to_string())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(kept.destination, "Colombo");
+
+    // processOrders whose IDs never end.
+    let (_keep_open, ids_rx) = mpsc::unbounded::<String>();
+    let mut shipments = client.process_orders(ids_rx).await.unwrap().into_inner();
+    let status = tokio::time::timeout(LIMIT, shipments.message())
+        .await
+        .expect("ended by the server's ceiling")
+        .expect_err("past the ceiling");
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    drop(orders_tx);
+}
+
+#[rstest]
+#[tokio::test]
 async fn a_stream_stops_when_its_client_goes_away(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let db = db.create().await;
     let config = config_on(&db);
