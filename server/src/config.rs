@@ -150,6 +150,13 @@ pub struct Config {
     #[arg(long, env = "ORDER_MAX_CALL_DURATION", default_value = "300", value_parser = parse_seconds)]
     pub max_call_duration: Duration,
 
+    /// Most connections open at once. When every one is taken, an idle connection (no call in
+    /// flight) is closed to make room; when none is idle, a new connection is refused at once.
+    /// By default, the file-descriptor limit (`ulimit -n`, raised to its hard limit at start)
+    /// less a quarter of it (at most 256) kept for the database, the page's files and the logs.
+    #[arg(long, env = "ORDER_MAX_CONNECTIONS")]
+    pub max_connections: Option<std::num::NonZeroUsize>,
+
     /// How long in-flight calls may run after SIGINT/SIGTERM before the server stops anyway, in
     /// seconds.
     #[arg(long, env = "ORDER_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_seconds)]
@@ -211,6 +218,17 @@ impl Config {
         match self.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
+        }
+    }
+
+    /// `--max-connections`, or its default from the process's file-descriptor limit.
+    pub fn max_connections(&self) -> usize {
+        match self.max_connections {
+            Some(max) => max.get(),
+            None => {
+                let (soft, _) = rlimit::Resource::NOFILE.get().unwrap_or((1024, 1024));
+                crate::connections::default_max_connections(soft)
+            }
         }
     }
 

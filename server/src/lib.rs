@@ -3,8 +3,9 @@
 //!
 //! Modules:
 //! - `config`: the typed command line and environment ([`Config`]);
-//! - `server`: [`run`] and [`serve`], the accept loop, graceful shutdown, health status; `tls`:
-//!   TLS on the same port, its certificate reloaded on demand;
+//! - `server`: [`run`] and [`serve`], the accept loop, graceful shutdown, health status;
+//!   `connections`: the limit on open connections, idle ones shed first; `tls`: TLS on the same
+//!   port, its certificate reloaded on demand;
 //! - `app`: the application service ([`App`], built by [`app()`]) that sends each request where
 //!   `route` decides: a gRPC target in one of its transports, or the page;
 //! - `grpc`: the one gRPC layer stack every gRPC service goes through; `host` (DNS rebinding:
@@ -26,6 +27,7 @@ mod app;
 mod auth;
 mod body;
 mod config;
+mod connections;
 mod cors;
 mod deadline;
 mod error;

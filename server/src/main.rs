@@ -30,6 +30,10 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let logging = telemetry::init();
+    // As many connections as the system lets this process have (see --max-connections).
+    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+        warn!(%error, "cannot raise the file-descriptor limit");
+    }
     let runtime = match config.worker_threads() {
         1 => tokio::runtime::Builder::new_current_thread(),
         threads => {

@@ -5,17 +5,20 @@ use std::{future::Future, time::Duration};
 
 use futures::{Stream, StreamExt};
 
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use order_api::pb::order_management_server::OrderManagementServer;
 use tokio::net::TcpListener;
 use tonic_health::{server::HealthReporter, ServingStatus};
 use tracing::{debug, info, warn};
 
 use crate::{
-    app::app, config::Config, error::RunError, service::OrderService, store::Store, tls::Tls,
+    app::app,
+    config::Config,
+    connections::{Connections, Counted},
+    error::RunError,
+    service::OrderService,
+    store::Store,
+    tls::Tls,
 };
 
 /// Opens the database the configuration names (creating and seeding it if it is new), then
@@ -93,7 +96,11 @@ pub async fn serve_with_reload(
     );
     warn_if_page_missing(&config.static_dir);
 
-    let connections = GracefulShutdown::new();
+    let connections = Connections::new(config.max_connections());
+    info!(
+        max_connections = config.max_connections(),
+        "connections beyond the limit are refused once none is idle (--max-connections)"
+    );
     if config.axum_router {
         let router = crate::app::router(app);
         let service = hyper_util::service::TowerToHyperService::new(router);
@@ -107,8 +114,9 @@ pub async fn serve_with_reload(
     reloading.abort();
     info!("shutting down: no new connections, finishing in-flight calls");
     set_health(&health_reporter, ServingStatus::NotServing).await;
+    connections.close_all();
     tokio::select! {
-        () = connections.shutdown() => info!("stopped"),
+        () = connections.all_closed() => info!("stopped"),
         () = tokio::time::sleep(config.shutdown_grace) => {
             warn!(grace = ?config.shutdown_grace, "stopped with calls still in flight after the grace period");
         }
@@ -122,7 +130,7 @@ async fn accept<S, B>(
     listener: &TcpListener,
     service: S,
     tls: Option<Tls>,
-    connections: &GracefulShutdown,
+    connections: &std::sync::Arc<Connections>,
     config: &Config,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -149,56 +157,115 @@ async fn accept<S, B>(
         .keep_alive_interval(config.http2_keepalive)
         .keep_alive_timeout(config.http2_keepalive);
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut out_of_descriptors = false;
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
+                Err(error) if is_out_of_descriptors(&error) => {
+                    // The clients already connected are served on; new ones wait in the backlog
+                    // until a connection closes and gives its descriptor back.
+                    if !std::mem::replace(&mut out_of_descriptors, true) {
+                        warn!(%error, open = connections.open(), "out of file descriptors: new connections wait until some close (raise `ulimit -n`, or lower --max-connections)");
+                    }
+                    connections.one_closed(Duration::from_millis(100)).await;
+                    continue;
+                }
                 Err(error) => {
-                    // Out of file descriptors and the like: wait a moment rather than spin.
                     warn!(%error, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
+        if std::mem::take(&mut out_of_descriptors) {
+            info!(open = connections.open(), "accepting connections again");
+        }
         // gRPC messages are small and latency-bound: send them at once.
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "cannot set TCP_NODELAY");
         }
         // Each connection is set up on its own task, so a slow client holds up nobody.
-        let (tls, builder, service, watcher) = (
+        let (tls, builder, service, connections) = (
             tls.clone(),
             builder.clone(),
             service.clone(),
-            connections.watcher(),
+            connections.clone(),
         );
         let wait = config.header_read_timeout;
         tokio::spawn(async move {
+            let Some(slot) = connections.admit().await else {
+                debug!(
+                    open = connections.open(),
+                    "every connection is busy: refused (--max-connections)"
+                );
+                return;
+            };
+            let service = Counted {
+                inner: service,
+                connection: slot.connection.clone(),
+            };
+            let told_to_close = slot.connection.told_to_close(slot.closing.clone());
+            let mut told_to_close = std::pin::pin!(told_to_close);
             // hyper's header timeout starts once there are bytes to read: a client that sends
             // nothing at all is not waited for longer than it.
-            let Some(first) = first_byte(&stream, wait).await else {
+            let first = tokio::select! {
+                first = first_byte(&stream, wait) => first,
+                () = &mut told_to_close => None,
+            };
+            let Some(first) = first else {
                 debug!("a connection sent nothing: closed");
                 return;
             };
             let result = match tls {
                 None => {
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
+                    serve_until_told(connection, told_to_close).await
                 }
                 Some(tls) => {
                     let Some(stream) = handshake(&tls, stream, first).await else {
                         return;
                     };
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
+                    serve_until_told(connection, told_to_close).await
                 }
             };
             if let Err(error) = result {
                 debug!(error = %error, "connection ended with an error");
             }
+            // `slot` goes here, giving the connection's place back.
         });
     }
+}
+
+/// Serves `connection` to its end; once `told_to_close` completes, it finishes the calls in
+/// flight and closes (HTTP/2: GOAWAY; HTTP/1.1: after the current response).
+async fn serve_until_told<I, S, B>(
+    connection: hyper_util::server::conn::auto::Connection<'_, I, S, TokioExecutor>,
+    told_to_close: impl Future<Output = ()>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => return result,
+        () = told_to_close => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    connection.await
+}
+
+/// Whether accepting failed for want of file descriptors (the process's or the system's).
+fn is_out_of_descriptors(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// The first byte the client sends, once it sends one within `wait`.

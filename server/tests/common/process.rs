@@ -43,8 +43,29 @@ impl ServerProcess {
         Self::spawn(args, false)
     }
 
+    /// As [`Self::start`], in a process that may open at most `nofile` file descriptors (soft
+    /// and hard limit, through util-linux's `prlimit`, which execs the server: same PID).
+    pub fn start_with_fd_limit(nofile: u64, args: &[&str]) -> Self {
+        let limit = format!("--nofile={nofile}:{nofile}");
+        let mut command = Command::new("prlimit");
+        command.args([&limit, "--", env!("CARGO_BIN_EXE_order-server")]);
+        match Self::spawn_command(command, args, false) {
+            Ok(server) => server,
+            Err(log) => panic!("order-server did not start:\n{}", log.join("\n")),
+        }
+    }
+
     fn spawn(args: &[&str], stop_reading: bool) -> Result<Self, Vec<String>> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_order-server"))
+        let command = Command::new(env!("CARGO_BIN_EXE_order-server"));
+        Self::spawn_command(command, args, stop_reading)
+    }
+
+    fn spawn_command(
+        mut command: Command,
+        args: &[&str],
+        stop_reading: bool,
+    ) -> Result<Self, Vec<String>> {
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")

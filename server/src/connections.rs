@@ -1,0 +1,312 @@
+//! The open connections: how many may be open at once (`--max-connections`), which of them are
+//! idle, and closing them all on shutdown.
+//!
+//! A connection is admitted with a [`Slot`]; when every slot is taken, an idle connection (no
+//! call in flight; one that never made a call first, such as a silent socket, then the oldest)
+//! is told to close and the new one takes its slot; when none is idle, the new
+//! connection is refused at once (closed), so clients fail fast instead of queueing unseen in the
+//! kernel's backlog. The default limit leaves a reserve of file descriptors for the database,
+//! the page's files and the logs, so connections alone never exhaust them.
+//!
+//! Each call on a connection counts as in flight from the moment it arrives until its response
+//! body has been sent or dropped ([`Counted`]), streams included.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex, Weak,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+
+/// How long a new connection waits for the idle connection it displaced to close.
+const SHED_WAIT: Duration = Duration::from_secs(1);
+
+/// The default `--max-connections` for a file-descriptor limit of `nofile`: all of it but a
+/// reserve of a quarter (at most 256) for everything else the server opens.
+pub(crate) fn default_max_connections(nofile: u64) -> usize {
+    let reserve = (nofile / 4).min(256);
+    usize::try_from(nofile - reserve)
+        .unwrap_or(usize::MAX)
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize))
+}
+
+/// Every open connection, and the limit on them.
+pub(crate) struct Connections {
+    slots: Arc<Semaphore>,
+    max: usize,
+    open: Mutex<Vec<Weak<Connection>>>,
+    closing: watch::Sender<bool>,
+    /// Signalled whenever a connection closes.
+    closed: Notify,
+}
+
+/// One open connection, as [`Connections`] sees it.
+pub(crate) struct Connection {
+    in_flight: AtomicUsize,
+    /// Has had a call: a client that uses it, not a socket that only holds a place.
+    used: AtomicBool,
+    /// Told to close to make room.
+    shed: AtomicBool,
+    shed_now: Notify,
+}
+
+impl Connection {
+    /// Completes once the connection should close: the server is stopping, or another
+    /// connection needs its slot.
+    pub(crate) async fn told_to_close(&self, mut closing: watch::Receiver<bool>) {
+        tokio::select! {
+            () = self.shed_now.notified() => {}
+            _ = closing.wait_for(|closing| *closing) => {}
+        }
+    }
+}
+
+/// A connection's place among the open ones: its slot is given back when this is dropped.
+pub(crate) struct Slot {
+    pub(crate) connection: Arc<Connection>,
+    pub(crate) closing: watch::Receiver<bool>,
+    connections: Arc<Connections>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.connections.closed.notify_waiters();
+    }
+}
+
+impl Connections {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            open: Mutex::new(Vec::new()),
+            closing: watch::Sender::new(false),
+            closed: Notify::new(),
+        })
+    }
+
+    /// How many connections are open.
+    pub(crate) fn open(&self) -> usize {
+        self.max - self.slots.available_permits()
+    }
+
+    /// A slot for a new connection: a free one, or one an idle connection gives up (waiting at
+    /// most [`SHED_WAIT`] for it to close). `None`: every connection is busy, refuse this one.
+    pub(crate) async fn admit(self: &Arc<Self>) -> Option<Slot> {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if !self.shed_one_idle() {
+                    return None;
+                }
+                tokio::time::timeout(SHED_WAIT, self.slots.clone().acquire_owned())
+                    .await
+                    .ok()?
+                    .ok()?
+            }
+        };
+        let connection = Arc::new(Connection {
+            in_flight: AtomicUsize::new(0),
+            used: AtomicBool::new(false),
+            shed: AtomicBool::new(false),
+            shed_now: Notify::new(),
+        });
+        let mut open = self.open.lock().expect("not poisoned");
+        open.retain(|connection| connection.strong_count() > 0);
+        open.push(Arc::downgrade(&connection));
+        drop(open);
+        Some(Slot {
+            connection,
+            closing: self.closing.subscribe(),
+            connections: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Tells an idle connection (no call in flight) to close: one that never had a call if there
+    /// is one, else the oldest.
+    fn shed_one_idle(&self) -> bool {
+        let open = self.open.lock().expect("not poisoned");
+        let idle = |never_used: bool| {
+            open.iter().filter_map(Weak::upgrade).find(|connection| {
+                connection.in_flight.load(Ordering::Acquire) == 0
+                    && !(never_used && connection.used.load(Ordering::Acquire))
+                    && !connection.shed.swap(true, Ordering::AcqRel)
+            })
+        };
+        let idle = idle(true).or_else(|| idle(false));
+        match idle {
+            Some(connection) => {
+                tracing::debug!("every connection slot is taken: closing an idle connection");
+                connection.shed_now.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Tells every connection to close (each finishes the calls it has in flight first).
+    pub(crate) fn close_all(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Completes once every connection has closed.
+    pub(crate) async fn all_closed(&self) {
+        loop {
+            let closed = self.closed.notified();
+            if self.open() == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+
+    /// Completes once some connection closes (or after `at_most`).
+    pub(crate) async fn one_closed(&self, at_most: Duration) {
+        let _ = tokio::time::timeout(at_most, self.closed.notified()).await;
+    }
+}
+
+/// A connection's service: counts each call in flight on `connection` until its response body
+/// is done.
+#[derive(Clone)]
+pub(crate) struct Counted<S> {
+    pub(crate) inner: S,
+    pub(crate) connection: Arc<Connection>,
+}
+
+/// A call in flight; the count goes down when it is dropped.
+struct InFlight(Arc<Connection>);
+
+impl InFlight {
+    fn new(connection: &Arc<Connection>) -> Self {
+        connection.in_flight.fetch_add(1, Ordering::AcqRel);
+        connection.used.store(true, Ordering::Release);
+        Self(connection.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<S, B, ResBody> hyper::service::Service<Request<B>> for Counted<S>
+where
+    S: hyper::service::Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = Response<CountedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = CountedFuture<S::Future>;
+
+    fn call(&self, request: Request<B>) -> Self::Future {
+        CountedFuture {
+            in_flight: Some(InFlight::new(&self.connection)),
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Counted`]: hands the in-flight count on to the body.
+    pub(crate) struct CountedFuture<F> {
+        #[pin]
+        inner: F,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F, ResBody, E> Future for CountedFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<CountedBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx));
+        let in_flight = this.in_flight.take();
+        Poll::Ready(response.map(|response| {
+            response.map(|body| CountedBody {
+                body,
+                _in_flight: in_flight,
+            })
+        }))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its call counted in flight until it is dropped.
+    pub(crate) struct CountedBody<B> {
+        #[pin]
+        body: B,
+        _in_flight: Option<InFlight>,
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for CountedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_limit_leaves_a_reserve() {
+        assert_eq!(default_max_connections(1024), 768);
+        assert_eq!(default_max_connections(64), 48);
+        assert_eq!(default_max_connections(1_048_576), 1_048_576 - 256);
+        assert_eq!(default_max_connections(1), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_server_sheds_an_idle_connection_and_refuses_when_none_is() {
+        let connections = Connections::new(2);
+        let busy = connections.admit().await.unwrap();
+        let _call = InFlight::new(&busy.connection);
+        let idle = connections.admit().await.unwrap();
+        assert_eq!(connections.open(), 2);
+
+        // Full: the idle one is told to close; once it has, the newcomer gets its slot.
+        let idle_closes = async {
+            idle.connection.told_to_close(idle.closing.clone()).await;
+            drop(idle);
+        };
+        let (admitted, ()) = tokio::join!(connections.admit(), idle_closes);
+        let newcomer = admitted.expect("took the idle connection's slot");
+        assert_eq!(connections.open(), 2);
+
+        // Now one is busy and the other is the newcomer, not yet told to close but idle too.
+        let _newcomer_call = InFlight::new(&newcomer.connection);
+        assert!(connections.admit().await.is_none(), "every connection busy");
+    }
+}
