@@ -157,6 +157,11 @@ pub struct Config {
     #[arg(long, env = "ORDER_MAX_CONNECTIONS")]
     pub max_connections: Option<std::num::NonZeroUsize>,
 
+    /// How log lines are written to stderr: `text` for people, `json` (one object per line) for
+    /// log shippers. RUST_LOG chooses what is logged (default: info).
+    #[arg(long, env = "ORDER_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: crate::telemetry::LogFormat,
+
     /// How long in-flight calls may run after SIGINT/SIGTERM before the server stops anyway, in
     /// seconds.
     #[arg(long, env = "ORDER_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_seconds)]

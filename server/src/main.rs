@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
         println!("{signed}");
         return Ok(());
     }
-    let logging = telemetry::init();
+    let logging = telemetry::init(config.log_format);
     // As many connections as the system lets this process have (see --max-connections).
     if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
         warn!(%error, "cannot raise the file-descriptor limit");

@@ -60,13 +60,12 @@ impl OrderService {
     }
 }
 
-/// Who made the call, as its token says (empty with authentication off).
+/// Who made the call, as its token says (`anonymous` with authentication off).
 fn subject<T>(request: &Request<T>) -> String {
     request
         .extensions()
         .get::<Caller>()
-        .map(|caller| caller.subject.clone())
-        .unwrap_or_default()
+        .map_or_else(|| "anonymous".to_owned(), |caller| caller.subject.clone())
 }
 
 /// The client's deadline, where it sent one.

@@ -23,9 +23,20 @@ pub struct Logging {
     dropped: ErrorCounter,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event (colored on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`, `target`, `spans`), for log
+    /// shippers.
+    Json,
+}
+
 /// Installs the global subscriber. `RUST_LOG` (e.g. `debug`, `order_server=trace`) overrides the
 /// default filter.
-pub fn init() -> Logging {
+pub fn init(format: LogFormat) -> Logging {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let (writer, guard) = NonBlockingBuilder::default()
@@ -34,11 +45,13 @@ pub fn init() -> Logging {
         .thread_name("order-server-log")
         .finish(std::io::stderr());
     let dropped = writer.error_counter();
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_span_list(true).init(),
+    }
     Logging {
         _flush_on_drop: guard,
         dropped,
@@ -46,6 +59,11 @@ pub fn init() -> Logging {
 }
 
 impl Logging {
+    /// How many lines have been dropped since the start.
+    pub fn dropped_lines(&self) -> usize {
+        self.dropped.dropped_lines()
+    }
+
     /// Reports, every few seconds, how many log lines were dropped since the last report.
     pub async fn report_dropped_lines(&self) {
         let mut reported = 0;

@@ -102,3 +102,51 @@ fn an_unread_stderr_does_not_stop_the_server() {
         }
     });
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let db = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", db.path().join("orders.db").display());
+    let mut server = ServerProcess::start(&["--database", &url, "--log-format", "json"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client =
+            order_api::pb::order_management_client::OrderManagementClient::new(channel);
+        client
+            .add_order(order_api::pb::Order {
+                items: vec!["Sony".into()],
+                destination: "Colombo".into(),
+                price: 1.0,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+    drop(runtime);
+    assert!(server.terminate().success());
+    let lines: Vec<String> = server.log.try_iter().collect();
+    assert!(lines.len() >= 2, "{lines:?}");
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    for event in &events {
+        assert!(
+            event["timestamp"].is_string() && event["level"].is_string(),
+            "{event}"
+        );
+    }
+    // The write's log line, with its fields as JSON fields.
+    assert!(
+        events
+            .iter()
+            .any(|event| event["fields"]["message"] == "order added"
+                && event["fields"]["id"] == "107"),
+        "{events:?}"
+    );
+}

@@ -79,7 +79,7 @@ impl ServerProcess {
             let mut reader = BufReader::new(stderr);
             let mut line = String::new();
             while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-                let listening = line.contains("address=");
+                let listening = address_in(&line).is_some();
                 if lines.send(std::mem::take(&mut line)).is_err() {
                     break;
                 }
@@ -100,15 +100,8 @@ impl ServerProcess {
                 return Err(early);
             };
             line.truncate(line.trim_end().len());
-            if let Some(addr) = line
-                .split_whitespace()
-                .find_map(|word| word.strip_prefix("address="))
-            {
-                return Ok(Self {
-                    child,
-                    addr: addr.to_owned(),
-                    log,
-                });
+            if let Some(addr) = address_in(&line) {
+                return Ok(Self { child, addr, log });
             }
             early.push(line);
         }
@@ -133,6 +126,18 @@ impl ServerProcess {
         assert!(sent.success());
         self.child.wait().expect("order-server exits")
     }
+}
+
+/// The address in the log line that gives it: `address=…` (text) or `"address":"…"` (JSON).
+fn address_in(line: &str) -> Option<String> {
+    if let Some(addr) = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("address="))
+    {
+        return Some(addr.to_owned());
+    }
+    let rest = line.split_once("\"address\":\"")?.1;
+    Some(rest.split('"').next()?.to_owned())
 }
 
 impl Drop for ServerProcess {
