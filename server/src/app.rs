@@ -36,6 +36,7 @@ use crate::{
     files::files,
     grpc::{stack, Layers, Stack},
     host::{HostFuture, HostLayer},
+    metrics::{Metrics, MetricsFuture, MetricsLayer},
     route::{Route, Target, Transport, UnaryMethods},
     service::OrderService,
 };
@@ -48,6 +49,7 @@ pub struct App {
     files: Router,
     unary: Arc<UnaryMethods>,
     health: HealthReporter,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Builds the application around `orders`, with the health and reflection services beside it.
@@ -64,7 +66,10 @@ pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
             "authentication on: every order call needs a bearer token"
         ),
     }
+    let metrics =
+        (!config.no_metrics).then(|| Metrics::new(orders.store().clone(), orders.stream_count()));
     let layers = Layers {
+        metrics: MetricsLayer(metrics.clone()),
         hosts: HostLayer(config.hosts()),
         cors: cors(config),
         auth: AuthLayer(auth.map(|(auth, _)| Arc::new(auth))),
@@ -92,13 +97,19 @@ pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
     Ok(App {
         orders: stack(orders, &layers),
         other: stack(other, &layers),
-        files: files(config),
+        files: files(config, metrics.clone()),
+        metrics,
         unary: Arc::new(UnaryMethods::from_descriptors()),
         health,
     })
 }
 
 impl App {
+    /// What the metrics are recorded in, unless `--no-metrics`.
+    pub(crate) fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
     /// Sets what `grpc.health.v1` reports.
     pub fn health(&self) -> &HealthReporter {
         &self.health
@@ -204,14 +215,16 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
     }
 }
 
-type OrdersFuture = HostFuture<
-    AuthFuture<
-        DeadlineFuture<BoxFuture<Response<GrpcBody>, Infallible>>,
+type OrdersFuture = MetricsFuture<
+    HostFuture<
+        AuthFuture<
+            DeadlineFuture<BoxFuture<Response<GrpcBody>, Infallible>>,
+            Response<GrpcBody>,
+            Infallible,
+        >,
         Response<GrpcBody>,
         Infallible,
     >,
-    Response<GrpcBody>,
-    Infallible,
 >;
 type BoxedFuture = dyn Future<Output = Result<Response<GrpcBody>, Infallible>> + Send;
 

@@ -157,6 +157,12 @@ pub struct Config {
     #[arg(long, env = "ORDER_MAX_CONNECTIONS")]
     pub max_connections: Option<std::num::NonZeroUsize>,
 
+    /// Do not serve metrics at /metrics. (They are on by default, in the Prometheus text format,
+    /// on the same port and behind the same host check as the page; they carry counts and
+    /// timings, never order data.)
+    #[arg(long, env = "ORDER_NO_METRICS")]
+    pub no_metrics: bool,
+
     /// How log lines are written to stderr: `text` for people, `json` (one object per line) for
     /// log shippers. RUST_LOG chooses what is logged (default: info).
     #[arg(long, env = "ORDER_LOG_FORMAT", value_enum, default_value_t)]

@@ -11,22 +11,28 @@ use std::{convert::Infallible, path::PathBuf, sync::Arc};
 use axum::{
     extract::Request,
     http::{header, HeaderValue, StatusCode, Uri},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
+    routing::get,
     Router,
 };
 use tower::{service_fn, ServiceExt};
 use tower_http::{services::ServeDir, trace::TraceLayer};
 use tracing::debug;
 
-use crate::config::Config;
+use crate::{config::Config, metrics::Metrics};
+
+/// The content type of the Prometheus text format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Longest path served, in bytes: longer ones get 414.
 const MAX_PATH_BYTES: usize = 1024;
 /// Longest name in a path (what file systems allow): longer ones cannot exist, 404.
 const MAX_NAME_BYTES: usize = 255;
 
-/// The static side of the app, with an HTTP trace span per request.
-pub(crate) fn files(config: &Config) -> Router {
+/// The static side of the app and `/metrics`, behind the host check, with an HTTP trace span per
+/// request.
+pub(crate) fn files(config: &Config, metrics: Option<Arc<Metrics>>) -> Router {
     let files = ServeDir::new(&config.static_dir)
         .append_index_html_on_directories(true)
         .not_found_service(service_fn(|_: Request| async {
@@ -36,19 +42,32 @@ pub(crate) fn files(config: &Config) -> Router {
     let root = Arc::new(
         std::fs::canonicalize(&config.static_dir).unwrap_or_else(|_| config.static_dir.clone()),
     );
-    let hosts = config.hosts();
     let guarded = service_fn(move |request: Request| {
         let (files, root) = (files.clone(), root.clone());
-        let host = hosts.check(&request);
-        async move {
-            Ok::<_, Infallible>(match host {
-                Ok(()) => guard(request, files, root).await,
-                Err(host) => misdirected(&host),
-            })
-        }
+        async move { Ok::<_, Infallible>(guard(request, files, root).await) }
     });
-    Router::new()
+    let mut router = Router::new();
+    if let Some(metrics) = metrics {
+        router = router.route(
+            "/metrics",
+            get(move || async move {
+                let text = metrics.render();
+                ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text)
+            }),
+        );
+    }
+    let hosts = config.hosts();
+    router
         .fallback_service(guarded)
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            let host = hosts.check(&request);
+            async move {
+                match host {
+                    Ok(()) => next.run(request).await,
+                    Err(host) => misdirected(&host),
+                }
+            }
+        }))
         .layer(TraceLayer::new_for_http())
 }
 

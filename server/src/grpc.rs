@@ -2,7 +2,8 @@
 //! the `Routes` of health, reflection and `UNIMPLEMENTED` for anything else) goes through
 //! [`stack`], so every gRPC call, whatever its service, has the same layers in the same order:
 //!
-//! - **native** (HTTP/2 gRPC): the host check (DNS rebinding), authentication (the caller's token and scope), deadlines
+//! - **native** (HTTP/2 gRPC): metrics (every call counted and timed, refusals included), the
+//!   host check (DNS rebinding), authentication (the caller's token and scope), deadlines
 //!   (`grpc-timeout` and `--max-call-duration`), then the service;
 //! - **web** (gRPC-Web without `Origin`, so not from a browser): tonic-web's translation, then as
 //!   natively;
@@ -18,10 +19,11 @@ use crate::{
     auth::{AuthLayer, AuthService},
     deadline::{DeadlineLayer, DeadlineService},
     host::{HostLayer, HostService},
+    metrics::{MetricsLayer, MetricsService},
 };
 
 /// A gRPC service as native gRPC clients reach it.
-pub(crate) type Native<S> = HostService<AuthService<DeadlineService<S>>>;
+pub(crate) type Native<S> = MetricsService<HostService<AuthService<DeadlineService<S>>>>;
 /// A gRPC service as gRPC-Web clients that are not browsers reach it.
 pub(crate) type Web<S> = GrpcWebService<Native<S>>;
 /// A gRPC service as browsers reach it.
@@ -35,10 +37,11 @@ pub(crate) struct Stack<S> {
     pub(crate) browser: Browser<S>,
 }
 
-/// What every stack is built from: the hosts served, the CORS allowlist, the token checker and
+/// What every stack is built from: the metrics registry, the hosts served, the CORS allowlist, the token checker and
 /// the server's ceiling on calls, made once.
 #[derive(Clone)]
 pub(crate) struct Layers {
+    pub(crate) metrics: MetricsLayer,
     pub(crate) hosts: HostLayer,
     pub(crate) cors: tower_http::cors::CorsLayer,
     pub(crate) auth: AuthLayer,
@@ -47,9 +50,11 @@ pub(crate) struct Layers {
 
 /// Wraps `service` in the gRPC layers, once per transport.
 pub(crate) fn stack<S: Clone>(service: S, layers: &Layers) -> Stack<S> {
-    let native = layers
-        .hosts
-        .layer(layers.auth.layer(layers.deadline.layer(service)));
+    let native = layers.metrics.layer(
+        layers
+            .hosts
+            .layer(layers.auth.layer(layers.deadline.layer(service))),
+    );
     let web = GrpcWebLayer::new().layer(native.clone());
     let browser = layers.cors.layer(web.clone());
     Stack {

@@ -34,6 +34,7 @@ mod error;
 mod files;
 mod grpc;
 mod host;
+mod metrics;
 mod order;
 mod process;
 mod route;

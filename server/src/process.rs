@@ -11,6 +11,7 @@ use tracing::info;
 
 use crate::{
     error::{Echo, Error},
+    metrics::Messages,
     store::Store,
 };
 
@@ -25,10 +26,12 @@ pub(crate) fn shipments(
     batch_size: usize,
     mut ids: Streaming<String>,
     subject: String,
+    messages: Messages,
 ) -> impl Stream<Item = Result<CombinedShipment, Status>> + Send + 'static {
     async_stream::try_stream! {
         let mut batcher = Batcher::new(batch_size);
         while let Some(id) = ids.message().await? {
+            messages.received();
             let order = store.get(&id).await?;
             if let Some(full) = batcher.push(order)? {
                 yield ship(&store, full, &subject).await?;

@@ -51,19 +51,11 @@ pub(crate) struct UnaryMethods(Vec<String>);
 impl UnaryMethods {
     /// The unary methods of the order service and of the health service.
     pub(crate) fn from_descriptors() -> Self {
-        let mut paths = HashSet::new();
-        for encoded in [
-            order_api::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-        ] {
-            let set = prost_types::FileDescriptorSet::decode(encoded)
-                .expect("the descriptor sets embedded at build time are valid");
-            for (service, method, unary) in methods(&set) {
-                if unary {
-                    paths.insert(format!("/{service}/{method}"));
-                }
-            }
-        }
+        let paths: HashSet<String> = served_methods()
+            .into_iter()
+            .filter(|method| method.kind == Kind::Unary)
+            .map(|method| method.path())
+            .collect();
         Self(paths.into_iter().collect())
     }
 
@@ -72,9 +64,61 @@ impl UnaryMethods {
     }
 }
 
-/// Every method of every service in `set`: its service's full name, its name, and whether it is
-/// unary (neither side streams).
-pub(crate) fn methods(set: &prost_types::FileDescriptorSet) -> Vec<(String, String, bool)> {
+/// Which side of a call streams, named as gRPC's metrics name it (`grpc_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Unary,
+    ClientStream,
+    ServerStream,
+    BidiStream,
+}
+
+impl Kind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Unary => "unary",
+            Kind::ClientStream => "client_stream",
+            Kind::ServerStream => "server_stream",
+            Kind::BidiStream => "bidi_stream",
+        }
+    }
+}
+
+/// One gRPC method of a descriptor set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GrpcMethod {
+    /// The service's full name (`OrderManagement`, `grpc.health.v1.Health`).
+    pub(crate) service: String,
+    /// The method's name (`getOrder`).
+    pub(crate) name: String,
+    pub(crate) kind: Kind,
+}
+
+impl GrpcMethod {
+    /// Its wire path, `/service/method`.
+    pub(crate) fn path(&self) -> String {
+        format!("/{}/{}", self.service, self.name)
+    }
+}
+
+/// Every method this server serves: the order service's and the health service's (reflection
+/// is left out: tools call it, it has no answers to send whole and nothing to measure).
+pub(crate) fn served_methods() -> Vec<GrpcMethod> {
+    [
+        order_api::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ]
+    .into_iter()
+    .flat_map(|encoded| {
+        let set = prost_types::FileDescriptorSet::decode(encoded)
+            .expect("the descriptor sets embedded at build time are valid");
+        methods(&set)
+    })
+    .collect()
+}
+
+/// Every method of every service in `set`.
+pub(crate) fn methods(set: &prost_types::FileDescriptorSet) -> Vec<GrpcMethod> {
     let mut found = Vec::new();
     for file in &set.file {
         for service in &file.service {
@@ -83,8 +127,17 @@ pub(crate) fn methods(set: &prost_types::FileDescriptorSet) -> Vec<(String, Stri
                 package => format!("{package}.{}", service.name()),
             };
             for method in &service.method {
-                let unary = !method.client_streaming() && !method.server_streaming();
-                found.push((full_name.clone(), method.name().to_owned(), unary));
+                let kind = match (method.client_streaming(), method.server_streaming()) {
+                    (false, false) => Kind::Unary,
+                    (true, false) => Kind::ClientStream,
+                    (false, true) => Kind::ServerStream,
+                    (true, true) => Kind::BidiStream,
+                };
+                found.push(GrpcMethod {
+                    service: full_name.clone(),
+                    name: method.name().to_owned(),
+                    kind,
+                });
             }
         }
     }
@@ -165,11 +218,11 @@ mod tests {
     fn every_rpc_of_the_contract_is_routed_to_the_order_service_on_every_transport() {
         let rpcs: Vec<_> = methods(&orders_descriptor())
             .into_iter()
-            .filter(|(service, _, _)| service == SERVICE_NAME)
+            .filter(|method| method.service == SERVICE_NAME)
             .collect();
         assert_eq!(rpcs.len(), 5, "{rpcs:?}");
-        for (service, method, _) in rpcs {
-            let path = format!("/{service}/{method}");
+        for method in rpcs {
+            let path = method.path();
             let cases = [
                 ("application/grpc", HTTP_2, false, Transport::Native),
                 ("application/grpc+proto", HTTP_2, false, Transport::Native),
@@ -196,9 +249,9 @@ mod tests {
     #[test]
     fn unary_methods_come_from_the_descriptor() {
         let unary = UnaryMethods::from_descriptors();
-        for (service, method, is_unary) in methods(&orders_descriptor()) {
-            let path = format!("/{service}/{method}");
-            assert_eq!(unary.contains(&path), is_unary, "{path}");
+        for method in methods(&orders_descriptor()) {
+            let path = method.path();
+            assert_eq!(unary.contains(&path), method.kind == Kind::Unary, "{path}");
         }
         assert!(unary.contains(&format!("/{SERVICE_NAME}/getOrder")));
         assert!(!unary.contains(&format!("/{SERVICE_NAME}/searchOrders")));

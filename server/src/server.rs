@@ -97,6 +97,10 @@ pub async fn serve_with_reload(
     warn_if_page_missing(&config.static_dir);
 
     let connections = Connections::new(config.max_connections());
+    let upkeep = app.metrics().map(|metrics| {
+        metrics.watch_connections(&connections);
+        tokio::spawn(metrics.clone().upkeep())
+    });
     info!(
         max_connections = config.max_connections(),
         "connections beyond the limit are refused once none is idle (--max-connections)"
@@ -112,6 +116,9 @@ pub async fn serve_with_reload(
     drop(listener);
     database.abort();
     reloading.abort();
+    if let Some(upkeep) = upkeep {
+        upkeep.abort();
+    }
     info!("shutting down: no new connections, finishing in-flight calls");
     set_health(&health_reporter, ServingStatus::NotServing).await;
     connections.close_all();

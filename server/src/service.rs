@@ -12,6 +12,7 @@ use crate::{
     auth::Caller,
     deadline::{until_deadline, Deadline},
     error::{Echo, Error},
+    metrics::Messages,
     order::ValidOrder,
     process,
     store::Store,
@@ -43,6 +44,11 @@ impl OrderService {
     /// The number of response streams open right now, to watch.
     pub fn open_streams(&self) -> tokio::sync::watch::Receiver<usize> {
         self.open_streams.watch()
+    }
+
+    /// The count of open response streams, for the metrics.
+    pub(crate) fn stream_count(&self) -> OpenStreams {
+        self.open_streams.clone()
     }
 
     /// The store the service answers from.
@@ -105,8 +111,13 @@ impl OrderManagement for OrderService {
         request: Request<String>,
     ) -> Result<Response<Self::searchOrdersStream>, Status> {
         let deadline = deadline(&request);
+        let messages = Messages::of(&request);
         // Read from the database a page at a time, as the client reads.
-        let found = self.store.search(request.get_ref()).map_err(Status::from);
+        let found = self
+            .store
+            .search(request.get_ref())
+            .map_err(Status::from)
+            .inspect_ok(move |_| messages.sent());
         Ok(self.respond(found, deadline))
     }
 
@@ -116,10 +127,16 @@ impl OrderManagement for OrderService {
         request: Request<Streaming<Order>>,
     ) -> Result<Response<String>, Status> {
         let sub = subject(&request);
+        let messages = Messages::of(&request);
         // Each order is checked and applied as it arrives, inside one transaction: one bad order
         // and nothing is applied.
         let orders = request
             .into_inner()
+            .inspect(|order| {
+                if order.is_ok() {
+                    messages.received();
+                }
+            })
             .enumerate()
             .map(|(index, order)| {
                 if index == MAX_ORDERS_PER_UPDATE {
@@ -142,12 +159,15 @@ impl OrderManagement for OrderService {
     ) -> Result<Response<Self::processOrdersStream>, Status> {
         let deadline = deadline(&request);
         let sub = subject(&request);
+        let messages = Messages::of(&request);
         let shipments = process::shipments(
             self.store.clone(),
             self.batch_size.get(),
             request.into_inner(),
             sub,
-        );
+            messages.clone(),
+        )
+        .inspect_ok(move |_| messages.sent());
         Ok(self.respond(shipments, deadline))
     }
 }

@@ -31,6 +31,11 @@ impl OpenStreams {
         })
     }
 
+    /// How many are open now.
+    pub fn count(&self) -> usize {
+        *self.0.borrow()
+    }
+
     /// Watches the count.
     pub fn watch(&self) -> watch::Receiver<usize> {
         self.0.subscribe()

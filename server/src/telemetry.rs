@@ -17,6 +17,14 @@ const QUEUED_LINES: usize = 16 * 1024;
 /// How often dropped lines are reported.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
+/// The count of dropped lines of the installed writer, for the metrics.
+static DROPPED: std::sync::OnceLock<ErrorCounter> = std::sync::OnceLock::new();
+
+/// How many log lines have been dropped since [`init`] (0 if it was never called).
+pub fn dropped_lines() -> usize {
+    DROPPED.get().map_or(0, ErrorCounter::dropped_lines)
+}
+
 /// Keep it for as long as the process logs: dropping it flushes what is queued.
 pub struct Logging {
     _flush_on_drop: WorkerGuard,
@@ -45,6 +53,7 @@ pub fn init(format: LogFormat) -> Logging {
         .thread_name("order-server-log")
         .finish(std::io::stderr());
     let dropped = writer.error_counter();
+    let _ = DROPPED.set(dropped.clone());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

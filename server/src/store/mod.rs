@@ -175,6 +175,29 @@ trait Backend: Send + Sync + fmt::Debug {
     async fn next_shipment(&self) -> Result<i64, Error>;
     /// Succeeds when the database answers.
     async fn ping(&self) -> Result<(), Error>;
+    /// How the connection pool is used right now.
+    fn pool_use(&self) -> PoolUse;
+}
+
+/// How a store's connection pool is used, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUse {
+    /// Connections open, idle or in use.
+    pub open: u32,
+    /// Open connections nobody is using.
+    pub idle: u32,
+    /// Most connections the pool opens (`--database-connections`).
+    pub max: u32,
+}
+
+impl PoolUse {
+    pub(crate) fn of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Self {
+        Self {
+            open: pool.size(),
+            idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+            max: pool.options().get_max_connections(),
+        }
+    }
 }
 
 /// Shared order storage. Cloning gives another handle to the same database.
@@ -291,6 +314,11 @@ impl Store {
     /// Succeeds when the database answers within the store's timeout.
     pub async fn ping(&self) -> Result<(), Error> {
         self.bounded(self.backend.ping()).await
+    }
+
+    /// How the database connection pool is used right now.
+    pub fn pool_use(&self) -> PoolUse {
+        self.backend.pool_use()
     }
 
     async fn bounded<T>(&self, work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {

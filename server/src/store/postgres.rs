@@ -222,6 +222,10 @@ impl Backend for Postgres {
             })
     }
 
+    fn pool_use(&self) -> super::PoolUse {
+        super::PoolUse::of(&self.pool)
+    }
+
     async fn ping(&self) -> Result<(), Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

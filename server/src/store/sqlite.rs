@@ -315,6 +315,10 @@ impl Backend for Sqlite {
         next.ok_or(Error::Exhausted("shipment IDs"))
     }
 
+    fn pool_use(&self) -> super::PoolUse {
+        super::PoolUse::of(&self.pool)
+    }
+
     async fn ping(&self) -> Result<(), Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -331,3 +331,65 @@ pub fn decode_text_body(text: &[u8]) -> Result<Vec<u8>, base64::DecodeError> {
     }
     Ok(binary)
 }
+
+impl TestServer {
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> Metrics {
+        use http_body_util::BodyExt;
+        let request = http::Request::get(format!("{}/metrics", self.url()))
+            .body(Full::<Bytes>::default())
+            .expect("request");
+        let response = http1_client().request(request).await.expect("/metrics");
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        Metrics(String::from_utf8(body.to_vec()).expect("UTF-8"))
+    }
+}
+
+/// A `/metrics` answer.
+#[derive(Debug)]
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of the series `name` whose labels include every one of `labels`, or `None`.
+    /// Panics if several series match.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut found = None;
+        for line in self.0.lines().filter(|line| !line.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, l)) => (n, l.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if series_name != name {
+                continue;
+            }
+            let all = labels.iter().all(|(k, v)| {
+                series_labels
+                    .split(',')
+                    .any(|pair| pair == format!("{k}=\"{v}\""))
+            });
+            if all {
+                assert!(
+                    found.is_none(),
+                    "several series of {name} match {labels:?}:\n{}",
+                    self.0
+                );
+                found = Some(value.parse().expect("a number"));
+            }
+        }
+        found
+    }
+
+    /// As [`Self::get`], 0 for a series not (yet) there.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+}
