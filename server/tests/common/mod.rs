@@ -158,15 +158,8 @@ impl TestServer {
     }
 
     /// The generated client over gRPC-Web, binary mode, HTTP/1.1, through tonic-web's client layer.
-    pub fn grpc_web(
-        &self,
-    ) -> OrderManagementClient<
-        GrpcWebClientService<HttpClient<tonic_web::GrpcWebCall<tonic::body::Body>>>,
-    > {
-        let client = ServiceBuilder::new()
-            .layer(GrpcWebClientLayer::new())
-            .service(http1_client());
-        OrderManagementClient::with_origin(client, self.url().parse().expect("uri"))
+    pub fn grpc_web(&self) -> GrpcWebClient {
+        grpc_web_client(&self.url())
     }
 
     /// The generated client over gRPC-Web in text mode (`application/grpc-web-text`, base64
@@ -335,8 +328,29 @@ pub fn decode_text_body(text: &[u8]) -> Result<Vec<u8>, base64::DecodeError> {
 impl TestServer {
     /// `GET /metrics`: the Prometheus text.
     pub async fn metrics(&self) -> Metrics {
+        metrics_at(&self.url()).await
+    }
+}
+
+/// The generated client over gRPC-Web, binary mode, HTTP/1.1.
+pub type GrpcWebClient = OrderManagementClient<
+    GrpcWebClientService<HttpClient<tonic_web::GrpcWebCall<tonic::body::Body>>>,
+>;
+
+/// The generated client over gRPC-Web to `url` (binary mode, HTTP/1.1), through tonic-web's
+/// client layer.
+pub fn grpc_web_client(url: &str) -> GrpcWebClient {
+    let client = ServiceBuilder::new()
+        .layer(GrpcWebClientLayer::new())
+        .service(http1_client());
+    OrderManagementClient::with_origin(client, url.parse().expect("uri"))
+}
+
+/// `GET {url}/metrics`: the Prometheus text.
+pub async fn metrics_at(url: &str) -> Metrics {
+    {
         use http_body_util::BodyExt;
-        let request = http::Request::get(format!("{}/metrics", self.url()))
+        let request = http::Request::get(format!("{url}/metrics"))
             .body(Full::<Bytes>::default())
             .expect("request");
         let response = http1_client().request(request).await.expect("/metrics");
