@@ -489,6 +489,20 @@ async fn half_a_request_head_is_closed() {
 }
 
 #[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_its_request() {
+    let server = impatient_server().await;
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    // Answered, kept alive, then never used again.
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    assert!(closed_by_the_server(idle).await);
+}
+
+#[tokio::test]
 async fn an_http2_preface_and_then_nothing_is_closed() {
     let server = impatient_server().await;
     let mut stalled = TcpStream::connect(server.addr).await.unwrap();
