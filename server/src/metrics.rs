@@ -46,8 +46,10 @@ const SECONDS_BUCKETS: [f64; 16] = [
     30.0, 300.0,
 ];
 
-/// How often histogram samples are folded in, so that memory stays bounded when nobody scrapes.
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often histogram samples are folded in. Until then each sample is queued (8 bytes and
+/// change), so at 140 000 calls a second every 5 s would hold about 9 MB; every 100 ms holds
+/// under 200 KB, and folding costs about 10 ns a sample.
+const UPKEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// gRPC's codes as go-grpc-prometheus writes them in `grpc_code`, by number.
 const CODE_NAMES: [&str; 17] = [
@@ -204,6 +206,7 @@ impl Metrics {
     /// Folds histogram samples in every few seconds, for as long as the server runs.
     pub(crate) async fn upkeep(self: Arc<Self>) {
         let mut ticks = tokio::time::interval(UPKEEP_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
             self.handle.run_upkeep();

@@ -1,0 +1,104 @@
+//! Memory stays bounded whatever the amount of stored data: a search whose client does not read
+//! does not make the server copy the matches, and a long `updateOrders` is applied as it streams
+//! instead of being buffered. Measured on the real binary's resident memory, with about 50 MB of
+//! orders stored.
+
+mod common;
+
+use common::process::ServerProcess;
+use futures::StreamExt;
+use order_api::pb::{order_management_client::OrderManagementClient, Order};
+use tonic::transport::Channel;
+
+/// Orders stored, each as large as validation allows (100 items of 200 four-byte characters):
+/// about 80 KB each, 48 MB in all.
+const ORDERS: usize = 600;
+/// What the server may grow by while it serves either call: a few pages of orders and the
+/// connection's buffers, far less than the 48 MB a copy would take.
+const BOUND_KIB: u64 = 24 * 1024;
+
+fn big_order(n: usize) -> Order {
+    Order {
+        items: (0..100).map(|_| "\u{1D11E}".repeat(200)).collect(),
+        description: format!("big order {n}"),
+        price: 1.0,
+        destination: "Memory Lane".into(),
+        ..Default::default()
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Resets the process's peak resident memory (VmHWM) to what it uses now.
+fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+}
+
+#[test]
+fn memory_stays_bounded_for_a_search_nobody_reads_and_a_long_update() {
+    let db = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", db.path().join("orders.db").display());
+    // No read cache: what is measured is the calls, not a cache filling.
+    let server = ServerProcess::start(&["--database", &url, "--cache-mb", "0"]);
+    let pid = server.child.id();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let channel = Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
+        let client = OrderManagementClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let adds = futures::stream::iter(0..ORDERS)
+            .map(|n| {
+                let mut client = client.clone();
+                async move { client.add_order(big_order(n)).await.unwrap().into_inner() }
+            })
+            .buffer_unordered(8);
+        let ids: Vec<String> = adds.collect().await;
+        // One search and one update first, so that what any call needs is in place.
+        let mut warm = client.clone();
+        drop(warm.search_orders("\u{1D11E}".to_string()).await.unwrap());
+        let baseline = status_kib(pid, "VmRSS:");
+
+        // A search matching every stored order (searches match items), read once, then held unread. A server that
+        // copies the matches has done so before it sends the first.
+        reset_peak(pid);
+        let mut search = client.clone();
+        let mut found = search
+            .search_orders("\u{1D11E}".to_string())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(found.message().await.unwrap().is_some());
+        // And another call answered meanwhile.
+        let mut other = client.clone();
+        other.get_order(ids[0].clone()).await.unwrap();
+        let peak = status_kib(pid, "VmHWM:");
+        assert!(
+            peak < baseline + BOUND_KIB,
+            "a search nobody reads took the server from {baseline} KiB to {peak} KiB"
+        );
+        drop(found);
+
+        // Every stored order replaced in one updateOrders, produced as it is sent.
+        reset_peak(pid);
+        let updates = futures::stream::iter(ids.clone()).map(|id| {
+            let mut order = big_order(0);
+            order.id = id;
+            order.description = "updated".into();
+            order
+        });
+        let mut update = client.clone();
+        let reply = update.update_orders(updates).await.unwrap().into_inner();
+        assert!(reply.contains(&ORDERS.to_string()), "{reply}");
+        let peak = status_kib(pid, "VmHWM:");
+        assert!(
+            peak < baseline + BOUND_KIB,
+            "an update of {ORDERS} orders took the server from {baseline} KiB to {peak} KiB"
+        );
+        eprintln!("memory: {baseline} KiB with {ORDERS} big orders stored, peak {peak} KiB during the update");
+    });
+}
