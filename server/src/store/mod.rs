@@ -326,6 +326,23 @@ impl Store {
     }
 }
 
+/// Runs `work` on a task of its own, to its end, even if the caller stops waiting (its client
+/// gone, its timeout passed). A transaction must never be cancelled while it begins: sqlx 0.8
+/// then leaves the pooled connection inside the transaction (with SQLite's `BEGIN IMMEDIATE`,
+/// holding the write lock that every other write then waits for; launchbadge/sqlx#2054,
+/// transact-rs/sqlx#4393). Begun on a task of its own, a transaction commits or is dropped, and
+/// so rolled back, on that task.
+async fn uncancelled<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        // Only when the runtime shuts down.
+        Err(_) => Err(Error::Database(sqlx::Error::PoolClosed)),
+    }
+}
+
 /// `work`, or [`Error::Timeout`] if it takes longer than `timeout`.
 async fn within<T>(
     timeout: Duration,

@@ -12,8 +12,8 @@ use sqlx::{
 };
 
 use super::{
-    last_sample_id, redact, sample_orders, within, Added, Backend, OpenError, OrderStream,
-    StoreOptions, Updated,
+    last_sample_id, redact, sample_orders, uncancelled, within, Added, Backend, OpenError,
+    OrderStream, StoreOptions, Updated,
 };
 use crate::error::Error;
 
@@ -183,7 +183,11 @@ impl Backend for Postgres {
         mut orders: OrderStream<'_>,
         timeout: Duration,
     ) -> Result<Updated, Error> {
-        let mut tx = within(timeout, async { Ok(self.pool.begin().await?) }).await?;
+        // Begun on a task of its own (see `uncancelled`); the rest may be cancelled safely: a
+        // dropped transaction is rolled back.
+        let pool = self.pool.clone();
+        let begin = uncancelled(async move { Ok(pool.begin().await?) });
+        let mut tx = within(timeout, begin).await?;
         let mut updated = Updated::default();
         while let Some(next) = orders.next().await {
             let next = next?.into_inner();

@@ -6,6 +6,7 @@ use std::{fs::File, path::Path, str::FromStr, time::Duration};
 use futures::StreamExt;
 use order_api::pb::Order;
 use sqlx::{
+    pool::PoolConnection,
     sqlite::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
         SqliteSynchronous,
@@ -14,8 +15,8 @@ use sqlx::{
 };
 
 use super::{
-    last_sample_id, redact, sample_orders, within, Added, Backend, OpenError, OrderStream,
-    StoreOptions, Updated,
+    last_sample_id, redact, sample_orders, uncancelled, within, Added, Backend, OpenError,
+    OrderStream, StoreOptions, Updated,
 };
 use crate::error::Error;
 
@@ -136,6 +137,65 @@ fn lock(url: &str, database: &Path) -> Result<File, OpenError> {
     }
 }
 
+/// `addOrder` in one `BEGIN IMMEDIATE` transaction: under the next free number of the ID
+/// sequence when `new` has no ID. Run through [`uncancelled`].
+async fn add(pool: SqlitePool, new: Order) -> Result<Added, Error> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let id = if new.id.is_empty() {
+        loop {
+            let next: Option<i64> = sqlx::query_scalar(
+                "UPDATE sequences SET last_value = last_value + 1
+                 WHERE name = 'order_ids' AND last_value < 9223372036854775807
+                 RETURNING last_value",
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            let id = next.ok_or(Error::Exhausted("order IDs"))?.to_string();
+            // An order added with this number as its own ID: take the next one.
+            if insert(&mut tx, &id, &new).await? {
+                break id;
+            }
+        }
+    } else if insert(&mut tx, &new.id, &new).await? {
+        new.id
+    } else {
+        return Ok(Added::Taken);
+    };
+    tx.commit().await?;
+    Ok(Added::Id(id))
+}
+
+/// Applies the updates staged on `conn` in one short `BEGIN IMMEDIATE` transaction, all or
+/// nothing. Run through [`uncancelled`]; gives the connection back with the outcome.
+async fn apply_staged(
+    mut conn: PoolConnection<sqlx::Sqlite>,
+) -> Result<(PoolConnection<sqlx::Sqlite>, Result<(), Error>), Error> {
+    let applied = async {
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let missing: Option<String> = sqlx::query_scalar(
+            "SELECT s.id FROM temp.staged_updates s
+             WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = s.id)
+             ORDER BY s.seq LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(id) = missing {
+            return Err(Error::NotFound(id));
+        }
+        sqlx::query(
+            "UPDATE orders SET items = s.items, description = s.description,
+                 price = s.price, destination = s.destination
+             FROM temp.staged_updates s WHERE orders.id = s.id",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+    .await;
+    Ok((conn, applied))
+}
+
 /// Inserts `order` as `id`; false when `id` is taken.
 async fn insert(conn: &mut SqliteConnection, id: &str, order: &Order) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
@@ -182,29 +242,7 @@ impl Backend for Sqlite {
     }
 
     async fn add(&self, new: Order) -> Result<Added, Error> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let id = if new.id.is_empty() {
-            loop {
-                let next: Option<i64> = sqlx::query_scalar(
-                    "UPDATE sequences SET last_value = last_value + 1
-                     WHERE name = 'order_ids' AND last_value < 9223372036854775807
-                     RETURNING last_value",
-                )
-                .fetch_optional(&mut *tx)
-                .await?;
-                let id = next.ok_or(Error::Exhausted("order IDs"))?.to_string();
-                // An order added with this number as its own ID: take the next one.
-                if insert(&mut tx, &id, &new).await? {
-                    break id;
-                }
-            }
-        } else if insert(&mut tx, &new.id, &new).await? {
-            new.id
-        } else {
-            return Ok(Added::Taken);
-        };
-        tx.commit().await?;
-        Ok(Added::Id(id))
+        uncancelled(add(self.pool.clone(), new)).await
     }
 
     async fn page(&self, after: &str, limit: i64) -> Result<Vec<Order>, Error> {
@@ -274,29 +312,9 @@ impl Backend for Sqlite {
             .await?;
             updated.record(&next.id);
         }
-        within(timeout, async {
-            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            let missing: Option<String> = sqlx::query_scalar(
-                "SELECT s.id FROM temp.staged_updates s
-                 WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = s.id)
-                 ORDER BY s.seq LIMIT 1",
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(id) = missing {
-                return Err(Error::NotFound(id));
-            }
-            sqlx::query(
-                "UPDATE orders SET items = s.items, description = s.description,
-                     price = s.price, destination = s.destination
-                 FROM temp.staged_updates s WHERE orders.id = s.id",
-            )
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await?;
+        // The apply, on its own task: a transaction cancelled as it begins would keep the lock.
+        let (mut conn, applied) = within(timeout, uncancelled(apply_staged(conn))).await?;
+        applied?;
         // Best effort: the next call empties the table anyway.
         let _ = sqlx::query("DELETE FROM temp.staged_updates")
             .execute(&mut *conn)

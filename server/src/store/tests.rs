@@ -228,3 +228,28 @@ async fn an_unknown_scheme_is_refused_clearly() {
         .unwrap_err();
     assert!(error.to_string().contains("sqlite:PATH"), "{error}");
 }
+
+#[tokio::test]
+async fn writes_cancelled_at_any_point_leave_no_connection_inside_a_transaction() {
+    // A client that goes away mid-call drops the call's future wherever it is, BEGIN included.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    for n in 0..3000u64 {
+        let cut = std::time::Duration::from_nanos(n * 97 % 400_000);
+        let _ = tokio::time::timeout(cut, store.add(new_order("", "cancelled"))).await;
+        if n % 10 == 0 {
+            let _ = tokio::time::timeout(
+                cut,
+                store.update_all(updates(vec![new_order("103", "cancelled")])),
+            )
+            .await;
+        }
+    }
+    // Every connection of the pool is used again: none may still be in a transaction.
+    for n in 0..100 {
+        store
+            .add(new_order("", "after"))
+            .await
+            .unwrap_or_else(|error| panic!("write {n} after the cancellations: {error}"));
+    }
+}
