@@ -255,6 +255,9 @@ def main():
 
     servers = [
         ("order-server", lambda port: order_server(port, sqlite_url), ["native", "web"]),
+        # The same server without /metrics, to measure what recording them costs per call.
+        ("no metrics", lambda port: order_server(port, f"sqlite:{data}/quiet.db") + ["--no-metrics"],
+         ["native", "web"]),
         # The same app with an axum Router at the top, to measure the hand-written top level.
         ("axum Router", lambda port: order_server(port, f"sqlite:{data}/router.db") + ["--axum-router"],
          ["native", "web"]),
@@ -364,6 +367,10 @@ def main():
     failed = sum(r["failed"] for (name, _), r in results.items() if name == "order-server")
     rss = max(r["rss_mib"] for (name, _), r in results.items() if name == "order-server")
     print(f"  order-server: {failed} failed calls (target 0); peak RSS {rss:.1f} MB (target < 20 MB)")
+    for cell in ("native", "web"):
+        with_metrics, without = results[("order-server", cell)], results[("no metrics", cell)]
+        print(f"  {cell}: metrics cost {with_metrics['cpu_us'] - without['cpu_us']:+.2f} µs CPU per call "
+              f"({(1 - with_metrics['rps'] / without['rps']) * 100:+.1f}% of req/s against --no-metrics)")
     for cell in ("native", "web"):
         cost = 1 - results[("axum Router", cell)]["rps"] / results[("order-server", cell)]["rps"]
         print(f"  {cell}: an axum Router at the top costs {cost * 100:.1f}% of order-server's req/s "
