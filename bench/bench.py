@@ -8,9 +8,7 @@ order-server runs with its default durable store, a SQLite file (in a temporary 
 default durable settings: fsync and synchronous_commit on), pinned to the server's CPU.
 
 Each server runs pinned to CPU 0 and h2load to CPU 1 (taskset). For each server and cell: a
-warm-up, then ROUNDS measured runs of DURATION seconds, interleaved (round n of every server and
-cell back to back, the servers running side by side, idle while not loaded); the table shows
-medians, and each ratio is the median of the round-by-round ratios. Measured per run:
+warm-up, then ROUNDS measured runs of DURATION seconds; the table shows medians. Measured per run:
 requests/s (h2load), server CPU time per request (/proc/PID/stat before and after), failed calls
 (transport errors, non-2xx, and gRPC errors under HTTP 200, counted from the response bytes:
 every successful answer carries the order, a failed one does not) and, per server, peak RSS
@@ -175,41 +173,31 @@ class Server:
         self.process.wait(timeout=20)
 
 
-def prepare(server, cell, body_file, args):
-    """Checks that `server` answers `cell` calls, warms it up, and returns one successful call's
-    response bytes, to count calls that did not carry the order."""
+def measure(server, cell, body_file, args):
+    # One successful call's response bytes, to count calls that did not carry the order.
     probe = h2load(server.url, cell, body_file, args.load_cpu, requests=1)
     if probe["done"] != 1 or probe["non2xx"] or probe["failed"]:
         raise RuntimeError(f"{server.name} does not answer {cell} calls:\n{probe['raw']}")
+    per_call = probe["data"]
     h2load(server.url, cell, body_file, args.load_cpu, duration=args.warmup)
-    return probe["data"]
-
-
-def one_round(server, cell, body_file, args, per_call):
-    before = cpu_ticks(server.process.pid)
-    result = h2load(server.url, cell, body_file, args.load_cpu, duration=args.duration)
-    ticks = cpu_ticks(server.process.pid) - before
-    answered = result["data"] // per_call if per_call else 0
-    return {
-        "rps": result["rps"],
-        "cpu_us": ticks / CLK_TCK * 1e6 / max(result["done"], 1),
-        "failed": max(result["done"] - answered, 0) + result["failed"] + result["non2xx"],
-    }
-
-
-def summary(runs):
+    runs = []
+    for _ in range(args.rounds):
+        before = cpu_ticks(server.process.pid)
+        result = h2load(server.url, cell, body_file, args.load_cpu, duration=args.duration)
+        ticks = cpu_ticks(server.process.pid) - before
+        answered = result["data"] // per_call if per_call else 0
+        failed = max(result["done"] - answered, 0) + result["failed"] + result["non2xx"]
+        runs.append({
+            "rps": result["rps"],
+            "cpu_us": ticks / CLK_TCK * 1e6 / max(result["done"], 1),
+            "failed": failed,
+        })
     return {
         "rps": statistics.median(r["rps"] for r in runs),
         "cpu_us": statistics.median(r["cpu_us"] for r in runs),
         "failed": sum(r["failed"] for r in runs),
         "rounds": [round(r["rps"]) for r in runs],
-        "runs": runs,
     }
-
-
-def measure(server, cell, body_file, args):
-    per_call = prepare(server, cell, body_file, args)
-    return summary([one_round(server, cell, body_file, args, per_call) for _ in range(args.rounds)])
 
 
 def measure_adds(server, body_file, args):
@@ -276,35 +264,19 @@ def main():
         ("tutorial Go", lambda port: [args.go_server, f"127.0.0.1:{port}"], ["native"]),
         ("hyper ceiling", lambda port: [args.ceiling, f"127.0.0.1:{port}"], ["native", "web"]),
     ]
-    # Every server runs at once (pinned to the server CPU, idle while another is loaded), and
-    # the rounds are interleaved: round n of each server and cell back to back, so that a drift
-    # of the machine's speed hits both sides of a ratio alike.
     results = {}
-    running = {}
-    try:
-        for name, command, cells in servers:
-            port = free_port()
-            running[name] = Server(name, command(port), port, args.server_cpu)
-        per_call = {}
-        for name, _, cells in servers:
+    for name, command, cells in servers:
+        port = free_port()
+        server = Server(name, command(port), port, args.server_cpu)
+        try:
             for cell in cells:
-                check_answers(running[name], cell, body_file)
-                per_call[(name, cell)] = prepare(running[name], cell, body_file, args)
-        runs = {key: [] for key in per_call}
-        for n in range(args.rounds):
-            print(f"  round {n + 1} of {args.rounds}: every server, native and gRPC-Web ...",
-                  file=sys.stderr, flush=True)
-            for (name, cell) in per_call:
-                runs[(name, cell)].append(
-                    one_round(running[name], cell, body_file, args, per_call[(name, cell)]))
-        for key, key_runs in runs.items():
-            results[key] = summary(key_runs)
-        for name, _, cells in servers:
-            rss = peak_rss_kib(running[name].process.pid)
+                check_answers(server, cell, body_file)
+                print(f"  measuring {name}, {CELLS[cell]['title']} ...", file=sys.stderr, flush=True)
+                results[(name, cell)] = measure(server, cell, body_file, args)
+            rss = peak_rss_kib(server.process.pid)
             for cell in cells:
                 results[(name, cell)]["rss_mib"] = rss / 1024
-    finally:
-        for server in running.values():
+        finally:
             server.stop()
 
     # Native getOrder over TLS with a token (authentication on), beside the plaintext cell.
@@ -383,17 +355,12 @@ def main():
             print(f"{title:<42} {name:<14} {r['rps']:>9.0f} {r['cpu_us']:>11.1f} {r['failed']:>7} {r['rss_mib']:>7.1f} MB")
     print()
 
-    def paired(a, b, cell, key="rps"):
-        # The median of the round-by-round ratios (each pair measured back to back).
-        return statistics.median(x[key] / y[key] for x, y in
-                                 zip(results[(a, cell)]["runs"], results[(b, cell)]["runs"]))
-
     def ratio(a, b, cell, target):
-        value = paired(a, b, cell)
+        value = results[(a, cell)]["rps"] / results[(b, cell)]["rps"]
         verdict = "met" if value >= target else "NOT met"
         return f"{value:.2f}x (target >= {target}x: {verdict})"
 
-    print("Ratios of requests/s (medians of the round-by-round ratios):")
+    print("Ratios of requests/s (medians):")
     print(f"  native gRPC: order-server / tutorial Go   = {ratio('order-server', 'tutorial Go', 'native', 1.3)}")
     print(f"  native gRPC: order-server / hyper ceiling = {ratio('order-server', 'hyper ceiling', 'native', 0.8)}")
     print(f"  gRPC-Web:    order-server / hyper ceiling = {ratio('order-server', 'hyper ceiling', 'web', 0.8)}")
@@ -401,12 +368,11 @@ def main():
     rss = max(r["rss_mib"] for (name, _), r in results.items() if name == "order-server")
     print(f"  order-server: {failed} failed calls (target 0); peak RSS {rss:.1f} MB (target < 20 MB)")
     for cell in ("native", "web"):
-        cpu = (paired("order-server", "no metrics", cell, "cpu_us") - 1) * 100
-        rps = (1 - paired("order-server", "no metrics", cell)) * 100
-        print(f"  {cell}: metrics cost {cpu:+.1f}% CPU per call and {rps:+.1f}% of req/s "
-              f"(against --no-metrics, round by round)")
+        with_metrics, without = results[("order-server", cell)], results[("no metrics", cell)]
+        print(f"  {cell}: metrics cost {with_metrics['cpu_us'] - without['cpu_us']:+.2f} µs CPU per call "
+              f"({(1 - with_metrics['rps'] / without['rps']) * 100:+.1f}% of req/s against --no-metrics)")
     for cell in ("native", "web"):
-        cost = 1 - paired("axum Router", "order-server", cell)
+        cost = 1 - results[("axum Router", cell)]["rps"] / results[("order-server", cell)]["rps"]
         print(f"  {cell}: an axum Router at the top costs {cost * 100:.1f}% of order-server's req/s "
               f"(the hand-written top level stays only if > 5%)")
 
