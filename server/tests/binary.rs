@@ -16,16 +16,7 @@ fn the_server_serves_and_stops_cleanly_on_sigterm() {
     // CLI call ends.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let order = runtime
-        .block_on(async {
-            let channel = tonic::transport::Channel::from_shared(server.url())
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-            let client =
-                order_api::pb::order_management_client::OrderManagementClient::new(channel);
-            common::get_order(client, "106").await
-        })
+        .block_on(async { common::get_order(server.client().await, "106").await })
         .expect("order 106");
     drop(runtime);
     assert_eq!(order.destination, "Mountain View, CA");
@@ -77,13 +68,7 @@ fn an_unread_stderr_does_not_stop_the_server() {
     let server = ServerProcess::start_unread(&["--database", &url]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let channel = tonic::transport::Channel::from_shared(server.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client =
-            order_api::pb::order_management_client::OrderManagementClient::new(channel);
+        let mut client = server.client().await;
         // Each add logs an INFO line; a 64 KiB pipe nobody reads is full long before the end.
         for n in 0..1500 {
             let order = order_api::pb::Order {
@@ -110,13 +95,7 @@ fn log_format_json_writes_one_json_object_per_line() {
     let mut server = ServerProcess::start(&["--database", &url, "--log-format", "json"]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let channel = tonic::transport::Channel::from_shared(server.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client =
-            order_api::pb::order_management_client::OrderManagementClient::new(channel);
+        let mut client = server.client().await;
         client
             .add_order(order_api::pb::Order {
                 items: vec!["Sony".into()],

@@ -7,8 +7,7 @@ mod common;
 
 use common::process::ServerProcess;
 use futures::StreamExt;
-use order_api::pb::{order_management_client::OrderManagementClient, Order};
-use tonic::transport::Channel;
+use order_api::pb::Order;
 
 /// Orders stored, each as large as validation allows (100 items of 200 four-byte characters):
 /// about 80 KB each, 48 MB in all.
@@ -47,8 +46,9 @@ fn memory_stays_bounded_for_a_search_nobody_reads_and_a_long_update() {
     let pid = server.child.id();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let channel = Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
-        let client = OrderManagementClient::new(channel)
+        let client = server
+            .client()
+            .await
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         let adds = futures::stream::iter(0..ORDERS)

@@ -111,6 +111,19 @@ impl ServerProcess {
         format!("http://{}", self.addr)
     }
 
+    /// The generated client on a new native gRPC connection to the server.
+    pub async fn client(
+        &self,
+    ) -> order_api::pb::order_management_client::OrderManagementClient<tonic::transport::Channel>
+    {
+        let channel = tonic::transport::Channel::from_shared(self.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        order_api::pb::order_management_client::OrderManagementClient::new(channel)
+    }
+
     /// `kill -9`: no chance to finish anything.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
