@@ -68,9 +68,10 @@ pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
     }
     let metrics =
         (!config.no_metrics).then(|| Metrics::new(orders.store().clone(), orders.stream_count()));
+    let hosts = config.hosts();
     let layers = Layers {
         metrics: MetricsLayer(metrics.clone()),
-        hosts: HostLayer(config.hosts()),
+        hosts: HostLayer(hosts.clone()),
         cors: cors(config),
         auth: AuthLayer(auth.map(|(auth, _)| Arc::new(auth))),
         deadline: DeadlineLayer {
@@ -97,7 +98,7 @@ pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
     Ok(App {
         orders: stack(orders, &layers),
         other: stack(other, &layers),
-        files: files(config, metrics.clone()),
+        files: files(config, hosts, metrics.clone()),
         metrics,
         unary: Arc::new(UnaryMethods::from_descriptors()),
         health,

@@ -20,7 +20,7 @@ use tower::{service_fn, ServiceExt};
 use tower_http::{services::ServeDir, trace::TraceLayer};
 use tracing::debug;
 
-use crate::{config::Config, metrics::Metrics};
+use crate::{config::Config, host::Hosts, metrics::Metrics};
 
 /// The content type of the Prometheus text format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -32,7 +32,7 @@ const MAX_NAME_BYTES: usize = 255;
 
 /// The static side of the app and `/metrics`, behind the host check, with an HTTP trace span per
 /// request.
-pub(crate) fn files(config: &Config, metrics: Option<Arc<Metrics>>) -> Router {
+pub(crate) fn files(config: &Config, hosts: Hosts, metrics: Option<Arc<Metrics>>) -> Router {
     let files = ServeDir::new(&config.static_dir)
         .append_index_html_on_directories(true)
         .not_found_service(service_fn(|_: Request| async {
@@ -56,7 +56,6 @@ pub(crate) fn files(config: &Config, metrics: Option<Arc<Metrics>>) -> Router {
             }),
         );
     }
-    let hosts = config.hosts();
     router
         .fallback_service(guarded)
         .layer(middleware::from_fn(move |request: Request, next: Next| {

@@ -48,11 +48,12 @@ impl Hosts {
         let Some(host) = host_of(request) else {
             return Ok(());
         };
-        let host = normalise(host);
-        if allowed.contains(&host) {
+        // Compared in place: the host is lowercased into a String only when it is refused.
+        let host = host.trim_end_matches('.');
+        if allowed.iter().any(|name| name.eq_ignore_ascii_case(host)) {
             Ok(())
         } else {
-            Err(host)
+            Err(normalise(host))
         }
     }
 }

@@ -96,13 +96,14 @@ pub async fn serve_with_reload(
     );
     warn_if_page_missing(&config.static_dir);
 
-    let connections = Connections::new(config.max_connections());
+    let max_connections = config.max_connections();
+    let connections = Connections::new(max_connections);
     let upkeep = app.metrics().map(|metrics| {
         metrics.watch_connections(&connections);
         tokio::spawn(metrics.clone().upkeep())
     });
     info!(
-        max_connections = config.max_connections(),
+        max_connections,
         "connections beyond the limit are refused once none is idle (--max-connections)"
     );
     if config.axum_router {
