@@ -123,7 +123,11 @@ impl Connections {
             shed_now: Notify::new(),
         });
         let mut open = self.open.lock().expect("not poisoned");
-        open.retain(|connection| connection.strong_count() > 0);
+        // Closed connections are pruned once they outnumber the open ones: amortized, not a scan
+        // of every connection on every accept.
+        if open.len() >= 2 * self.open().max(16) {
+            open.retain(|connection| connection.strong_count() > 0);
+        }
         open.push(Arc::downgrade(&connection));
         drop(open);
         Some(Slot {
