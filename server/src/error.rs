@@ -62,6 +62,26 @@ pub enum Error {
     Database(#[from] sqlx::Error),
 }
 
+impl Error {
+    /// The error of the order at `index` of a client stream: an invalid order's fields are named
+    /// `orders[index].field`.
+    pub fn at(self, index: usize) -> Self {
+        match self {
+            Error::InvalidOrder { id, violations } => Error::InvalidOrder {
+                id,
+                violations: violations
+                    .into_iter()
+                    .map(|v| FieldViolation {
+                        field: format!("orders[{index}].{}", v.field),
+                        description: v.description,
+                    })
+                    .collect(),
+            },
+            other => other,
+        }
+    }
+}
+
 /// Why the server could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

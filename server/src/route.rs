@@ -220,7 +220,7 @@ mod tests {
             .into_iter()
             .filter(|method| method.service == SERVICE_NAME)
             .collect();
-        assert_eq!(rpcs.len(), 5, "{rpcs:?}");
+        assert_eq!(rpcs.len(), 6, "{rpcs:?}");
         for method in rpcs {
             let path = method.path();
             let cases = [

@@ -15,12 +15,12 @@ use crate::{
     metrics::Messages,
     order::ValidOrder,
     process,
-    store::Store,
+    store::{OrderStream, Store},
     streams::OpenStreams,
 };
 
-/// Most orders one `updateOrders` call may carry.
-pub const MAX_ORDERS_PER_UPDATE: usize = 10_000;
+/// Most orders one `updateOrders` or `addOrders` call may carry.
+pub const MAX_ORDERS_PER_CALL: usize = 10_000;
 
 /// The implementation of `OrderManagement` behind both native gRPC and gRPC-Web. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -79,6 +79,31 @@ fn deadline<T>(request: &Request<T>) -> Option<Deadline> {
     request.extensions().get::<Deadline>().copied()
 }
 
+/// The orders of a client stream, each counted and checked by `check` as it arrives, at most
+/// [`MAX_ORDERS_PER_CALL`]. A bad order's fields are named after its place in the stream
+/// (`orders[3].price`), so the client knows which one it was.
+fn checked(
+    request: Request<Streaming<Order>>,
+    check: fn(Order) -> Result<ValidOrder, Error>,
+) -> OrderStream<'static> {
+    let messages = Messages::of(&request);
+    request
+        .into_inner()
+        .inspect(move |order| {
+            if order.is_ok() {
+                messages.received();
+            }
+        })
+        .enumerate()
+        .map(move |(index, order)| {
+            if index == MAX_ORDERS_PER_CALL {
+                return Err(Error::TooMany(MAX_ORDERS_PER_CALL));
+            }
+            check(order.map_err(Error::Client)?).map_err(|error| error.at(index))
+        })
+        .boxed()
+}
+
 // The stream types are named after the tutorial's lowerCamel RPC names.
 #[allow(non_camel_case_types)]
 #[tonic::async_trait]
@@ -127,27 +152,25 @@ impl OrderManagement for OrderService {
         request: Request<Streaming<Order>>,
     ) -> Result<Response<String>, Status> {
         let sub = subject(&request);
-        let messages = Messages::of(&request);
         // Each order is checked and applied as it arrives, inside one transaction: one bad order
         // and nothing is applied.
-        let orders = request
-            .into_inner()
-            .inspect(|order| {
-                if order.is_ok() {
-                    messages.received();
-                }
-            })
-            .enumerate()
-            .map(|(index, order)| {
-                if index == MAX_ORDERS_PER_UPDATE {
-                    return Err(Error::TooMany(MAX_ORDERS_PER_UPDATE));
-                }
-                ValidOrder::existing(order.map_err(Error::Client)?)
-            })
-            .boxed();
+        let orders = checked(request, ValidOrder::existing);
         let updated = self.store.update_all(orders).await?;
         info!(updated = updated.count, sub = %Echo(&sub), "orders updated");
         Ok(Response::new(updated.to_string()))
+    }
+
+    #[instrument(level = "debug", skip_all, fields(sub = %Echo(&subject(&request))))]
+    async fn add_orders(
+        &self,
+        request: Request<Streaming<Order>>,
+    ) -> Result<Response<String>, Status> {
+        let sub = subject(&request);
+        // As for updateOrders: checked and written as they arrive, all or nothing.
+        let orders = checked(request, ValidOrder::try_from);
+        let added = self.store.add_all(orders).await?;
+        info!(added = added.count, sub = %Echo(&sub), "orders added");
+        Ok(Response::new(added.to_string()))
     }
 
     type processOrdersStream = BoxStream<'static, Result<CombinedShipment, Status>>;

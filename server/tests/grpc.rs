@@ -240,7 +240,7 @@ async fn every_rpc_of_the_descriptor_is_served_over_grpc_web_and_unary_answers_h
         .flat_map(|file| &file.service)
         .find(|service| service.name() == order_api::pb::order_management_server::SERVICE_NAME)
         .expect("the order service is in the descriptor");
-    assert_eq!(service.method.len(), 5);
+    assert_eq!(service.method.len(), 6);
     let client = common::http1_client::<http_body_util::Full<bytes::Bytes>>();
     for method in &service.method {
         let path = format!("/{}/{}", service.name(), method.name());

@@ -268,14 +268,15 @@ async fn update_is_all_or_nothing(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
         .await
         .expect_err("invalid");
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(violated_fields(&status), ["price"]);
+    // Named after its place in the stream: the second order.
+    assert_eq!(violated_fields(&status), ["orders[1].price"]);
 
     let without_id = vec![order("", &["Anything"], "Anywhere", 1.0)];
     let status = client
         .update_orders(futures::stream::iter(without_id))
         .await
         .expect_err("no id");
-    assert_eq!(violated_fields(&status), ["id"]);
+    assert_eq!(violated_fields(&status), ["orders[0].id"]);
 
     // None of those calls changed 102.
     let kept = client
@@ -284,6 +285,140 @@ async fn update_is_all_or_nothing(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
         .unwrap()
         .into_inner();
     assert_eq!(kept.items, ["Google Pixel 3A", "Mac Book Pro"]);
+}
+
+// ---- addOrders ---------------------------------------------------------------------------------
+
+#[rstest]
+#[tokio::test]
+async fn add_orders_stores_each_and_names_them_in_order(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    let server = TestServer::start_on(db).await;
+    let mut client = server.native().await;
+    let new = vec![
+        order("", &["Pixel 9"], "Seattle, WA", 499.0),
+        order("A-1", &["Kindle"], "Austin, TX", 99.0),
+        order("", &["Echo Dot"], "Austin, TX", 49.0),
+    ];
+    let summary = client
+        .add_orders(futures::stream::iter(new.clone()))
+        .await
+        .expect("added")
+        .into_inner();
+    // The sample orders end at 106: the server numbers from 107, in the client's order.
+    assert_eq!(summary, "added 3 orders: 107, A-1, 108");
+    for (id, sent) in ["107", "A-1", "108"].into_iter().zip(new) {
+        let stored = client
+            .get_order(id.to_owned())
+            .await
+            .expect(id)
+            .into_inner();
+        assert_eq!(
+            stored,
+            Order {
+                id: id.into(),
+                ..sent
+            }
+        );
+    }
+}
+
+#[rstest]
+#[tokio::test]
+async fn add_orders_is_all_or_nothing(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let server = TestServer::start_on(db).await;
+    let mut client = server.native().await;
+    let fresh = || order("", &["Fresh"], "Boise, ID", 5.0);
+
+    let cases = [
+        (
+            vec![fresh(), order("103", &["Taken"], "San Jose, CA", 1.0)],
+            Code::AlreadyExists,
+            "103",
+        ),
+        (
+            vec![
+                fresh(),
+                order("N-1", &["Once"], "Reno, NV", 1.0),
+                order("N-1", &["Twice"], "Reno, NV", 1.0),
+            ],
+            Code::AlreadyExists,
+            "N-1",
+        ),
+        (
+            vec![fresh(), fresh(), order("", &["Bad"], "Reno, NV", -1.0)],
+            Code::InvalidArgument,
+            "orders[2].price",
+        ),
+    ];
+    for (orders, code, named) in cases {
+        let status = client
+            .add_orders(futures::stream::iter(orders))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(named), "{status:?}");
+    }
+    assert_eq!(
+        violated_fields(
+            &client
+                .add_orders(futures::stream::iter([order("", &[], "", 1.0)]))
+                .await
+                .unwrap_err()
+        ),
+        ["orders[0].items", "orders[0].destination"]
+    );
+
+    // Nothing of those calls was stored: no order has the item "Fresh", and N-1 does not exist.
+    assert!(search(server.native().await, "Fresh").await.is_empty());
+    let status = client.get_order("N-1".to_string()).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+/// The server applies a gRPC-Web upload as it streams: it has counted the first orders while the
+/// client still holds back the last, and the call completes once the client ends its stream.
+#[tokio::test]
+async fn add_orders_over_grpc_web_is_read_as_it_streams() {
+    let server = TestServer::start().await;
+    let (mut orders, orders_rx) = mpsc::channel::<Order>(1);
+    let call = tokio::spawn({
+        let mut client = server.grpc_web();
+        async move { client.add_orders(orders_rx).await }
+    });
+    for n in 0..3 {
+        orders
+            .send(order("", &[&format!("Streamed {n}")], "Boise, ID", 1.0))
+            .await
+            .unwrap();
+    }
+    let received = async {
+        loop {
+            let m = server.metrics().await;
+            let labels = [("grpc_method", "addOrders")];
+            if m.value("grpc_server_msg_received_total", &labels) == 3.0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(LIMIT, received)
+        .await
+        .expect("the server counts the first three orders before the stream ends");
+    assert!(!call.is_finished());
+    orders
+        .send(order("", &["Streamed 3"], "Boise, ID", 1.0))
+        .await
+        .unwrap();
+    drop(orders);
+    let summary = tokio::time::timeout(LIMIT, call)
+        .await
+        .expect("answered")
+        .unwrap()
+        .expect("added")
+        .into_inner();
+    assert_eq!(summary, "added 4 orders: 107, 108, 109, 110");
+    assert_eq!(search(server.grpc_web(), "streamed").await.len(), 4);
 }
 
 // ---- processOrders -----------------------------------------------------------------------------

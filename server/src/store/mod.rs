@@ -9,7 +9,7 @@
 //!
 //! Both apply the schema from migrations embedded in the binary, give a new database the
 //! tutorial's sample orders, assign IDs from a database sequence, make every acknowledged write
-//! durable and run `updateOrders` as one transaction.
+//! durable and run `updateOrders` and `addOrders` each as one transaction.
 
 mod cache;
 mod postgres;
@@ -28,8 +28,8 @@ use self::cache::ReadCache;
 /// many orders there are.
 pub const SEARCH_PAGE: i64 = 64;
 
-/// How many updated IDs `updateOrders`' answer names; the rest are counted.
-pub const UPDATE_SUMMARY_IDS: usize = 20;
+/// How many written IDs the answer of `updateOrders` and `addOrders` names; the rest are counted.
+pub const SUMMARY_IDS: usize = 20;
 
 /// What [`Store::open`] needs to know.
 #[derive(Debug, Clone)]
@@ -117,30 +117,51 @@ enum Added {
     Taken,
 }
 
-/// What `updateOrders` changed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Updated {
-    /// How many orders were replaced.
+/// What `updateOrders` or `addOrders` wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// `"updated"` or `"added"`.
+    verb: &'static str,
+    /// How many orders were written.
     pub count: usize,
-    /// The first [`UPDATE_SUMMARY_IDS`] of their IDs, in the order the client sent them.
+    /// The first [`SUMMARY_IDS`] of their IDs, in the order the client sent them.
     pub first_ids: Vec<String>,
 }
 
-impl Updated {
+impl Written {
+    /// Nothing updated yet.
+    pub fn updated() -> Self {
+        Self::new("updated")
+    }
+
+    /// Nothing added yet.
+    pub fn added() -> Self {
+        Self::new("added")
+    }
+
+    fn new(verb: &'static str) -> Self {
+        Self {
+            verb,
+            count: 0,
+            first_ids: Vec::new(),
+        }
+    }
+
     fn record(&mut self, id: &str) {
         self.count += 1;
-        if self.first_ids.len() < UPDATE_SUMMARY_IDS {
+        if self.first_ids.len() < SUMMARY_IDS {
             self.first_ids.push(id.to_owned());
         }
     }
 }
 
-impl fmt::Display for Updated {
-    /// `updated 2 orders: 102, 103`, or `… and N more` past [`UPDATE_SUMMARY_IDS`].
+impl fmt::Display for Written {
+    /// `updated 2 orders: 102, 103`, or `… and N more` past [`SUMMARY_IDS`].
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = self.verb;
         match self.count {
-            1 => write!(f, "updated 1 order: ")?,
-            n => write!(f, "updated {n} orders: ")?,
+            1 => write!(f, "{verb} 1 order: ")?,
+            n => write!(f, "{verb} {n} orders: ")?,
         }
         write!(f, "{}", self.first_ids.join(", "))?;
         let rest = self.count - self.first_ids.len();
@@ -151,7 +172,7 @@ impl fmt::Display for Updated {
     }
 }
 
-/// The orders `updateOrders` applies, validated as they arrive.
+/// The orders `updateOrders` or `addOrders` writes, validated as they arrive.
 pub type OrderStream<'a> = BoxStream<'a, Result<ValidOrder, Error>>;
 
 /// One storage engine. Every method is one short piece of work on the database.
@@ -170,7 +191,11 @@ trait Backend: Send + Sync + fmt::Debug {
         &self,
         orders: OrderStream<'_>,
         timeout: Duration,
-    ) -> Result<Updated, Error>;
+    ) -> Result<Written, Error>;
+    /// Stores the new orders of `orders`, all or nothing, in one transaction: an ID taken
+    /// (before or earlier in the stream) fails it with `AlreadyExists`. Orders without an ID are
+    /// numbered as by `add`. Each database step is bounded by `timeout`.
+    async fn add_all(&self, orders: OrderStream<'_>, timeout: Duration) -> Result<Written, Error>;
     /// The next number of the shipment ID sequence.
     async fn next_shipment(&self) -> Result<i64, Error>;
     /// Succeeds when the database answers.
@@ -297,13 +322,21 @@ impl Store {
     /// Replaces each order of `orders`, all or nothing, applying them as they arrive inside one
     /// transaction: an unknown ID (`NOT_FOUND`), an invalid order or a failed client stream and
     /// nothing changes.
-    pub async fn update_all(&self, orders: OrderStream<'_>) -> Result<Updated, Error> {
+    pub async fn update_all(&self, orders: OrderStream<'_>) -> Result<Written, Error> {
         let updated = self.backend.update_all(orders, self.timeout).await?;
         if let Some(cache) = &self.cache {
             // Which orders changed is not kept (that would grow with the call); updates are rare.
             cache.clear();
         }
         Ok(updated)
+    }
+
+    /// Stores each order of `orders` as `add` would, all or nothing: an ID taken (`ALREADY_EXISTS`),
+    /// an invalid order or a failed client stream and nothing is stored. The orders are written
+    /// as they arrive, so a long stream is never held in memory.
+    pub async fn add_all(&self, orders: OrderStream<'_>) -> Result<Written, Error> {
+        // New orders change no cached one; a cache miss is not cached, so nothing is stale.
+        self.backend.add_all(orders, self.timeout).await
     }
 
     /// A new shipment number, unique across every server sharing the database.

@@ -13,7 +13,7 @@ use sqlx::{
 
 use super::{
     last_sample_id, redact, sample_orders, uncancelled, within, Added, Backend, OpenError,
-    OrderStream, StoreOptions, Updated,
+    OrderStream, StoreOptions, Written,
 };
 use crate::error::Error;
 
@@ -106,6 +106,32 @@ async fn insert(conn: &mut PgConnection, order: &Order) -> Result<bool, sqlx::Er
     Ok(inserted.rows_affected() == 1)
 }
 
+/// Inserts `order` under the next free number of the ID sequence, which it returns. One
+/// statement: the number comes from the sequence and, if an order was added with that number as
+/// its own ID, the next one is tried.
+async fn insert_numbered(conn: &mut PgConnection, order: &Order) -> Result<String, Error> {
+    loop {
+        let id: Option<String> = sqlx::query_scalar(
+            "INSERT INTO orders (id, items, description, price, destination)
+             VALUES (nextval('order_ids')::text, $1, $2, $3, $4)
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(&order.items)
+        .bind(&order.description)
+        .bind(order.price)
+        .bind(&order.destination)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| match exhausted(&e) {
+            true => Error::Exhausted("order IDs"),
+            false => e.into(),
+        })?;
+        if let Some(id) = id {
+            return Ok(id);
+        }
+    }
+}
+
 fn order(row: &PgRow) -> Result<Order, sqlx::Error> {
     Ok(Order {
         id: row.try_get("id")?,
@@ -139,28 +165,7 @@ impl Backend for Postgres {
                 false => Added::Taken,
             });
         }
-        // One statement: the number comes from the sequence and, if an order was added with
-        // that number as its own ID, the next one is tried.
-        loop {
-            let id: Option<String> = sqlx::query_scalar(
-                "INSERT INTO orders (id, items, description, price, destination)
-                 VALUES (nextval('order_ids')::text, $1, $2, $3, $4)
-                 ON CONFLICT (id) DO NOTHING RETURNING id",
-            )
-            .bind(&new.items)
-            .bind(&new.description)
-            .bind(new.price)
-            .bind(&new.destination)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| match exhausted(&e) {
-                true => Error::Exhausted("order IDs"),
-                false => e.into(),
-            })?;
-            if let Some(id) = id {
-                return Ok(Added::Id(id));
-            }
-        }
+        Ok(Added::Id(insert_numbered(&mut conn, &new).await?))
     }
 
     async fn page(&self, after: &str, limit: i64) -> Result<Vec<Order>, Error> {
@@ -182,13 +187,13 @@ impl Backend for Postgres {
         &self,
         mut orders: OrderStream<'_>,
         timeout: Duration,
-    ) -> Result<Updated, Error> {
+    ) -> Result<Written, Error> {
         // Begun on a task of its own (see `uncancelled`); the rest may be cancelled safely: a
         // dropped transaction is rolled back.
         let pool = self.pool.clone();
         let begin = uncancelled(async move { Ok(pool.begin().await?) });
         let mut tx = within(timeout, begin).await?;
-        let mut updated = Updated::default();
+        let mut updated = Written::updated();
         while let Some(next) = orders.next().await {
             let next = next?.into_inner();
             let changed = within(timeout, async {
@@ -214,6 +219,34 @@ impl Backend for Postgres {
         }
         within(timeout, async { Ok(tx.commit().await?) }).await?;
         Ok(updated)
+    }
+
+    /// Each order is inserted as it arrives inside one transaction, which commits only after
+    /// the client's stream ended well.
+    async fn add_all(
+        &self,
+        mut orders: OrderStream<'_>,
+        timeout: Duration,
+    ) -> Result<Written, Error> {
+        let pool = self.pool.clone();
+        let begin = uncancelled(async move { Ok(pool.begin().await?) });
+        let mut tx = within(timeout, begin).await?;
+        let mut written = Written::added();
+        while let Some(next) = orders.next().await {
+            let next = next?.into_inner();
+            let id = within(timeout, async {
+                if next.id.is_empty() {
+                    return Ok(Some(insert_numbered(&mut tx, &next).await?));
+                }
+                Ok(insert(&mut tx, &next).await?.then(|| next.id.clone()))
+            })
+            .await?;
+            // Dropping the transaction rolls it back.
+            let id = id.ok_or_else(|| Error::AlreadyExists(next.id.clone()))?;
+            written.record(&id);
+        }
+        within(timeout, async { Ok(tx.commit().await?) }).await?;
+        Ok(written)
     }
 
     async fn next_shipment(&self) -> Result<i64, Error> {

@@ -16,7 +16,7 @@ use sqlx::{
 
 use super::{
     last_sample_id, redact, sample_orders, uncancelled, within, Added, Backend, OpenError,
-    OrderStream, StoreOptions, Updated,
+    OrderStream, StoreOptions, Written,
 };
 use crate::error::Error;
 
@@ -142,20 +142,7 @@ fn lock(url: &str, database: &Path) -> Result<File, OpenError> {
 async fn add(pool: SqlitePool, new: Order) -> Result<Added, Error> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let id = if new.id.is_empty() {
-        loop {
-            let next: Option<i64> = sqlx::query_scalar(
-                "UPDATE sequences SET last_value = last_value + 1
-                 WHERE name = 'order_ids' AND last_value < 9223372036854775807
-                 RETURNING last_value",
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            let id = next.ok_or(Error::Exhausted("order IDs"))?.to_string();
-            // An order added with this number as its own ID: take the next one.
-            if insert(&mut tx, &id, &new).await? {
-                break id;
-            }
-        }
+        insert_numbered(&mut tx, &new).await?
     } else if insert(&mut tx, &new.id, &new).await? {
         new.id
     } else {
@@ -163,6 +150,83 @@ async fn add(pool: SqlitePool, new: Order) -> Result<Added, Error> {
     };
     tx.commit().await?;
     Ok(Added::Id(id))
+}
+
+/// Inserts `order` under the next free number of the ID sequence, which it returns.
+async fn insert_numbered(conn: &mut SqliteConnection, order: &Order) -> Result<String, Error> {
+    loop {
+        let next: Option<i64> = sqlx::query_scalar(
+            "UPDATE sequences SET last_value = last_value + 1
+             WHERE name = 'order_ids' AND last_value < 9223372036854775807
+             RETURNING last_value",
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        let id = next.ok_or(Error::Exhausted("order IDs"))?.to_string();
+        // An order added with this number as its own ID: take the next one.
+        if insert(conn, &id, order).await? {
+            return Ok(id);
+        }
+    }
+}
+
+/// How many staged orders [`apply_staged_adds`] reads at a time.
+const STAGED_PAGE: i64 = 256;
+
+/// Stores the new orders staged on `conn` in one short `BEGIN IMMEDIATE` transaction, all or
+/// nothing: first those with their own ID (none may be taken), then the others under numbers of
+/// the ID sequence, which so never takes an ID the client gave. Run through [`uncancelled`];
+/// gives the connection back with the outcome.
+async fn apply_staged_adds(
+    mut conn: PoolConnection<sqlx::Sqlite>,
+) -> Result<(PoolConnection<sqlx::Sqlite>, Result<Written, Error>), Error> {
+    let applied = async {
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let taken: Option<String> = sqlx::query_scalar(
+            "SELECT s.id FROM temp.staged_adds s
+             WHERE s.id IS NOT NULL AND EXISTS (SELECT 1 FROM orders o WHERE o.id = s.id)
+             ORDER BY s.seq LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(id) = taken {
+            return Err(Error::AlreadyExists(id));
+        }
+        sqlx::query(
+            "INSERT INTO orders (id, items, description, price, destination)
+             SELECT id, items, description, price, destination FROM temp.staged_adds
+             WHERE id IS NOT NULL ORDER BY seq",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let mut written = Written::added();
+        let mut after = 0_i64;
+        loop {
+            let page = sqlx::query(&format!(
+                "SELECT seq, {COLUMNS} FROM temp.staged_adds WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))
+            .bind(after)
+            .bind(STAGED_PAGE)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &page {
+                after = row.try_get("seq")?;
+                let own: Option<String> = row.try_get("id")?;
+                let id = match own {
+                    Some(id) => id,
+                    None => insert_numbered(&mut tx, &order_of(row, String::new())?).await?,
+                };
+                written.record(&id);
+            }
+            if (page.len() as i64) < STAGED_PAGE {
+                break;
+            }
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+    .await;
+    Ok((conn, applied))
 }
 
 /// Applies the updates staged on `conn` in one short `BEGIN IMMEDIATE` transaction, all or
@@ -218,9 +282,14 @@ fn items_json(items: &[String]) -> String {
 }
 
 fn order(row: &SqliteRow) -> Result<Order, sqlx::Error> {
+    order_of(row, row.try_get("id")?)
+}
+
+/// The order of `row`, under `id`.
+fn order_of(row: &SqliteRow, id: String) -> Result<Order, sqlx::Error> {
     let items: String = row.try_get("items")?;
     Ok(Order {
-        id: row.try_get("id")?,
+        id,
         items: serde_json::from_str(&items).map_err(|e| sqlx::Error::ColumnDecode {
             index: "items".into(),
             source: Box::new(e),
@@ -264,7 +333,7 @@ impl Backend for Sqlite {
         &self,
         mut orders: OrderStream<'_>,
         timeout: Duration,
-    ) -> Result<Updated, Error> {
+    ) -> Result<Written, Error> {
         let mut conn = within(timeout, async { Ok(self.pool.acquire().await?) }).await?;
         within(timeout, async {
             sqlx::query(
@@ -280,7 +349,7 @@ impl Backend for Sqlite {
             Ok(())
         })
         .await?;
-        let mut updated = Updated::default();
+        let mut updated = Written::updated();
         while let Some(next) = orders.next().await {
             let next = next?.into_inner();
             within(timeout, async {
@@ -320,6 +389,58 @@ impl Backend for Sqlite {
             .execute(&mut *conn)
             .await;
         Ok(updated)
+    }
+
+    /// Staged like `update_all`, then stored in one short `BEGIN IMMEDIATE` transaction.
+    async fn add_all(
+        &self,
+        mut orders: OrderStream<'_>,
+        timeout: Duration,
+    ) -> Result<Written, Error> {
+        let mut conn = within(timeout, async { Ok(self.pool.acquire().await?) }).await?;
+        within(timeout, async {
+            // An empty ID is staged as NULL: only the IDs the client gave must be unique.
+            sqlx::query(
+                "CREATE TEMP TABLE IF NOT EXISTS staged_adds (
+                     seq INTEGER PRIMARY KEY, id TEXT UNIQUE, items TEXT NOT NULL,
+                     description TEXT NOT NULL, price REAL NOT NULL, destination TEXT NOT NULL)",
+            )
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("DELETE FROM temp.staged_adds")
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await?;
+        while let Some(next) = orders.next().await {
+            let next = next?.into_inner();
+            let id = (!next.id.is_empty()).then_some(next.id.as_str());
+            let staged = within(timeout, async {
+                Ok(sqlx::query(
+                    "INSERT INTO temp.staged_adds (id, items, description, price, destination)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(id)
+                .bind(items_json(&next.items))
+                .bind(&next.description)
+                .bind(next.price)
+                .bind(&next.destination)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected())
+            })
+            .await?;
+            if staged == 0 {
+                // The same ID earlier in this call.
+                return Err(Error::AlreadyExists(next.id));
+            }
+        }
+        let (mut conn, applied) = within(timeout, uncancelled(apply_staged_adds(conn))).await?;
+        let _ = sqlx::query("DELETE FROM temp.staged_adds")
+            .execute(&mut *conn)
+            .await;
+        applied
     }
 
     async fn next_shipment(&self) -> Result<i64, Error> {

@@ -170,7 +170,7 @@ async fn a_failing_update_stream_changes_nothing() {
 
 #[test]
 fn a_long_update_summary_counts_the_rest() {
-    let mut updated = Updated::default();
+    let mut updated = Written::updated();
     for i in 0..25 {
         updated.record(&i.to_string());
     }
