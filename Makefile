@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 # Extra flags for `make run`, e.g. make run ARGS="--cors-origin http://localhost:8080"
 ARGS ?=
 
-.PHONY: help setup wasm run test test-rust test-wasm test-e2e test-interop lint page-budget bench
+.PHONY: help setup wasm run test test-rust test-wasm test-types test-e2e test-interop lint page-budget bench
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -22,7 +22,7 @@ run: setup wasm ## Build everything and serve http://127.0.0.1:50051 in the fore
 	@echo "Open http://127.0.0.1:50051/?id=106 (Ctrl-C stops the server)"
 	./target/release/order-server $(ARGS)
 
-test: setup lint test-rust test-wasm test-e2e test-interop ## Every test: Rust, wasm and the page in Chromium, other clients
+test: setup lint test-rust test-wasm test-types test-e2e test-interop ## Every test: Rust, wasm and the page in Chromium, other clients
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all --check
@@ -33,6 +33,9 @@ test-rust: ## Unit, in-process and live-server tests of the server, client and C
 
 test-wasm: setup ## wasm-pack test --headless --chrome against a live server
 	@scripts/test-wasm.sh
+
+test-types: setup wasm ## tsc --noEmit over a typed example of the web client's whole JavaScript surface
+	e2e/node_modules/.bin/tsc -p web-client/ts
 
 test-e2e: setup wasm ## The page in headless Chromium, driven like a person would
 	cargo build -q -p order-server

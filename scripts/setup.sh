@@ -94,7 +94,7 @@ if ! command -v wasm-pack >/dev/null; then
   cargo_install wasm-pack --version 0.15.1
 fi
 
-# npm tools: wasm-opt (binaryen), playwright-core and buf (for the interop tests) ----------------
+# npm tools: wasm-opt (binaryen), playwright-core, buf (for the interop tests) and typescript ----------------
 if [ ! -f "$root/e2e/node_modules/.package-lock.json" ] ||
   [ "$root/e2e/package-lock.json" -nt "$root/e2e/node_modules/.package-lock.json" ]; then
   say "npm install in e2e/"

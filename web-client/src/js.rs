@@ -1,7 +1,7 @@
 //! Conversions between the generated messages and the plain JavaScript values the page sees.
 
 use js_sys::{Array, Error, Object, Reflect};
-use order_api::pb::Order;
+use order_api::pb::{CombinedShipment, Order};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use wasm_bindgen::JsValue;
@@ -27,6 +27,16 @@ pub fn order_to_js(order: &Order) -> JsValue {
     object.into()
 }
 
+/// `{ id, status, ordersList }`, its orders as [`order_to_js`] makes them.
+pub fn shipment_to_js(shipment: &CombinedShipment) -> JsValue {
+    let object = Object::new();
+    set(&object, "id", shipment.id.as_str());
+    set(&object, "status", shipment.status.as_str());
+    let orders: Array = shipment.orders_list.iter().map(order_to_js).collect();
+    set(&object, "ordersList", orders);
+    object.into()
+}
+
 fn get(object: &JsValue, key: &str) -> JsValue {
     Reflect::get(object, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
 }
@@ -40,9 +50,10 @@ fn string_field(object: &JsValue, key: &str) -> String {
 /// The conversion is lenient on purpose and leaves judging to the server, which reports every bad
 /// field at once: a missing or non-string field becomes empty, a price that is not a number
 /// becomes NaN.
-pub fn order_from_js(value: &JsValue) -> Result<Order, JsValue> {
+/// `what` names the value in the error for a value that is not an object.
+pub fn order_from_js(value: &JsValue, what: &str) -> Result<Order, JsValue> {
     if !value.is_object() {
-        return Err(Error::new("addOrder() takes an order object").into());
+        return Err(Error::new(&format!("{what} must be an order object")).into());
     }
     let items = get(value, "items");
     let items = if Array::is_array(&items) {

@@ -23,13 +23,74 @@
 //! `"Unauthenticated"` or `"PermissionDenied"` and the server's reason as `message`.
 
 mod js;
+mod upload;
 
 use std::{cell::RefCell, time::Duration};
 
+use futures::stream::BoxStream;
 use order_api::pb::order_management_client::OrderManagementClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic_web_wasm_client::{options::FetchOptions, Client};
 use wasm_bindgen::prelude::*;
+
+use crate::upload::{Failure, Transport, Uploads, Values};
+
+pub use upload::BUFFERED_UPLOAD_BYTES;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &'static str = r#"
+/** An order as the service stores it. */
+export interface Order {
+  id: string;
+  items: string[];
+  description: string;
+  price: number;
+  destination: string;
+}
+
+/** An order to send: `id` may be left out (or empty) for the server to assign one, `description`
+ * may be left out. */
+export interface OrderInput {
+  id?: string;
+  items: string[];
+  description?: string;
+  price: number;
+  destination: string;
+}
+
+/** What `processOrders` streams back: a destination's orders, shipped together. */
+export interface CombinedShipment {
+  id: string;
+  status: string;
+  ordersList: Order[];
+}
+
+/** One bad field of a refused order; in a stream, `field` names the order by its place, as in
+ * `orders[3].price`. */
+export interface FieldViolation {
+  field: string;
+  description: string;
+}
+
+/** The gRPC status codes, by name. */
+export type CodeName =
+  | "Ok" | "Cancelled" | "Unknown" | "InvalidArgument" | "DeadlineExceeded" | "NotFound"
+  | "AlreadyExists" | "PermissionDenied" | "ResourceExhausted" | "FailedPrecondition"
+  | "Aborted" | "OutOfRange" | "Unimplemented" | "Internal" | "Unavailable" | "DataLoss"
+  | "Unauthenticated";
+
+/** What every call rejects with when it fails. */
+export interface OrderError extends Error {
+  /** The gRPC status code, as a number (5 for NotFound). */
+  code: number;
+  codeName: CodeName;
+  /** When the server refused an order, one entry per bad field. */
+  fieldViolations?: FieldViolation[];
+}
+
+/** Where a client stream's messages come from: sent one by one as they are produced. */
+export type Source<T> = Iterable<T> | AsyncIterable<T>;
+"#;
 
 /// How long a call may take before it fails with `DeadlineExceeded`, unless the constructor is
 /// given another timeout: a server that accepts connections but never answers must not hang the
@@ -39,21 +100,24 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client of the OrderManagement service over gRPC-Web.
 #[wasm_bindgen]
 pub struct OrderClient {
-    grpc: OrderManagementClient<Client>,
+    grpc: OrderManagementClient<Transport>,
     base_url: String,
     /// `Bearer <token>`, sent with every call when set.
     authorization: RefCell<Option<MetadataValue<Ascii>>>,
+    /// How client streams are sent to this server from this browser.
+    uploads: Uploads,
 }
 
 #[wasm_bindgen]
 impl OrderClient {
     /// `new OrderClient(baseUrl?, timeoutMs?, token?)`: `baseUrl` is the server's origin, such
     /// as `http://127.0.0.1:50051`; without it, the page's own origin. `timeoutMs` bounds each
-    /// call (default 10 000). `token` is sent as a bearer token with every call.
+    /// call (default 10 000), except a streamed upload, which may take 5 minutes (or `timeoutMs`
+    /// if longer). `token` is sent as a bearer token with every call.
     #[wasm_bindgen(constructor)]
     pub fn new(
-        base_url: Option<String>,
-        timeout_ms: Option<u32>,
+        #[wasm_bindgen(js_name = baseUrl)] base_url: Option<String>,
+        #[wasm_bindgen(js_name = timeoutMs)] timeout_ms: Option<u32>,
         token: Option<String>,
     ) -> Result<OrderClient, JsValue> {
         let base_url = match base_url {
@@ -61,10 +125,16 @@ impl OrderClient {
             None => page_origin()?,
         };
         let timeout = timeout_ms.map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(ms.into()));
-        let transport =
-            Client::new_with_options(base_url.clone(), FetchOptions::new().timeout(timeout));
+        let client = |timeout| {
+            Client::new_with_options(base_url.clone(), FetchOptions::new().timeout(timeout))
+        };
+        let transport = Transport {
+            calls: client(timeout),
+            uploads: client(timeout.max(upload::UPLOAD_TIMEOUT)),
+        };
         let client = OrderClient {
             grpc: OrderManagementClient::new(transport),
+            uploads: Uploads::for_server(&base_url),
             base_url,
             authorization: RefCell::new(None),
         };
@@ -98,7 +168,7 @@ impl OrderClient {
 
     /// `await client.getOrder(id)`: the order as a plain object
     /// `{ id, items, description, price, destination }`.
-    #[wasm_bindgen(js_name = getOrder)]
+    #[wasm_bindgen(js_name = getOrder, unchecked_return_type = "Order")]
     pub async fn get_order(&self, id: String) -> Result<JsValue, JsValue> {
         // The generated client is a cheap handle; a clone per call lets calls overlap.
         let mut grpc = self.grpc.clone();
@@ -112,8 +182,11 @@ impl OrderClient {
     /// order and resolves to its ID (assigned by the server when `id` is empty or missing). An
     /// invalid order rejects with `codeName: "InvalidArgument"` and `fieldViolations`.
     #[wasm_bindgen(js_name = addOrder)]
-    pub async fn add_order(&self, order: JsValue) -> Result<String, JsValue> {
-        let order = js::order_from_js(&order)?;
+    pub async fn add_order(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "OrderInput")] order: JsValue,
+    ) -> Result<String, JsValue> {
+        let order = js::order_from_js(&order, "addOrder()'s order")?;
         let mut grpc = self.grpc.clone();
         match grpc.add_order(self.request(order)).await {
             Ok(response) => Ok(response.into_inner()),
@@ -128,6 +201,7 @@ impl OrderClient {
     pub async fn search_orders(
         &self,
         text: String,
+        #[wasm_bindgen(js_name = onOrder, unchecked_param_type = "(order: Order) => void")]
         on_order: js_sys::Function,
     ) -> Result<u32, JsValue> {
         let mut grpc = self.grpc.clone();
@@ -147,9 +221,136 @@ impl OrderClient {
         }
         Ok(count)
     }
+
+    /// True when this client streams its uploads (`updateOrders`, `addOrders`,
+    /// `processOrders`): each order is sent as it is produced. That needs a server over
+    /// `https://` (browsers stream only over HTTP/2) and a browser that can (Chromium). Otherwise
+    /// an upload is collected first and sent as one request, up to 4 MiB.
+    #[wasm_bindgen(getter, js_name = streamsUploads)]
+    pub fn streams_uploads(&self) -> bool {
+        self.uploads == Uploads::Streamed
+    }
+
+    /// `await client.updateOrders(orders)`: replaces existing orders, all or nothing, and
+    /// resolves to the server's summary (`"updated 2 orders: 102, 103"`). `orders` is an array,
+    /// an iterable or an async iterable of orders, each sent as soon as it is produced (see
+    /// `streamsUploads`). An unknown ID rejects with `NotFound`, a bad order with
+    /// `InvalidArgument` and `fieldViolations` naming it (`orders[3].price`); a source that
+    /// throws rejects with that error, and nothing is applied either way.
+    #[wasm_bindgen(js_name = updateOrders)]
+    pub async fn update_orders(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "Source<OrderInput>")] orders: JsValue,
+    ) -> Result<String, JsValue> {
+        let answer = self
+            .upload(
+                &orders,
+                "updateOrders' orders",
+                order_of,
+                |mut grpc, request| async move { grpc.update_orders(request).await },
+            )
+            .await?;
+        Ok(answer.into_inner())
+    }
+
+    /// `await client.addOrders(orders)`: stores new orders, all or nothing, and resolves to the
+    /// server's summary (`"added 2 orders: 107, A-1"`). IDs are assigned as by `addOrder`.
+    /// `orders` as for `updateOrders`; an ID taken rejects with `AlreadyExists`, a bad order with
+    /// `InvalidArgument` and `fieldViolations`, and nothing is stored.
+    #[wasm_bindgen(js_name = addOrders)]
+    pub async fn add_orders(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "Source<OrderInput>")] orders: JsValue,
+    ) -> Result<String, JsValue> {
+        let answer = self
+            .upload(
+                &orders,
+                "addOrders' orders",
+                order_of,
+                |mut grpc, request| async move { grpc.add_orders(request).await },
+            )
+            .await?;
+        Ok(answer.into_inner())
+    }
+
+    /// `await client.processOrders(ids, onShipment)`: sends the order IDs (an array, an iterable
+    /// or an async iterable of strings), calls `onShipment(shipment)` for each combined shipment
+    /// as it streams back, and resolves to how many there were. Browsers send the whole request
+    /// before reading the answer: the IDs stream up, then the shipments stream down.
+    #[wasm_bindgen(js_name = processOrders)]
+    pub async fn process_orders(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "Source<string>")] ids: JsValue,
+        #[wasm_bindgen(
+            js_name = onShipment,
+            unchecked_param_type = "(shipment: CombinedShipment) => void"
+        )]
+        on_shipment: js_sys::Function,
+    ) -> Result<u32, JsValue> {
+        let id_of = |value: JsValue| {
+            value.as_string().ok_or_else(|| {
+                JsValue::from(js_sys::Error::new("processOrders' IDs must be strings"))
+            })
+        };
+        let mut shipments = self
+            .upload(
+                &ids,
+                "processOrders' IDs",
+                id_of,
+                |mut grpc, request| async move { grpc.process_orders(request).await },
+            )
+            .await?
+            .into_inner();
+        let mut count = 0;
+        while let Some(shipment) = shipments
+            .message()
+            .await
+            .map_err(|status| self.error(&status))?
+        {
+            count += 1;
+            on_shipment.call1(&JsValue::NULL, &js::shipment_to_js(&shipment))?;
+        }
+        Ok(count)
+    }
+}
+
+fn order_of(value: JsValue) -> Result<order_api::pb::Order, JsValue> {
+    js::order_from_js(&value, "each order")
 }
 
 impl OrderClient {
+    /// Sends the values of `source`, each converted by `convert`, as the request stream of
+    /// `call` (see [`upload`]).
+    async fn upload<M, T, Fut>(
+        &self,
+        source: &JsValue,
+        what: &str,
+        convert: impl Fn(JsValue) -> Result<M, JsValue>,
+        call: impl FnOnce(
+            OrderManagementClient<Transport>,
+            tonic::Request<BoxStream<'static, M>>,
+        ) -> Fut,
+    ) -> Result<T, JsValue>
+    where
+        M: prost::Message + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let values = Values::of(source, what)?;
+        let grpc = self.grpc.clone();
+        upload::send(
+            self.uploads,
+            values,
+            convert,
+            |messages| self.request(messages),
+            |request| call(grpc, request),
+        )
+        .await
+        .map_err(|failure| match failure {
+            Failure::Status(status) => self.error(&status),
+            Failure::Source(error) => error,
+        })
+    }
+
     /// `message` as a call, with the token if there is one.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);

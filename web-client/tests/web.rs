@@ -4,7 +4,7 @@
 
 use js_sys::Reflect;
 use order_web_client::OrderClient;
-use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen::{prelude::wasm_bindgen, JsCast, JsValue};
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -198,4 +198,209 @@ async fn a_token_is_sent_with_every_call_and_refusals_say_why() {
         .await
         .expect("write with a write token");
     assert!(!id.is_empty());
+}
+
+// ---- client streams ----------------------------------------------------------------------------
+
+/// A live server over TLS (`https://`), where the browser streams uploads over HTTP/2.
+const TLS_SERVER: &str = match option_env!("ORDER_TLS_SERVER_URL") {
+    Some(url) => url,
+    None => "https://127.0.0.1:50053",
+};
+
+#[wasm_bindgen(inline_js = r#"
+export function generated_orders(count, item) {
+  return (async function* () {
+    for (let i = 0; i < count; i++) {
+      await null;
+      yield { items: [`${item} ${i}`], price: 1, destination: "Reno, NV" };
+    }
+  })();
+}
+export function failing_orders(item) {
+  return (async function* () {
+    yield { items: [`${item} 0`], price: 1, destination: "Reno, NV" };
+    yield { items: [`${item} 1`], price: 1, destination: "Reno, NV" };
+    throw new Error("the file could not be read");
+  })();
+}
+export function large_orders(count, item) {
+  return (function* () {
+    for (let i = 0; i < count; i++) {
+      yield { items: [`${item} ${i}`], description: "d".repeat(2000), price: 1, destination: "Reno, NV" };
+    }
+  })();
+}
+"#)]
+extern "C" {
+    /// An async iterable of `count` new orders, items `"<item> <n>"`, each after a microtask.
+    fn generated_orders(count: u32, item: &str) -> JsValue;
+    /// An async iterable that yields two orders and then throws.
+    fn failing_orders(item: &str) -> JsValue;
+    /// An iterable of `count` orders of about 2 KB each.
+    fn large_orders(count: u32, item: &str) -> JsValue;
+}
+
+fn array(values: &[JsValue]) -> JsValue {
+    values.iter().collect::<js_sys::Array>().into()
+}
+
+/// How many orders have an item containing `text`.
+async fn count_matching(client: &OrderClient, text: &str) -> u32 {
+    let ignore = wasm_bindgen::closure::Closure::<dyn FnMut(JsValue)>::new(|_: JsValue| {});
+    client
+        .search_orders(
+            text.into(),
+            ignore.as_ref().unchecked_ref::<js_sys::Function>().clone(),
+        )
+        .await
+        .expect("search")
+}
+
+#[wasm_bindgen_test]
+async fn update_orders_is_all_or_nothing_and_names_the_bad_order() {
+    let client = client(SERVER);
+    let kept = client.get_order("105".into()).await.expect("105");
+    let bad = plain_order(&["Amazon Echo"], -1.0, "San Jose, CA");
+    Reflect::set(&bad, &"id".into(), &"103".into()).unwrap();
+    let error = rejection(
+        client
+            .update_orders(array(&[kept.clone(), bad]))
+            .await
+            .map(JsValue::from),
+    )
+    .await;
+    assert_eq!(get(&error, "codeName"), "InvalidArgument");
+    let first = js_sys::Array::from(&get(&error, "fieldViolations")).get(0);
+    assert_eq!(get(&first, "field"), "orders[1].price");
+
+    // The same order as it is: a valid update, resolving to the server's summary.
+    let summary = client.update_orders(array(&[kept])).await.expect("updated");
+    assert_eq!(summary, "updated 1 order: 105");
+    let unknown = plain_order(&["Ghost"], 1.0, "Nowhere, NV");
+    Reflect::set(&unknown, &"id".into(), &"no-such-order".into()).unwrap();
+    let error = rejection(
+        client
+            .update_orders(array(&[unknown]))
+            .await
+            .map(JsValue::from),
+    )
+    .await;
+    assert_eq!(get(&error, "codeName"), "NotFound");
+}
+
+#[wasm_bindgen_test]
+async fn process_orders_streams_shipments_to_the_callback() {
+    let shipped = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
+    let record = {
+        let shipped = shipped.clone();
+        wasm_bindgen::closure::Closure::<dyn FnMut(JsValue)>::new(move |shipment: JsValue| {
+            assert!(get(&shipment, "id")
+                .as_string()
+                .is_some_and(|id| !id.is_empty()));
+            for order in js_sys::Array::from(&get(&shipment, "ordersList")).iter() {
+                shipped
+                    .borrow_mut()
+                    .push(get(&order, "id").as_string().unwrap());
+            }
+        })
+    };
+    let ids = array(&["102".into(), "103".into(), "104".into()]);
+    let count = client(SERVER)
+        .process_orders(
+            ids,
+            record.as_ref().unchecked_ref::<js_sys::Function>().clone(),
+        )
+        .await
+        .expect("processed");
+    assert!(
+        count >= 2,
+        "102 and 104 go to Mountain View, 103 to San Jose: {count} shipments"
+    );
+    let mut ids = shipped.borrow().clone();
+    ids.sort();
+    assert_eq!(ids, ["102", "103", "104"]);
+
+    let error = rejection(
+        client(SERVER)
+            .process_orders(array(&[102.into()]), js_sys::Function::new_no_args(""))
+            .await
+            .map(JsValue::from),
+    )
+    .await;
+    assert!(String::from(error.message()).contains("must be strings"));
+}
+
+#[wasm_bindgen_test]
+async fn over_https_uploads_stream_from_an_async_iterable() {
+    let client = client(TLS_SERVER);
+    assert!(
+        client.streams_uploads(),
+        "Chromium streams uploads to an https:// server"
+    );
+    let summary = client
+        .add_orders(generated_orders(300, "wasm streamed"))
+        .await
+        .expect("added");
+    assert!(summary.starts_with("added 300 orders: "), "{summary}");
+    assert_eq!(count_matching(&client, "wasm streamed").await, 300);
+
+    // Larger than one buffered request may be: streamed, it is just an upload.
+    let summary = client
+        .add_orders(large_orders(2_500, "wasm large streamed"))
+        .await
+        .expect("a 5 MB upload streams");
+    assert!(summary.starts_with("added 2500 orders"), "{summary}");
+}
+
+#[wasm_bindgen_test]
+async fn a_source_that_fails_mid_upload_rejects_and_stores_nothing() {
+    for server in [TLS_SERVER, SERVER] {
+        let client = client(server);
+        let error = client
+            .add_orders(failing_orders("wasm failing"))
+            .await
+            .expect_err("the source threw");
+        let error: js_sys::Error = error.dyn_into().expect("the source's Error");
+        assert_eq!(String::from(error.message()), "the file could not be read");
+        assert_eq!(count_matching(&client, "wasm failing").await, 0, "{server}");
+    }
+}
+
+#[wasm_bindgen_test]
+async fn over_http_small_uploads_are_sent_whole_and_large_ones_refused_with_the_reason() {
+    let client = client(SERVER);
+    assert!(
+        !client.streams_uploads(),
+        "no streamed uploads over http://"
+    );
+    let summary = client
+        .add_orders(generated_orders(3, "wasm buffered"))
+        .await
+        .expect("a small upload goes as one request");
+    assert!(summary.starts_with("added 3 orders"), "{summary}");
+
+    let error = rejection(
+        client
+            .add_orders(large_orders(2_500, "wasm too large"))
+            .await
+            .map(JsValue::from),
+    )
+    .await;
+    assert_eq!(get(&error, "codeName"), "Unimplemented");
+    let message = String::from(error.message());
+    assert!(
+        message.contains("4 MiB") && message.contains("--tls-cert"),
+        "{message}"
+    );
+    assert_eq!(count_matching(&client, "wasm too large").await, 0);
+
+    let error = rejection(
+        client
+            .add_orders("not orders".into())
+            .await
+            .map(JsValue::from),
+    )
+    .await;
+    assert!(String::from(error.message()).contains("must be an array, an iterable"));
 }
