@@ -220,6 +220,185 @@ addForm.addEventListener("submit", async (event) => {
   }
 });
 
+// ---- import: a file of orders streamed to addOrders, row by row -------------------------------
+
+const importForm = $("import-form");
+const importFile = $("import-file");
+const importButton = $("import");
+const importProgress = $("import-progress");
+const importStatus = $("import-status");
+const importErrors = $("import-errors");
+
+// The lines of a file as it is read, never the whole file in memory.
+async function* linesOf(file) {
+  let rest = "";
+  for await (const chunk of file.stream().pipeThrough(new TextDecoderStream())) {
+    const lines = (rest + chunk).split("\n");
+    rest = lines.pop();
+    yield* lines;
+  }
+  if (rest) yield rest;
+}
+
+// One CSV line's fields: commas separate, double quotes quote ("" is a quote inside them).
+function csvFields(line) {
+  const fields = [];
+  let field = "";
+  let quoted = false;
+  for (let i = 0; i < line.length; i++) {
+    const c = line[i];
+    if (quoted) {
+      if (c === '"' && line[i + 1] === '"') { field += '"'; i++; }
+      else if (c === '"') quoted = false;
+      else field += c;
+    } else if (c === '"') quoted = true;
+    else if (c === ",") { fields.push(field); field = ""; }
+    else field += c;
+  }
+  fields.push(field);
+  return fields;
+}
+
+const CSV_COLUMNS = ["id", "items", "description", "price", "destination"];
+
+// The orders of a CSV or JSON-lines file, each with its line number, as the file is read. A line
+// that cannot be read as an order throws, which abandons the upload: nothing is stored.
+async function* ordersOf(file, lineNumbers) {
+  let number = 0;
+  let columns = null;
+  // JSON lines when the first line is an object, else CSV with a header line.
+  let json = null;
+  for await (const raw of linesOf(file)) {
+    number++;
+    const line = raw.replace(/\r$/, "");
+    if (!line.trim()) continue;
+    let order;
+    json ??= line.trimStart().startsWith("{");
+    if (json) {
+      try {
+        order = JSON.parse(line);
+      } catch (error) {
+        throw new Error(`Line ${number} is not a JSON order: ${error.message}`);
+      }
+    } else if (!columns) {
+      columns = csvFields(line).map((name) => name.trim().toLowerCase());
+      const unknown = columns.filter((name) => !CSV_COLUMNS.includes(name));
+      if (unknown.length) throw new Error(`Line 1 names unknown columns: ${unknown.join(", ")} (known: ${CSV_COLUMNS.join(", ")}).`);
+      continue;
+    } else {
+      const fields = csvFields(line);
+      if (fields.length !== columns.length) {
+        throw new Error(`Line ${number} has ${fields.length} fields where the header names ${columns.length}.`);
+      }
+      const row = Object.fromEntries(columns.map((name, i) => [name, fields[i].trim()]));
+      order = {
+        id: row.id ?? "",
+        items: (row.items ?? "").split(";").map((item) => item.trim()).filter(Boolean),
+        description: row.description ?? "",
+        price: row.price === undefined || row.price === "" ? NaN : Number(row.price),
+        destination: row.destination ?? "",
+      };
+    }
+    // Which line each order came from, to name it in the server's answer.
+    lineNumbers.push(number);
+    yield order;
+  }
+}
+
+// "orders[3].price" -> "Line 5: price must not be negative."
+function rowError(violation, lineNumbers) {
+  const match = /^orders\[(\d+)\]\.(.+)$/.exec(violation.field);
+  if (!match) return `${violation.field} ${violation.description}.`;
+  const line = lineNumbers[Number(match[1])];
+  return `Line ${line ?? "?"}: ${match[2]} ${violation.description}.`;
+}
+
+importForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const file = importFile.files[0];
+  if (!client) return;
+  importErrors.replaceChildren();
+  importStatus.hidden = true;
+  importStatus.classList.remove("error");
+  if (!file) {
+    importStatus.textContent = "Choose a file of orders first.";
+    importStatus.classList.add("error");
+    importStatus.hidden = false;
+    return;
+  }
+  importButton.disabled = true;
+  const lineNumbers = [];
+  const started = performance.now();
+  const showProgress = () => {
+    importProgress.textContent = `Sent ${lineNumbers.length.toLocaleString("en-US")} orders…`;
+  };
+  showProgress();
+  importProgress.hidden = false;
+  const timer = setInterval(showProgress, 100);
+  try {
+    const summary = await client.addOrders(ordersOf(file, lineNumbers));
+    const seconds = ((performance.now() - started) / 1000).toFixed(1);
+    importStatus.textContent = `Imported ${file.name} in ${seconds} s: ${summary}.`;
+    importForm.reset();
+  } catch (error) {
+    const violations = error.fieldViolations ?? [];
+    importStatus.textContent = violations.length
+      ? `Nothing was imported: ${violations.length === 1 ? "an order is" : "orders are"} invalid.`
+      : refusal(error) ?? `Nothing was imported: ${error.message}`;
+    importErrors.replaceChildren(...violations.map((violation) => {
+      const li = document.createElement("li");
+      li.textContent = rowError(violation, lineNumbers);
+      return li;
+    }));
+    importStatus.classList.add("error");
+  } finally {
+    clearInterval(timer);
+    showProgress();
+    importStatus.hidden = false;
+    importButton.disabled = !canWrite();
+  }
+});
+
+// ---- process: IDs up, shipments down as the server completes them -------------------------------
+
+const processForm = $("process-form");
+const processButton = $("process");
+const processStatus = $("process-status");
+const shipmentList = $("shipments");
+
+function shipmentSummary(shipment) {
+  const li = document.createElement("li");
+  const orders = shipment.ordersList;
+  const destinations = [...new Set(orders.map((order) => order.destination))].join("; ");
+  li.textContent = `Shipment ${shipment.id} (${shipment.status}): orders ${orders.map((order) => order.id).join(", ")} to ${destinations}`;
+  return li;
+}
+
+processForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!client) return;
+  const ids = $("process-ids").value.split(/[\s,]+/).filter(Boolean);
+  shipmentList.replaceChildren();
+  processStatus.classList.remove("error");
+  processStatus.hidden = false;
+  if (!ids.length) {
+    processStatus.textContent = "Enter the IDs of the orders to process, such as 102 103 104.";
+    processStatus.classList.add("error");
+    return;
+  }
+  processStatus.textContent = "Processing…";
+  processButton.disabled = true;
+  try {
+    const count = await client.processOrders(ids, (shipment) => shipmentList.append(shipmentSummary(shipment)));
+    processStatus.textContent = `${ids.length} order${ids.length === 1 ? "" : "s"} in ${count} shipment${count === 1 ? "" : "s"}.`;
+  } catch (error) {
+    processStatus.textContent = refusal(error) ?? `Processing failed: ${error.message}`;
+    processStatus.classList.add("error");
+  } finally {
+    processButton.disabled = !canWrite();
+  }
+});
+
 // Signing in: the token lives in this tab's sessionStorage (never in the URL) and goes with
 // every call. Its claims are read here only to explain what it allows; the server checks it.
 const TOKEN_KEY = "order-token";
@@ -262,6 +441,8 @@ function useToken(token) {
   tokenInput.value = "";
   const writable = canWrite();
   addButton.disabled = !client || !writable;
+  importButton.disabled = !client || !writable;
+  processButton.disabled = !client || !writable;
   addReason.hidden = writable;
   addReason.textContent = writable ? "" : "Adding orders needs a token with the orders:write scope.";
 }
@@ -284,6 +465,10 @@ async function start() {
   }
   button.disabled = false;
   searchButton.disabled = false;
+  $("import-mode").textContent = client.streamsUploads
+    ? "This page streams the file to the server as it reads it (HTTP/2): files of any size."
+    : "Over http:// a browser cannot stream an upload, so the file goes as one request, up to 4 MiB. " +
+      "Serve with --tls-cert and open the page over https:// to import files of any size.";
   useToken(sessionStorage.getItem(TOKEN_KEY) ?? "");
   const id = new URLSearchParams(location.search).get("id");
   if (id) {

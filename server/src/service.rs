@@ -11,7 +11,7 @@ use tracing::{debug, info, instrument};
 use crate::{
     auth::Caller,
     deadline::{until_deadline, Deadline},
-    error::{Echo, Error},
+    error::{Echo, Error, FieldViolation},
     metrics::Messages,
     order::ValidOrder,
     process,
@@ -79,29 +79,57 @@ fn deadline<T>(request: &Request<T>) -> Option<Deadline> {
     request.extensions().get::<Deadline>().copied()
 }
 
+/// Most field violations one client stream's answer carries, whatever the number of bad orders:
+/// the first [`REPORTED_VIOLATIONS`](crate::error::REPORTED_VIOLATIONS) in full, the rest counted.
+pub const MAX_STREAM_VIOLATIONS: usize = 1_000;
+
 /// The orders of a client stream, each counted and checked by `check` as it arrives, at most
 /// [`MAX_ORDERS_PER_CALL`]. A bad order's fields are named after its place in the stream
-/// (`orders[3].price`), so the client knows which one it was.
+/// (`orders[3].price`), so the client knows which one it was. After a bad order the rest are
+/// still read and checked, so that one answer names every bad order (and a browser, which sends
+/// its whole upload before it reads the answer, gets that answer): then the stream fails.
 fn checked(
     request: Request<Streaming<Order>>,
     check: fn(Order) -> Result<ValidOrder, Error>,
 ) -> OrderStream<'static> {
     let messages = Messages::of(&request);
-    request
-        .into_inner()
-        .inspect(move |order| {
-            if order.is_ok() {
-                messages.received();
-            }
-        })
-        .enumerate()
-        .map(move |(index, order)| {
+    let mut orders = request.into_inner();
+    Box::pin(async_stream::stream! {
+        let mut invalid: Option<(String, Vec<FieldViolation>)> = None;
+        let mut index = 0;
+        while let Some(order) = orders.next().await {
+            let order = match order {
+                Ok(order) => order,
+                Err(status) => {
+                    yield Err(Error::Client(status));
+                    return;
+                }
+            };
+            messages.received();
             if index == MAX_ORDERS_PER_CALL {
-                return Err(Error::TooMany(MAX_ORDERS_PER_CALL));
+                yield Err(Error::TooMany(MAX_ORDERS_PER_CALL));
+                return;
             }
-            check(order.map_err(Error::Client)?).map_err(|error| error.at(index))
-        })
-        .boxed()
+            match check(order).map_err(|error| error.at(index)) {
+                Ok(order) if invalid.is_none() => yield Ok(order),
+                // Nothing more is written once one order is bad.
+                Ok(_) => {}
+                Err(Error::InvalidOrder { id, violations }) => {
+                    let (_, all) = invalid.get_or_insert_with(|| (id, Vec::new()));
+                    let room = MAX_STREAM_VIOLATIONS.saturating_sub(all.len());
+                    all.extend(violations.into_iter().take(room));
+                }
+                Err(other) => {
+                    yield Err(other);
+                    return;
+                }
+            }
+            index += 1;
+        }
+        if let Some((id, violations)) = invalid {
+            yield Err(Error::InvalidOrder { id, violations });
+        }
+    })
 }
 
 // The stream types are named after the tutorial's lowerCamel RPC names.

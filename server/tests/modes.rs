@@ -369,6 +369,22 @@ async fn add_orders_is_all_or_nothing(#[values(Db::Sqlite, Db::Postgres)] db: Db
         ),
         ["orders[0].items", "orders[0].destination"]
     );
+    // Every bad order of the stream is named in the one answer, not only the first.
+    let bad_rows = vec![
+        fresh(),
+        order("", &["Bad"], "Reno, NV", -1.0),
+        fresh(),
+        order("", &[], "Reno, NV", 1.0),
+    ];
+    assert_eq!(
+        violated_fields(
+            &client
+                .add_orders(futures::stream::iter(bad_rows))
+                .await
+                .unwrap_err()
+        ),
+        ["orders[1].price", "orders[3].items"]
+    );
 
     // Nothing of those calls was stored: no order has the item "Fresh", and N-1 does not exist.
     assert!(search(server.native().await, "Fresh").await.is_empty());
