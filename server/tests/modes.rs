@@ -326,6 +326,41 @@ async fn add_orders_stores_each_and_names_them_in_order(
 
 #[rstest]
 #[tokio::test]
+async fn add_orders_numbers_skip_ids_orders_already_have(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    let server = TestServer::start_on(db).await;
+    let mut client = server.native().await;
+    client
+        .add_order(order("108", &["Own ID"], "Reno, NV", 1.0))
+        .await
+        .expect("108 added");
+    let new = (0..3).map(|n| order("", &[&format!("Numbered {n}")], "Reno, NV", 1.0));
+    let summary = client
+        .add_orders(futures::stream::iter(new))
+        .await
+        .expect("added")
+        .into_inner();
+    // Numbered in the order sent, past 108; a store may leave gaps, as sequences do.
+    let numbers: Vec<u64> = summary
+        .strip_prefix("added 3 orders: ")
+        .expect(&summary)
+        .split(", ")
+        .map(|id| id.parse().expect("a number"))
+        .collect();
+    assert_eq!(numbers[0], 107, "{summary}");
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{summary}");
+    assert!(!numbers.contains(&108), "{summary}");
+    let kept = client
+        .get_order("108".to_string())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.items, ["Own ID"]);
+}
+
+#[rstest]
+#[tokio::test]
 async fn add_orders_is_all_or_nothing(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let server = TestServer::start_on(db).await;
     let mut client = server.native().await;

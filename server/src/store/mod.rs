@@ -139,6 +139,15 @@ impl Written {
         Self::new("added")
     }
 
+    /// `count` orders added, the first of them `first_ids`.
+    pub(crate) fn added_summary(count: usize, first_ids: Vec<String>) -> Self {
+        Self {
+            verb: "added",
+            count,
+            first_ids,
+        }
+    }
+
     fn new(verb: &'static str) -> Self {
         Self {
             verb,

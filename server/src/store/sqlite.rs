@@ -16,7 +16,7 @@ use sqlx::{
 
 use super::{
     last_sample_id, redact, sample_orders, uncancelled, within, Added, Backend, OpenError,
-    OrderStream, StoreOptions, Written,
+    OrderStream, StoreOptions, Written, SUMMARY_IDS,
 };
 use crate::error::Error;
 
@@ -170,18 +170,22 @@ async fn insert_numbered(conn: &mut SqliteConnection, order: &Order) -> Result<S
     }
 }
 
-/// How many staged orders [`apply_staged_adds`] reads at a time.
-const STAGED_PAGE: i64 = 256;
-
-/// Stores the new orders staged on `conn` in one short `BEGIN IMMEDIATE` transaction, all or
-/// nothing: first those with their own ID (none may be taken), then the others under numbers of
-/// the ID sequence, which so never takes an ID the client gave. Run through [`uncancelled`];
-/// gives the connection back with the outcome.
+/// Stores the new orders staged on `conn` in one `BEGIN IMMEDIATE` transaction, all or nothing,
+/// in a few statements whatever their number: first those with their own ID (none may be taken),
+/// then the others under numbers of the ID sequence, in the client's order (reserved a block at
+/// a time; from a number an existing order has, the rest get the next block). Run through
+/// [`uncancelled`]. Only the wait for the write lock is bounded by `timeout`: once begun, the
+/// transaction is this process's work on a local file, and a client told it timed out must be
+/// able to trust that nothing was stored.
 async fn apply_staged_adds(
     mut conn: PoolConnection<sqlx::Sqlite>,
+    timeout: Duration,
 ) -> Result<(PoolConnection<sqlx::Sqlite>, Result<Written, Error>), Error> {
     let applied = async {
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = within(timeout, async {
+            Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
+        })
+        .await?;
         let taken: Option<String> = sqlx::query_scalar(
             "SELECT s.id FROM temp.staged_adds s
              WHERE s.id IS NOT NULL AND EXISTS (SELECT 1 FROM orders o WHERE o.id = s.id)
@@ -199,43 +203,78 @@ async fn apply_staged_adds(
         )
         .execute(&mut *tx)
         .await?;
-        let mut written = Written::added();
-        let mut after = 0_i64;
         loop {
-            let page = sqlx::query(&format!(
-                "SELECT seq, {COLUMNS} FROM temp.staged_adds WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-            ))
-            .bind(after)
-            .bind(STAGED_PAGE)
-            .fetch_all(&mut *tx)
+            let unnumbered: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM temp.staged_adds WHERE id IS NULL AND assigned IS NULL",
+            )
+            .fetch_one(&mut *tx)
             .await?;
-            for row in &page {
-                after = row.try_get("seq")?;
-                let own: Option<String> = row.try_get("id")?;
-                let id = match own {
-                    Some(id) => id,
-                    None => insert_numbered(&mut tx, &order_of(row, String::new())?).await?,
-                };
-                written.record(&id);
-            }
-            if (page.len() as i64) < STAGED_PAGE {
+            if unnumbered == 0 {
                 break;
             }
+            let last: Option<i64> = sqlx::query_scalar(
+                "UPDATE sequences SET last_value = last_value + ?1
+                 WHERE name = 'order_ids' AND last_value <= 9223372036854775807 - ?1
+                 RETURNING last_value",
+            )
+            .bind(unnumbered)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let first = last.ok_or(Error::Exhausted("order IDs"))? - unnumbered + 1;
+            sqlx::query(
+                "UPDATE temp.staged_adds SET assigned = CAST(?1 + r.k - 1 AS TEXT)
+                 FROM (SELECT seq, row_number() OVER (ORDER BY seq) AS k FROM temp.staged_adds
+                       WHERE id IS NULL AND assigned IS NULL) AS r
+                 WHERE temp.staged_adds.seq = r.seq",
+            )
+            .bind(first)
+            .execute(&mut *tx)
+            .await?;
+            // A number an order already has as its own ID: that order and those after it get
+            // numbers of the next round, so that the numbers still follow the client's order.
+            sqlx::query(
+                "UPDATE temp.staged_adds SET assigned = NULL
+                 WHERE id IS NULL AND seq >= (SELECT min(seq) FROM temp.staged_adds
+                                              WHERE assigned IN (SELECT id FROM orders))",
+            )
+            .execute(&mut *tx)
+            .await?;
         }
+        sqlx::query(
+            "INSERT INTO orders (id, items, description, price, destination)
+             SELECT assigned, items, description, price, destination FROM temp.staged_adds
+             WHERE id IS NULL ORDER BY seq",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM temp.staged_adds")
+            .fetch_one(&mut *tx)
+            .await?;
+        let first_ids: Vec<String> = sqlx::query_scalar(
+            "SELECT coalesce(id, assigned) FROM temp.staged_adds ORDER BY seq LIMIT ?1",
+        )
+        .bind(SUMMARY_IDS as i64)
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(written)
+        Ok(Written::added_summary(count as usize, first_ids))
     }
     .await;
     Ok((conn, applied))
 }
 
 /// Applies the updates staged on `conn` in one short `BEGIN IMMEDIATE` transaction, all or
-/// nothing. Run through [`uncancelled`]; gives the connection back with the outcome.
+/// nothing. Run through [`uncancelled`]; gives the connection back with the outcome. Only the
+/// wait for the write lock is bounded by `timeout` (see [`apply_staged_adds`]).
 async fn apply_staged(
     mut conn: PoolConnection<sqlx::Sqlite>,
+    timeout: Duration,
 ) -> Result<(PoolConnection<sqlx::Sqlite>, Result<(), Error>), Error> {
     let applied = async {
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = within(timeout, async {
+            Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
+        })
+        .await?;
         let missing: Option<String> = sqlx::query_scalar(
             "SELECT s.id FROM temp.staged_updates s
              WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = s.id)
@@ -282,14 +321,9 @@ fn items_json(items: &[String]) -> String {
 }
 
 fn order(row: &SqliteRow) -> Result<Order, sqlx::Error> {
-    order_of(row, row.try_get("id")?)
-}
-
-/// The order of `row`, under `id`.
-fn order_of(row: &SqliteRow, id: String) -> Result<Order, sqlx::Error> {
     let items: String = row.try_get("items")?;
     Ok(Order {
-        id,
+        id: row.try_get("id")?,
         items: serde_json::from_str(&items).map_err(|e| sqlx::Error::ColumnDecode {
             index: "items".into(),
             source: Box::new(e),
@@ -382,7 +416,7 @@ impl Backend for Sqlite {
             updated.record(&next.id);
         }
         // The apply, on its own task: a transaction cancelled as it begins would keep the lock.
-        let (mut conn, applied) = within(timeout, uncancelled(apply_staged(conn))).await?;
+        let (mut conn, applied) = uncancelled(apply_staged(conn, timeout)).await?;
         applied?;
         // Best effort: the next call empties the table anyway.
         let _ = sqlx::query("DELETE FROM temp.staged_updates")
@@ -402,7 +436,7 @@ impl Backend for Sqlite {
             // An empty ID is staged as NULL: only the IDs the client gave must be unique.
             sqlx::query(
                 "CREATE TEMP TABLE IF NOT EXISTS staged_adds (
-                     seq INTEGER PRIMARY KEY, id TEXT UNIQUE, items TEXT NOT NULL,
+                     seq INTEGER PRIMARY KEY, id TEXT UNIQUE, assigned TEXT, items TEXT NOT NULL,
                      description TEXT NOT NULL, price REAL NOT NULL, destination TEXT NOT NULL)",
             )
             .execute(&mut *conn)
@@ -436,7 +470,7 @@ impl Backend for Sqlite {
                 return Err(Error::AlreadyExists(next.id));
             }
         }
-        let (mut conn, applied) = within(timeout, uncancelled(apply_staged_adds(conn))).await?;
+        let (mut conn, applied) = uncancelled(apply_staged_adds(conn, timeout)).await?;
         let _ = sqlx::query("DELETE FROM temp.staged_adds")
             .execute(&mut *conn)
             .await;
