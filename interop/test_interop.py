@@ -154,6 +154,26 @@ class PythonGrpcio(unittest.TestCase):
         changed = self.stub.getOrder(wrappers.StringValue(value="105"), timeout=5)
         self.assertEqual(list(changed.items), ["Amazon Echo Dot"])
 
+    def test_add_many_is_all_or_nothing_and_names_each_bad_order(self):
+        def rows():
+            yield pb.Order(items=["Python kettle"], price=20, destination="Boston, MA")
+            yield pb.Order(items=["Python teapot"], price=-1, destination="Boston, MA")
+            yield pb.Order(items=[], price=3, destination="Boston, MA")
+        with self.assertRaises(grpc.RpcError) as raised:
+            self.stub.addOrders(rows(), timeout=5)
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        status = rpc_status.from_call(raised.exception)
+        bad_request = error_details_pb2.BadRequest()
+        status.details[0].Unpack(bad_request)
+        self.assertEqual([v.field for v in bad_request.field_violations], ["orders[1].price", "orders[2].items"])
+        found = list(self.stub.searchOrders(wrappers.StringValue(value="Python kettle"), timeout=5))
+        self.assertEqual(found, [])
+
+        summary = self.stub.addOrders(iter(list(rows())[:1]), timeout=5).value
+        self.assertRegex(summary, r"^added 1 order: \d+$")
+        found = list(self.stub.searchOrders(wrappers.StringValue(value="Python kettle"), timeout=5))
+        self.assertEqual(len(found), 1)
+
     def test_process_groups_by_destination(self):
         ids = (wrappers.StringValue(value=i) for i in ["102", "103", "104", "105", "106"])
         shipments = list(self.stub.processOrders(ids, timeout=5))

@@ -107,6 +107,14 @@ enum Command {
         #[arg(required = true)]
         orders: Vec<String>,
     },
+    /// Store new orders, all or nothing (addOrders): IDs left out are assigned by the server, and
+    /// one bad order (each is named) stores none. ORDERs as for `update`, or `-` to read one JSON
+    /// object per line from standard input, such as a JSON-lines file.
+    Import {
+        /// The new orders, as JSON, or `-` for standard input.
+        #[arg(required = true)]
+        orders: Vec<String>,
+    },
     /// Group these orders by destination into shipments, printed as each is complete
     /// (processOrders).
     Process {
@@ -132,8 +140,8 @@ async fn execute(cli: Cli) -> Result<(), String> {
     let timeout = Duration::try_from_secs_f64(cli.timeout)
         .map_err(|_| format!("--timeout {} is not a number of seconds", cli.timeout))?;
     // Read local input before connecting, so its mistakes are reported first.
-    let updates = match &cli.command {
-        Command::Update { orders } => Some(parse_orders(orders)?),
+    let orders_given = match &cli.command {
+        Command::Update { orders } | Command::Import { orders } => Some(parse_orders(orders)?),
         _ => None,
     };
     let mut endpoint = Endpoint::from_shared(cli.addr.clone())
@@ -194,9 +202,17 @@ async fn execute(cli: Cli) -> Result<(), String> {
         }
         Command::Search { text } => search(&mut client, text).await?,
         Command::Update { .. } => {
-            let orders = updates.unwrap_or_default();
+            let orders = orders_given.unwrap_or_default();
             let summary = client
                 .update_orders(futures::stream::iter(orders))
+                .await
+                .map_err(status_text)?;
+            println!("{}", summary.into_inner());
+        }
+        Command::Import { .. } => {
+            let orders = orders_given.unwrap_or_default();
+            let summary = client
+                .add_orders(futures::stream::iter(orders))
                 .await
                 .map_err(status_text)?;
             println!("{}", summary.into_inner());

@@ -292,3 +292,52 @@ fn client_covers_all_four_modes() {
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains(r#"order "999" not found"#));
 }
+
+#[test]
+fn client_imports_json_lines_from_standard_input_all_or_nothing() {
+    use std::io::Write;
+    let server = LiveServer::start();
+    let stdout =
+        |output: &std::process::Output| String::from_utf8_lossy(&output.stdout).into_owned();
+    let import = |lines: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_order-client"))
+            .arg("--addr")
+            .arg(format!("http://{}", server.addr))
+            .args(["import", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("order-client runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let rejected = import(concat!(
+        r#"{"items":["Imported lamp"],"destination":"Reno, NV","price":20}"#,
+        "\n",
+        r#"{"items":["Imported desk"],"destination":"Reno, NV","price":-1}"#,
+        "\n",
+    ));
+    assert!(!rejected.status.success());
+    let stderr = String::from_utf8_lossy(&rejected.stderr);
+    assert!(
+        stderr.contains("orders[1].price: must not be negative"),
+        "{stderr}"
+    );
+    assert!(stdout(&client(&server, &["search", "imported"])).contains("no order has"));
+
+    let imported = import(concat!(
+        r#"{"items":["Imported lamp"],"destination":"Reno, NV","price":20}"#,
+        "\n",
+        r#"{"id":"L-2","items":["Imported desk"],"destination":"Reno, NV","price":80}"#,
+        "\n",
+    ));
+    assert!(imported.status.success(), "{imported:?}");
+    assert_eq!(stdout(&imported).trim(), "added 2 orders: 107, L-2");
+    assert!(stdout(&client(&server, &["get", "L-2"])).contains("Imported desk"));
+}
