@@ -13,7 +13,14 @@
 //! const order = await client.getOrder("106");  // { id, items, description, price, destination }
 //! const id = await client.addOrder({ items: ["Pixel 9"], price: 499, destination: "Seattle, WA" });
 //! const count = await client.searchOrders("google", (order) => console.log(order.id));
+//! const summary = await client.addOrders(asyncGeneratorOfOrders);   // "added 2 orders: 107, 108"
+//! const shipments = await client.processOrders(["102", "103"], (shipment) => console.log(shipment.id));
 //! ```
+//!
+//! The client streams (`updateOrders`, `addOrders`, `processOrders`) take an array, an iterable
+//! or an async iterable and, to an `https://` server in a browser that can (Chromium, over
+//! HTTP/2), send each message as it is produced; elsewhere they send one request of at most 4 MiB
+//! (the `upload` module says how, and why).
 //!
 //! Failures reject with an `Error` whose `message` a person can read, plus the gRPC `code`
 //! (number) and `codeName` (such as `"NotFound"`); a rejected `addOrder` also carries

@@ -354,6 +354,22 @@ async fn over_https_uploads_stream_from_an_async_iterable() {
 }
 
 #[wasm_bindgen_test]
+async fn a_streamed_upload_the_server_refuses_early_rejects_with_the_servers_reason() {
+    // The server answers at the first order (an unknown ID) while the page still sends the rest.
+    let client = client(TLS_SERVER);
+    let unknown = plain_order(&["Ghost"], 1.0, "Nowhere, NV");
+    Reflect::set(&unknown, &"id".into(), &"no-such-order".into()).unwrap();
+    let rest = js_sys::Array::from(&large_orders(2_000, "wasm refused early"));
+    for (n, order) in rest.iter().enumerate() {
+        Reflect::set(&order, &"id".into(), &format!("R-{n}").into()).unwrap();
+    }
+    rest.unshift(&unknown);
+    let error = rejection(client.update_orders(rest.into()).await.map(JsValue::from)).await;
+    assert_eq!(get(&error, "codeName"), "NotFound", "{:?}", String::from(error.message()));
+    assert!(String::from(error.message()).contains("no-such-order"));
+}
+
+#[wasm_bindgen_test]
 async fn a_source_that_fails_mid_upload_rejects_and_stores_nothing() {
     for server in [TLS_SERVER, SERVER] {
         let client = client(server);
