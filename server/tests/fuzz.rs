@@ -23,11 +23,12 @@ use tower::ServiceExt;
 const ITERATIONS: usize = 3000;
 
 /// The order service's RPCs, by wire path.
-const PATHS: [&str; 5] = [
+const PATHS: [&str; 6] = [
     "/OrderManagement/getOrder",
     "/OrderManagement/addOrder",
     "/OrderManagement/searchOrders",
     "/OrderManagement/updateOrders",
+    "/OrderManagement/addOrders",
     "/OrderManagement/processOrders",
 ];
 

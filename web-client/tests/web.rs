@@ -365,7 +365,12 @@ async fn a_streamed_upload_the_server_refuses_early_rejects_with_the_servers_rea
     }
     rest.unshift(&unknown);
     let error = rejection(client.update_orders(rest.into()).await.map(JsValue::from)).await;
-    assert_eq!(get(&error, "codeName"), "NotFound", "{:?}", String::from(error.message()));
+    assert_eq!(
+        get(&error, "codeName"),
+        "NotFound",
+        "{:?}",
+        String::from(error.message())
+    );
     assert!(String::from(error.message()).contains("no-such-order"));
 }
 
