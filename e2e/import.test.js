@@ -127,6 +127,8 @@ test("a 50 MB file imports through the page by streaming, with the tab's memory 
   const baseline = await heap();
   const wasmBefore = await wasmMemory();
   const handledBefore = addOrdersSeries(await metrics(), "grpc_server_handled_total", 'grpc_code="OK"');
+  const receivedBefore = addOrdersSeries(await metrics(), "grpc_server_msg_received_total");
+  const receivedMidway = [];
 
   await page.setInputFiles("#import-file", file);
   const started = Date.now();
@@ -147,6 +149,9 @@ test("a 50 MB file imports through the page by streaming, with the tab's memory 
       const progress = await page.locator("#import-progress").innerText();
       const sent = Number(/Sent ([\d,]+)/.exec(progress)?.[1].replace(/,/g, "") ?? 0);
       progressSeen = Math.max(progressSeen, sent);
+      // What the server has received while the page is still importing.
+      const received = addOrdersSeries(await metrics(), "grpc_server_msg_received_total") - receivedBefore;
+      if (await page.isHidden("#import-status") && received > 0 && received < 10_000) receivedMidway.push(received);
     } catch {
       // The page may be busy; the next sample counts.
     } finally {
@@ -162,12 +167,15 @@ test("a 50 MB file imports through the page by streaming, with the tab's memory 
   const status = await page.locator("#import-status").innerText();
   assert.match(status, /Imported orders\.jsonl in [\d.]+ s: added 10000 orders: /, status);
   assert.ok(progressSeen > 0 && progressSeen <= 10_000, `progress showed ${progressSeen} orders sent`);
+  // Streamed: the server had orders of the file while the page was still sending the rest.
+  assert.ok(receivedMidway.length > 0, "the server received nothing before the upload ended");
   peak = Math.max(peak, await heap());
   const wasmAfter = await wasmMemory();
   const mb = (n) => (n / 1e6).toFixed(1);
   console.log(`# 50 MB import: ${mb(bytes)} MB in ${seconds.toFixed(1)} s; JS heap ${mb(baseline)} MB before, ` +
     `at most ${mb(live)} MB live and ${mb(peak)} MB with garbage during the import; wasm memory ` +
-    `${mb(wasmBefore)} MB before, ${mb(wasmAfter)} MB after`);
+    `${mb(wasmBefore)} MB before, ${mb(wasmAfter)} MB after; the server had received ` +
+    `${receivedMidway.join(", ")} orders at the samples taken while the page was still importing`);
   // Flat: the tab never holds the file, or anything near it (holding it would take more than the
   // file's size in strings alone).
   assert.ok(live - baseline < 8e6, `the live JS heap grew ${mb(live - baseline)} MB for a ${mb(bytes)} MB file`);
