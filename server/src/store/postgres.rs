@@ -147,6 +147,72 @@ fn exhausted(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("2200H"))
 }
 
+/// What a client stream does with each of its orders.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// `updateOrders`: replace an existing order.
+    Update,
+    /// `addOrders`: store a new one.
+    Add,
+}
+
+impl Postgres {
+    /// Applies each order of `orders` as it arrives inside one transaction, which commits only
+    /// after the client's stream ended well; any failure drops it, which rolls it back.
+    async fn write_each(
+        &self,
+        mut orders: OrderStream<'_>,
+        timeout: Duration,
+        step: Step,
+    ) -> Result<Written, Error> {
+        // Begun on a task of its own (see `uncancelled`); the rest may be cancelled safely: a
+        // dropped transaction is rolled back.
+        let pool = self.pool.clone();
+        let begin = uncancelled(async move { Ok(pool.begin().await?) });
+        let mut tx = within(timeout, begin).await?;
+        let mut written = match step {
+            Step::Update => Written::updated(),
+            Step::Add => Written::added(),
+        };
+        while let Some(next) = orders.next().await {
+            let id = within(timeout, write_one(&mut tx, next?.into_inner(), step)).await?;
+            written.record(&id);
+        }
+        within(timeout, async { Ok(tx.commit().await?) }).await?;
+        Ok(written)
+    }
+}
+
+/// Replaces (`NOT_FOUND` if it does not exist) or stores (`ALREADY_EXISTS` if its ID is taken)
+/// `order`; returns its ID.
+async fn write_one(conn: &mut PgConnection, order: Order, step: Step) -> Result<String, Error> {
+    match step {
+        Step::Update => {
+            let changed = sqlx::query(
+                "UPDATE orders SET items = $2, description = $3, price = $4,
+                     destination = $5 WHERE id = $1",
+            )
+            .bind(&order.id)
+            .bind(&order.items)
+            .bind(&order.description)
+            .bind(order.price)
+            .bind(&order.destination)
+            .execute(conn)
+            .await?
+            .rows_affected();
+            if changed == 0 {
+                return Err(Error::NotFound(order.id));
+            }
+            Ok(order.id)
+        }
+        Step::Add if order.id.is_empty() => insert_numbered(conn, &order).await,
+        Step::Add => match insert(conn, &order).await? {
+            true => Ok(order.id),
+            false => Err(Error::AlreadyExists(order.id)),
+        },
+    }
+}
+
 #[tonic::async_trait]
 impl Backend for Postgres {
     async fn get(&self, id: &str) -> Result<Option<Order>, Error> {
@@ -181,72 +247,17 @@ impl Backend for Postgres {
         Ok(rows.iter().map(order).collect::<Result<_, _>>()?)
     }
 
-    /// Each order is applied as it arrives inside one transaction, which commits only after the
-    /// client's stream ended well. Row locks are held on the updated orders only.
+    /// Row locks are held on the updated orders only.
     async fn update_all(
         &self,
-        mut orders: OrderStream<'_>,
+        orders: OrderStream<'_>,
         timeout: Duration,
     ) -> Result<Written, Error> {
-        // Begun on a task of its own (see `uncancelled`); the rest may be cancelled safely: a
-        // dropped transaction is rolled back.
-        let pool = self.pool.clone();
-        let begin = uncancelled(async move { Ok(pool.begin().await?) });
-        let mut tx = within(timeout, begin).await?;
-        let mut updated = Written::updated();
-        while let Some(next) = orders.next().await {
-            let next = next?.into_inner();
-            let changed = within(timeout, async {
-                Ok(sqlx::query(
-                    "UPDATE orders SET items = $2, description = $3, price = $4,
-                         destination = $5 WHERE id = $1",
-                )
-                .bind(&next.id)
-                .bind(&next.items)
-                .bind(&next.description)
-                .bind(next.price)
-                .bind(&next.destination)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected())
-            })
-            .await?;
-            if changed == 0 {
-                // Dropping the transaction rolls it back.
-                return Err(Error::NotFound(next.id));
-            }
-            updated.record(&next.id);
-        }
-        within(timeout, async { Ok(tx.commit().await?) }).await?;
-        Ok(updated)
+        self.write_each(orders, timeout, Step::Update).await
     }
 
-    /// Each order is inserted as it arrives inside one transaction, which commits only after
-    /// the client's stream ended well.
-    async fn add_all(
-        &self,
-        mut orders: OrderStream<'_>,
-        timeout: Duration,
-    ) -> Result<Written, Error> {
-        let pool = self.pool.clone();
-        let begin = uncancelled(async move { Ok(pool.begin().await?) });
-        let mut tx = within(timeout, begin).await?;
-        let mut written = Written::added();
-        while let Some(next) = orders.next().await {
-            let next = next?.into_inner();
-            let id = within(timeout, async {
-                if next.id.is_empty() {
-                    return Ok(Some(insert_numbered(&mut tx, &next).await?));
-                }
-                Ok(insert(&mut tx, &next).await?.then(|| next.id.clone()))
-            })
-            .await?;
-            // Dropping the transaction rolls it back.
-            let id = id.ok_or_else(|| Error::AlreadyExists(next.id.clone()))?;
-            written.record(&id);
-        }
-        within(timeout, async { Ok(tx.commit().await?) }).await?;
-        Ok(written)
+    async fn add_all(&self, orders: OrderStream<'_>, timeout: Duration) -> Result<Written, Error> {
+        self.write_each(orders, timeout, Step::Add).await
     }
 
     async fn next_shipment(&self) -> Result<i64, Error> {

@@ -152,6 +152,43 @@ async fn add(pool: SqlitePool, new: Order) -> Result<Added, Error> {
     Ok(Added::Id(id))
 }
 
+impl Sqlite {
+    /// A connection with an empty temporary table `table` to stage a client stream's orders in:
+    /// `seq` (the order's place in the stream), the `id` columns given, then the order's fields.
+    /// A temporary table belongs to its connection and takes no lock on the database.
+    async fn staging(
+        &self,
+        table: &str,
+        id_columns: &str,
+        timeout: Duration,
+    ) -> Result<PoolConnection<sqlx::Sqlite>, Error> {
+        let mut conn = within(timeout, async { Ok(self.pool.acquire().await?) }).await?;
+        within(timeout, async {
+            sqlx::query(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS {table} (
+                     seq INTEGER PRIMARY KEY, {id_columns}, items TEXT NOT NULL,
+                     description TEXT NOT NULL, price REAL NOT NULL, destination TEXT NOT NULL)"
+            ))
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(&format!("DELETE FROM temp.{table}"))
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await?;
+        Ok(conn)
+    }
+}
+
+/// Empties the staging table `table` of `conn`, best effort: the next call on that connection
+/// empties it anyway.
+async fn unstage(mut conn: PoolConnection<sqlx::Sqlite>, table: &str) {
+    let _ = sqlx::query(&format!("DELETE FROM temp.{table}"))
+        .execute(&mut *conn)
+        .await;
+}
+
 /// Inserts `order` under the next free number of the ID sequence, which it returns.
 async fn insert_numbered(conn: &mut SqliteConnection, order: &Order) -> Result<String, Error> {
     loop {
@@ -368,21 +405,9 @@ impl Backend for Sqlite {
         mut orders: OrderStream<'_>,
         timeout: Duration,
     ) -> Result<Written, Error> {
-        let mut conn = within(timeout, async { Ok(self.pool.acquire().await?) }).await?;
-        within(timeout, async {
-            sqlx::query(
-                "CREATE TEMP TABLE IF NOT EXISTS staged_updates (
-                     seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, items TEXT NOT NULL,
-                     description TEXT NOT NULL, price REAL NOT NULL, destination TEXT NOT NULL)",
-            )
-            .execute(&mut *conn)
+        let mut conn = self
+            .staging("staged_updates", "id TEXT NOT NULL UNIQUE", timeout)
             .await?;
-            sqlx::query("DELETE FROM temp.staged_updates")
-                .execute(&mut *conn)
-                .await?;
-            Ok(())
-        })
-        .await?;
         let mut updated = Written::updated();
         while let Some(next) = orders.next().await {
             let next = next?.into_inner();
@@ -416,12 +441,9 @@ impl Backend for Sqlite {
             updated.record(&next.id);
         }
         // The apply, on its own task: a transaction cancelled as it begins would keep the lock.
-        let (mut conn, applied) = uncancelled(apply_staged(conn, timeout)).await?;
+        let (conn, applied) = uncancelled(apply_staged(conn, timeout)).await?;
+        unstage(conn, "staged_updates").await;
         applied?;
-        // Best effort: the next call empties the table anyway.
-        let _ = sqlx::query("DELETE FROM temp.staged_updates")
-            .execute(&mut *conn)
-            .await;
         Ok(updated)
     }
 
@@ -431,22 +453,10 @@ impl Backend for Sqlite {
         mut orders: OrderStream<'_>,
         timeout: Duration,
     ) -> Result<Written, Error> {
-        let mut conn = within(timeout, async { Ok(self.pool.acquire().await?) }).await?;
-        within(timeout, async {
-            // An empty ID is staged as NULL: only the IDs the client gave must be unique.
-            sqlx::query(
-                "CREATE TEMP TABLE IF NOT EXISTS staged_adds (
-                     seq INTEGER PRIMARY KEY, id TEXT UNIQUE, assigned TEXT, items TEXT NOT NULL,
-                     description TEXT NOT NULL, price REAL NOT NULL, destination TEXT NOT NULL)",
-            )
-            .execute(&mut *conn)
+        // An empty ID is staged as NULL: only the IDs the client gave must be unique.
+        let mut conn = self
+            .staging("staged_adds", "id TEXT UNIQUE, assigned TEXT", timeout)
             .await?;
-            sqlx::query("DELETE FROM temp.staged_adds")
-                .execute(&mut *conn)
-                .await?;
-            Ok(())
-        })
-        .await?;
         while let Some(next) = orders.next().await {
             let next = next?.into_inner();
             let id = (!next.id.is_empty()).then_some(next.id.as_str());
@@ -470,10 +480,8 @@ impl Backend for Sqlite {
                 return Err(Error::AlreadyExists(next.id));
             }
         }
-        let (mut conn, applied) = uncancelled(apply_staged_adds(conn, timeout)).await?;
-        let _ = sqlx::query("DELETE FROM temp.staged_adds")
-            .execute(&mut *conn)
-            .await;
+        let (conn, applied) = uncancelled(apply_staged_adds(conn, timeout)).await?;
+        unstage(conn, "staged_adds").await;
         applied
     }
 
