@@ -212,7 +212,7 @@ pub enum Failure {
 /// and resolves to its answer. `request` makes the call's request (with its token).
 ///
 /// Streamed, a failing source abandons the call before its stream ends, so the server never
-/// takes a truncated upload for a whole one: a dropped call aborts its `fetch`, which resets the
+/// takes a truncated upload for a whole one: its body fails (see [`Abandon`]), which resets the
 /// stream.
 pub async fn send<M, T, Fut>(
     uploads: Uploads,
