@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""`make bench`: getOrder under load, order-server against the tutorial's Go server and a bare
-hyper ceiling, in one run that prints one table and the ratios; then order-server on PostgreSQL
+"""`make bench`: getOrder under load, order-server against the tutorial's Go server, tonic alone
+(its generated server with a fixed answer) and a bare hyper ceiling, in one run that prints one table and the ratios; then order-server on PostgreSQL
 (getOrder) and durable addOrder throughput on both stores.
 
 order-server runs with its default durable store, a SQLite file (in a temporary folder), as
@@ -238,6 +238,7 @@ def main():
     parser.add_argument("--load-cpu", type=int, default=1)
     parser.add_argument("--order-server", default=str(ROOT / "target/release/order-server"))
     parser.add_argument("--ceiling", default=str(ROOT / "target/release/bench-ceiling"))
+    parser.add_argument("--tonic", default=str(ROOT / "target/release/bench-tonic"))
     parser.add_argument("--go-server", default=str(ROOT / "target/bench/go/tutorial-server"))
     args = parser.parse_args()
 
@@ -262,6 +263,9 @@ def main():
         ("axum Router", lambda port: order_server(port, f"sqlite:{data}/router.db") + ["--axum-router"],
          ["native", "web"]),
         ("tutorial Go", lambda port: [args.go_server, f"127.0.0.1:{port}"], ["native"]),
+        # tonic's generated server (and tonic-web) with a fixed answer, served as the ceiling is:
+        # what tonic itself costs over hyper, so what order-server's own work costs over tonic.
+        ("tonic alone", lambda port: [args.tonic, f"127.0.0.1:{port}"], ["native", "web"]),
         ("hyper ceiling", lambda port: [args.ceiling, f"127.0.0.1:{port}"], ["native", "web"]),
     ]
     results = {}
@@ -364,6 +368,12 @@ def main():
     print(f"  native gRPC: order-server / tutorial Go   = {ratio('order-server', 'tutorial Go', 'native', 1.3)}")
     print(f"  native gRPC: order-server / hyper ceiling = {ratio('order-server', 'hyper ceiling', 'native', 0.8)}")
     print(f"  gRPC-Web:    order-server / hyper ceiling = {ratio('order-server', 'hyper ceiling', 'web', 0.8)}")
+    for cell in ("native", "web"):
+        tonic, ceiling = results[("tonic alone", cell)], results[("hyper ceiling", cell)]
+        ours = results[("order-server", cell)]
+        print(f"  {cell}: tonic alone / hyper ceiling = {tonic['rps'] / ceiling['rps']:.2f}x; "
+              f"order-server / tonic alone = {ours['rps'] / tonic['rps']:.2f}x "
+              f"({ours['cpu_us'] - tonic['cpu_us']:+.2f} µs CPU per call for the store, layers and logging)")
     failed = sum(r["failed"] for (name, _), r in results.items() if name == "order-server")
     rss = max(r["rss_mib"] for (name, _), r in results.items() if name == "order-server")
     print(f"  order-server: {failed} failed calls (target 0); peak RSS {rss:.1f} MB (target < 20 MB)")

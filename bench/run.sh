@@ -6,8 +6,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/scripts/env.sh"
 cd "$root"
 
-echo "building order-server and the hyper ceiling (release), the tutorial's Go server, the web client..." >&2
-cargo build --release -q -p order-server -p bench-ceiling
+echo "building order-server, tonic alone and the hyper ceiling (release), the tutorial's Go server, the web client..." >&2
+cargo build --release -q -p order-server -p bench-ceiling --bins
 bench/tutorial-go/build.sh target/bench/go
 scripts/build-wasm.sh >/dev/null 2>&1 || scripts/build-wasm.sh
 

@@ -1,0 +1,112 @@
+//! `bench-tonic`: what tonic alone costs on top of hyper, for `make bench` to compare against.
+//!
+//! The order service's generated tonic server (and tonic-web's translation for gRPC-Web calls),
+//! with a handler that answers `getOrder("106")` with order 106 and nothing else: no store, no
+//! layers (metrics, host check, authentication, deadlines), no logging. It is served the way
+//! `bench-ceiling` serves its bytes (hyper's auto builder, one task per connection, the same
+//! runtime choice), so the table reads as three steps: hyper alone (`bench-ceiling`), plus tonic
+//! (this), plus everything `order-server` does. Usage: `bench-tonic 127.0.0.1:PORT`.
+
+use std::{net::SocketAddr, pin::Pin};
+
+use futures::Stream;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use order_api::pb::{
+    order_management_server::{OrderManagement, OrderManagementServer},
+    CombinedShipment, Order,
+};
+use tonic::{Request, Response, Status, Streaming};
+use tower::Layer;
+
+type Answers<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Answers `getOrder("106")`; every other call is `UNIMPLEMENTED`.
+struct Fixed(Order);
+
+#[tonic::async_trait]
+impl OrderManagement for Fixed {
+    async fn get_order(&self, request: Request<String>) -> Result<Response<Order>, Status> {
+        if request.get_ref() == &self.0.id {
+            Ok(Response::new(self.0.clone()))
+        } else {
+            Err(Status::not_found("only order 106 is here"))
+        }
+    }
+
+    async fn add_order(&self, _: Request<Order>) -> Result<Response<String>, Status> {
+        Err(Status::unimplemented("getOrder only"))
+    }
+
+    type searchOrdersStream = Answers<Order>;
+
+    async fn search_orders(
+        &self,
+        _: Request<String>,
+    ) -> Result<Response<Self::searchOrdersStream>, Status> {
+        Err(Status::unimplemented("getOrder only"))
+    }
+
+    async fn update_orders(
+        &self,
+        _: Request<Streaming<Order>>,
+    ) -> Result<Response<String>, Status> {
+        Err(Status::unimplemented("getOrder only"))
+    }
+
+    async fn add_orders(&self, _: Request<Streaming<Order>>) -> Result<Response<String>, Status> {
+        Err(Status::unimplemented("getOrder only"))
+    }
+
+    type processOrdersStream = Answers<CombinedShipment>;
+
+    async fn process_orders(
+        &self,
+        _: Request<Streaming<String>>,
+    ) -> Result<Response<Self::processOrdersStream>, Status> {
+        Err(Status::unimplemented("getOrder only"))
+    }
+}
+
+/// The same runtime choice as `order-server` and `bench-ceiling`.
+fn main() -> std::io::Result<()> {
+    let runtime = match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()?;
+    runtime.block_on(serve())
+}
+
+async fn serve() -> std::io::Result<()> {
+    let addr: SocketAddr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:50053".into())
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    eprintln!("bench-tonic listening on {}", listener.local_addr()?);
+    let order = Order {
+        id: "106".into(),
+        items: vec!["Amazon Echo".into(), "Apple iPhone XS".into()],
+        description: String::new(),
+        price: 300.0,
+        destination: "Mountain View, CA".into(),
+    };
+    // tonic-web passes native gRPC calls straight through and translates gRPC-Web ones.
+    let service = tonic_web::GrpcWebLayer::new().layer(OrderManagementServer::new(Fixed(order)));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(service.clone());
+        tokio::spawn(async move {
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
