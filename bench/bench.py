@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`make bench`: getOrder under load, order-server against the tutorial's Go server, tonic alone
-(its generated server with a fixed answer) and a bare hyper ceiling, in one run that prints one table and the ratios; then order-server on PostgreSQL
-(getOrder) and durable addOrder throughput on both stores.
+(its generated server with a fixed answer) and a bare hyper ceiling, in one run that prints one
+table and the ratios; then order-server on PostgreSQL (getOrder) and durable addOrder throughput
+on both stores.
 
 order-server runs with its default durable store, a SQLite file (in a temporary folder), as
 `make run` does. The PostgreSQL figures use a cluster of the benchmark's own (Debian's package,

@@ -5,16 +5,12 @@
 //! gRPC-Web (the data frame and a trailer frame in the body). No routing, no decoding, no
 //! service: the request body is drained and dropped. Usage: `bench-ceiling 127.0.0.1:PORT`.
 
-use std::{convert::Infallible, net::SocketAddr};
+use std::convert::Infallible;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
 use prost::Message;
 
 /// The encoded responses, made once at start.
@@ -26,14 +22,7 @@ struct Answers {
 }
 
 fn answers() -> Answers {
-    let order = order_api::pb::Order {
-        id: "106".into(),
-        items: vec!["Amazon Echo".into(), "Apple iPhone XS".into()],
-        description: String::new(),
-        price: 300.0,
-        destination: "Mountain View, CA".into(),
-    };
-    let message = order.encode_to_vec();
+    let message = bench_ceiling::order_106().encode_to_vec();
     let mut data = BytesMut::new();
     data.put_u8(0);
     data.put_u32(message.len() as u32);
@@ -106,37 +95,8 @@ impl hyper::body::Body for GrpcBody {
     }
 }
 
-/// The same runtime choice as `order-server`: single-threaded when the process may use one CPU
-/// (as under the benchmark's taskset), so the two are compared on equal terms.
 fn main() -> std::io::Result<()> {
-    let runtime = match std::thread::available_parallelism().map_or(1, |n| n.get()) {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    }
-    .enable_all()
-    .build()?;
-    runtime.block_on(serve())
-}
-
-async fn serve() -> std::io::Result<()> {
-    let addr: SocketAddr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:50052".into())
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))?;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    eprintln!("bench-ceiling listening on {}", listener.local_addr()?);
     let answers = answers();
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let _ = stream.set_nodelay(true);
-        let answers = answers.clone();
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request| answer(request, answers.clone()));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    let service = hyper::service::service_fn(move |request| answer(request, answers.clone()));
+    bench_ceiling::run("bench-ceiling", "127.0.0.1:50052", service)
 }

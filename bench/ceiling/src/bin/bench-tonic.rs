@@ -7,14 +7,10 @@
 //! runtime choice), so the table reads as three steps: hyper alone (`bench-ceiling`), plus tonic
 //! (this), plus everything `order-server` does. Usage: `bench-tonic 127.0.0.1:PORT`.
 
-use std::{net::SocketAddr, pin::Pin};
+use std::pin::Pin;
 
 use futures::Stream;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-    service::TowerToHyperService,
-};
+use hyper_util::service::TowerToHyperService;
 use order_api::pb::{
     order_management_server::{OrderManagement, OrderManagementServer},
     CombinedShipment, Order,
@@ -71,42 +67,14 @@ impl OrderManagement for Fixed {
     }
 }
 
-/// The same runtime choice as `order-server` and `bench-ceiling`.
 fn main() -> std::io::Result<()> {
-    let runtime = match std::thread::available_parallelism().map_or(1, |n| n.get()) {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    }
-    .enable_all()
-    .build()?;
-    runtime.block_on(serve())
-}
-
-async fn serve() -> std::io::Result<()> {
-    let addr: SocketAddr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:50053".into())
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))?;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    eprintln!("bench-tonic listening on {}", listener.local_addr()?);
-    let order = Order {
-        id: "106".into(),
-        items: vec!["Amazon Echo".into(), "Apple iPhone XS".into()],
-        description: String::new(),
-        price: 300.0,
-        destination: "Mountain View, CA".into(),
-    };
     // tonic-web passes native gRPC calls straight through and translates gRPC-Web ones.
-    let service = tonic_web::GrpcWebLayer::new().layer(OrderManagementServer::new(Fixed(order)));
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(service.clone());
-        tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    let service = tonic_web::GrpcWebLayer::new().layer(OrderManagementServer::new(Fixed(
+        bench_ceiling::order_106(),
+    )));
+    bench_ceiling::run(
+        "bench-tonic",
+        "127.0.0.1:50053",
+        TowerToHyperService::new(service),
+    )
 }
