@@ -8,8 +8,12 @@ order-server runs with its default durable store, a SQLite file (in a temporary 
 `make run` does. The PostgreSQL figures use a cluster of the benchmark's own (Debian's package,
 default durable settings: fsync and synchronous_commit on), pinned to the server's CPU.
 
-Each server runs pinned to CPU 0 and h2load to CPU 1 (taskset). For each server and cell: a
-warm-up, then ROUNDS measured runs of DURATION seconds; the table shows medians. Measured per run:
+Each server runs pinned to CPU 0 and h2load to CPU 1 (taskset). The servers of the getOrder
+table (and order-server with TLS) are all up at once; for each cell, each server gets a warm-up,
+then ROUNDS rounds in which every server runs DURATION seconds in turn, in an order rotated each
+round. The table shows medians; the ratios are medians of the per-round ratios, so a machine that
+slows down for a while (a noisy neighbour, steal time) moves both sides of a ratio alike. The
+stores' cells run one server at a time. Measured per run:
 requests/s (h2load), server CPU time per request (/proc/PID/stat before and after), failed calls
 (transport errors, non-2xx, and gRPC errors under HTTP 200, counted from the response bytes:
 every successful answer carries the order, a failed one does not) and, per server, peak RSS
@@ -174,31 +178,65 @@ class Server:
         self.process.wait(timeout=20)
 
 
-def measure(server, cell, body_file, args):
-    # One successful call's response bytes, to count calls that did not carry the order.
-    probe = h2load(server.url, cell, body_file, args.load_cpu, requests=1)
-    if probe["done"] != 1 or probe["non2xx"] or probe["failed"]:
-        raise RuntimeError(f"{server.name} does not answer {cell} calls:\n{probe['raw']}")
-    per_call = probe["data"]
-    h2load(server.url, cell, body_file, args.load_cpu, duration=args.warmup)
-    runs = []
-    for _ in range(args.rounds):
-        before = cpu_ticks(server.process.pid)
-        result = h2load(server.url, cell, body_file, args.load_cpu, duration=args.duration)
-        ticks = cpu_ticks(server.process.pid) - before
-        answered = result["data"] // per_call if per_call else 0
-        failed = max(result["done"] - answered, 0) + result["failed"] + result["non2xx"]
-        runs.append({
-            "rps": result["rps"],
-            "cpu_us": ticks / CLK_TCK * 1e6 / max(result["done"], 1),
-            "failed": failed,
-        })
+def probe(server, cell, body_file, args):
+    """The response bytes of one successful call, to count the calls of a run that did not carry
+    the order."""
+    result = h2load(server.url, cell, body_file, args.load_cpu, requests=1)
+    if result["done"] != 1 or result["non2xx"] or result["failed"]:
+        raise RuntimeError(f"{server.name} does not answer {cell} calls:\n{result['raw']}")
+    return result["data"]
+
+
+def run_once(server, cell, body_file, per_call, args):
+    """One measured run of `cell` against `server`."""
+    before = cpu_ticks(server.process.pid)
+    result = h2load(server.url, cell, body_file, args.load_cpu, duration=args.duration)
+    ticks = cpu_ticks(server.process.pid) - before
+    answered = result["data"] // per_call if per_call else 0
+    return {
+        "rps": result["rps"],
+        "cpu_us": ticks / CLK_TCK * 1e6 / max(result["done"], 1),
+        "failed": max(result["done"] - answered, 0) + result["failed"] + result["non2xx"],
+    }
+
+
+def summary(runs):
     return {
         "rps": statistics.median(r["rps"] for r in runs),
         "cpu_us": statistics.median(r["cpu_us"] for r in runs),
         "failed": sum(r["failed"] for r in runs),
         "rounds": [round(r["rps"]) for r in runs],
     }
+
+
+def measure(server, cell, body_file, args):
+    """ROUNDS runs of `cell` against one server, one after another."""
+    per_call = probe(server, cell, body_file, args)
+    h2load(server.url, cell, body_file, args.load_cpu, duration=args.warmup)
+    return summary([run_once(server, cell, body_file, per_call, args) for _ in range(args.rounds)])
+
+
+def measure_alternated(entries, body_file, args):
+    """ROUNDS rounds in which every (server, cell) entry runs once, in an order rotated each round,
+    so that no server always runs first or last and a machine that slows down for a while slows
+    every server's round alike. Returns each entry's summary and its runs, round by round."""
+    per_call = {}
+    for server, cell in entries:
+        per_call[(server.name, cell)] = probe(server, cell, body_file, args)
+        h2load(server.url, cell, body_file, args.load_cpu, duration=args.warmup)
+    runs = {(server.name, cell): [] for server, cell in entries}
+    for round_ in range(args.rounds):
+        print(f"  round {round_ + 1} of {args.rounds} ...", file=sys.stderr, flush=True)
+        shift = round_ % len(entries)
+        for server, cell in entries[shift:] + entries[:shift]:
+            key = (server.name, cell)
+            runs[key].append(run_once(server, cell, body_file, per_call[key], args))
+    return {key: {**summary(r), "runs": r} for key, r in runs.items()}
+
+
+def per_round_ratio(results, a, b):
+    """The median over rounds of a's requests/s over b's in the same round."""
+    return statistics.median(x["rps"] / y["rps"] for x, y in zip(results[a]["runs"], results[b]["runs"]))
 
 
 def measure_adds(server, body_file, args):
@@ -269,48 +307,53 @@ def main():
         ("tonic alone", lambda port: [args.tonic, f"127.0.0.1:{port}"], ["native", "web"]),
         ("hyper ceiling", lambda port: [args.ceiling, f"127.0.0.1:{port}"], ["native", "web"]),
     ]
-    results = {}
-    for name, command, cells in servers:
-        port = free_port()
-        server = Server(name, command(port), port, args.server_cpu)
-        try:
-            for cell in cells:
-                check_answers(server, cell, body_file)
-                print(f"  measuring {name}, {CELLS[cell]['title']} ...", file=sys.stderr, flush=True)
-                results[(name, cell)] = measure(server, cell, body_file, args)
-            rss = peak_rss_kib(server.process.pid)
-            for cell in cells:
-                results[(name, cell)]["rss_mib"] = rss / 1024
-        finally:
-            server.stop()
-
     # Native getOrder over TLS with a token (authentication on), beside the plaintext cell.
     tls_dir = tempfile.mkdtemp(prefix="order-bench-tls-")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", f"{tls_dir}/key.pem",
+                    "-out", f"{tls_dir}/cert.pem"], check=True, capture_output=True)
+    Path(f"{tls_dir}/secret").write_text("bench secret\n")
+    token = subprocess.run([args.order_server, "token", "--secret-file", f"{tls_dir}/secret", "--scope",
+                            "orders:read", "--subject", "bench"], check=True, capture_output=True,
+                           text=True).stdout.strip()
+    CELLS["tls"] = {
+        "title": "native gRPC, TLS + token, 16 conns x 16 streams",
+        "args": [*CELLS["native"]["args"], "-H", f"authorization: Bearer {token}"],
+    }
+    tls_server = lambda port: order_server(port, f"sqlite:{data}/tls.db") + [
+        "--tls-cert", f"{tls_dir}/cert.pem", "--tls-key", f"{tls_dir}/key.pem",
+        "--auth-secret-file", f"{tls_dir}/secret"]
+
+    # Every server of the table is up at once, all on the server CPU (an idle one costs nothing),
+    # and the rounds alternate between them: see measure_alternated.
+    running = {}
+    results = {}
     try:
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                        "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", f"{tls_dir}/key.pem",
-                        "-out", f"{tls_dir}/cert.pem"], check=True, capture_output=True)
-        Path(f"{tls_dir}/secret").write_text("bench secret\n")
-        token = subprocess.run([args.order_server, "token", "--secret-file", f"{tls_dir}/secret", "--scope",
-                                "orders:read", "--subject", "bench"], check=True, capture_output=True,
-                               text=True).stdout.strip()
-        CELLS["tls"] = {
-            "title": "native gRPC, TLS + token, 16 conns x 16 streams",
-            "args": [*CELLS["native"]["args"], "-H", f"authorization: Bearer {token}"],
-        }
+        for name, command, cells in servers:
+            port = free_port()
+            running[name] = Server(name, command(port), port, args.server_cpu)
+            for cell in cells:
+                check_answers(running[name], cell, body_file)
         port = free_port()
-        command = order_server(port, f"sqlite:{data}/tls.db") + [
-            "--tls-cert", f"{tls_dir}/cert.pem", "--tls-key", f"{tls_dir}/key.pem",
-            "--auth-secret-file", f"{tls_dir}/secret"]
-        server = Server("order-server (TLS)", command, port, args.server_cpu)
-        server.url = f"https://127.0.0.1:{port}"
-        try:
-            print("  measuring order-server over TLS with a token ...", file=sys.stderr, flush=True)
-            tls_result = measure(server, "tls", body_file, args)
-        finally:
-            server.stop()
+        running["TLS + token"] = Server("TLS + token", tls_server(port), port, args.server_cpu)
+        running["TLS + token"].url = f"https://127.0.0.1:{port}"
+        for cell in ("native", "web"):
+            entries = [(running[name], cell) for name, _, cells in servers if cell in cells]
+            if cell == "native":
+                entries.append((running["TLS + token"], "tls"))
+            print(f"  measuring {CELLS[cell]['title']}: {', '.join(s.name for s, _ in entries)}, "
+                  "rounds alternated ...", file=sys.stderr, flush=True)
+            results.update(measure_alternated(entries, body_file, args))
+        for name, server in running.items():
+            rss = peak_rss_kib(server.process.pid) / 1024
+            for (each, _), r in results.items():
+                if each == name:
+                    r["rss_mib"] = rss
     finally:
+        for server in running.values():
+            server.stop()
         shutil.rmtree(tls_dir, ignore_errors=True)
+    tls_result = results.pop(("TLS + token", "tls"))
 
     # order-server on PostgreSQL: getOrder (no cache: other servers may change any order), then
     # addOrder on both stores, each on a new database.
@@ -343,8 +386,9 @@ def main():
     cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
     print(f"Machine: {os.cpu_count()} cores ({cpu.group(1) if cpu else 'unknown CPU'}), "
           f"{os.uname().sysname} {os.uname().release}")
-    print(f"Server pinned to CPU {args.server_cpu}, h2load to CPU {args.load_cpu}; "
-          f"{args.warmup} s warm-up, then {args.rounds} rounds of {args.duration} s; medians.\n")
+    print(f"Servers pinned to CPU {args.server_cpu}, h2load to CPU {args.load_cpu}; per server and cell "
+          f"{args.warmup} s warm-up, then {args.rounds} rounds of {args.duration} s, the servers of a cell "
+          "taking turns within each round; medians.\n")
     header = f"{'cell':<42} {'server':<14} {'req/s':>9} {'CPU µs/req':>11} {'failed':>7} {'peak RSS':>9}"
     print(header)
     print("-" * len(header))
@@ -361,19 +405,21 @@ def main():
     print()
 
     def ratio(a, b, cell, target):
-        value = results[(a, cell)]["rps"] / results[(b, cell)]["rps"]
+        value = per_round_ratio(results, (a, cell), (b, cell))
         verdict = "met" if value >= target else "NOT met"
         return f"{value:.2f}x (target >= {target}x: {verdict})"
 
-    print("Ratios of requests/s (medians):")
+    print("Ratios of requests/s (medians of the per-round ratios):")
     print(f"  native gRPC: order-server / tutorial Go   = {ratio('order-server', 'tutorial Go', 'native', 1.3)}")
     print(f"  native gRPC: order-server / hyper ceiling = {ratio('order-server', 'hyper ceiling', 'native', 0.8)}")
     print(f"  gRPC-Web:    order-server / hyper ceiling = {ratio('order-server', 'hyper ceiling', 'web', 0.8)}")
     for cell in ("native", "web"):
         tonic, ceiling = results[("tonic alone", cell)], results[("hyper ceiling", cell)]
         ours = results[("order-server", cell)]
-        print(f"  {cell}: tonic alone / hyper ceiling = {tonic['rps'] / ceiling['rps']:.2f}x; "
-              f"order-server / tonic alone = {ours['rps'] / tonic['rps']:.2f}x "
+        print(f"  {cell}: tonic alone / hyper ceiling = "
+              f"{per_round_ratio(results, ('tonic alone', cell), ('hyper ceiling', cell)):.2f}x; "
+              f"order-server / tonic alone = "
+              f"{per_round_ratio(results, ('order-server', cell), ('tonic alone', cell)):.2f}x "
               f"({ours['cpu_us'] - tonic['cpu_us']:+.2f} µs CPU per call for the store, layers and logging)")
     failed = sum(r["failed"] for (name, _), r in results.items() if name == "order-server")
     rss = max(r["rss_mib"] for (name, _), r in results.items() if name == "order-server")
@@ -381,15 +427,16 @@ def main():
     for cell in ("native", "web"):
         with_metrics, without = results[("order-server", cell)], results[("no metrics", cell)]
         print(f"  {cell}: metrics cost {with_metrics['cpu_us'] - without['cpu_us']:+.2f} µs CPU per call "
-              f"({(1 - with_metrics['rps'] / without['rps']) * 100:+.1f}% of req/s against --no-metrics)")
+              f"({(1 - per_round_ratio(results, ('order-server', cell), ('no metrics', cell))) * 100:+.1f}% "
+              "of req/s against --no-metrics)")
     for cell in ("native", "web"):
-        cost = 1 - results[("axum Router", cell)]["rps"] / results[("order-server", cell)]["rps"]
+        cost = 1 - per_round_ratio(results, ("axum Router", cell), ("order-server", cell))
         print(f"  {cell}: an axum Router at the top costs {cost * 100:.1f}% of order-server's req/s "
               f"(the hand-written top level stays only if > 5%)")
 
-    plain = results[("order-server", "native")]
+    to_plain = per_round_ratio({"tls": tls_result, **results}, "tls", ("order-server", "native"))
     print(f"\n{CELLS['tls']['title']}: {tls_result['rps']:.0f} req/s, {tls_result['cpu_us']:.1f} µs CPU/req, "
-          f"{tls_result['failed']} failed; {tls_result['rps'] / plain['rps']:.2f}x the plaintext cell")
+          f"{tls_result['failed']} failed; {to_plain:.2f}x the plaintext cell (same rounds)")
 
     print("\nThe stores (order-server only; PostgreSQL on the server's CPU too):")
     header = f"{'cell':<52} {'req/s':>9} {'CPU µs/req':>11} {'failed':>7}"
