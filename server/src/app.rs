@@ -76,6 +76,7 @@ pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
         auth: AuthLayer(auth.map(|(auth, _)| Arc::new(auth))),
         deadline: DeadlineLayer {
             max: config.max_call_duration(),
+            streamed: crate::route::response_streams(),
         },
     };
     let health = HealthReporter::new();

@@ -1,21 +1,22 @@
 //! Deadlines on every call: the client's (`grpc-timeout`) and the server's ceiling
 //! (`--max-call-duration`), whichever comes first.
 //!
-//! [`DeadlineLayer`] reads the header, bounds the call's response future and records the
-//! [`Deadline`] in the request's extensions, where streaming RPCs find it to bound their response
-//! streams with [`until_deadline`]. A call past its deadline ends with `DEADLINE_EXCEEDED`, its
+//! [`DeadlineLayer`] reads the header, bounds the call's response future and, for the methods
+//! whose response is a stream, records the [`Deadline`] in the request's extensions, where they
+//! find it to bound their response streams with [`until_deadline`]. A call past its deadline ends with `DEADLINE_EXCEEDED`, its
 //! message saying whose deadline it was. So no call, streams included, holds its resources (a
 //! database transaction, a connection's stream) forever.
 
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{ready, Context, Poll},
     time::Duration,
 };
 
 use futures::{stream::BoxStream, Stream, StreamExt};
-use http::{Request, Response};
+use http::{HeaderName, Request, Response};
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tower::{Layer, Service};
@@ -42,12 +43,18 @@ impl Deadline {
     }
 }
 
+/// The header a gRPC client sends its deadline in.
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
 /// Applies `grpc-timeout` and the server's ceiling (`None`: no ceiling) to every gRPC call below
 /// it.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct DeadlineLayer {
     /// `--max-call-duration`.
     pub max: Option<Duration>,
+    /// The paths of the methods whose response is a stream: only their requests carry the
+    /// [`Deadline`] (a unary answer is bounded by the response future alone).
+    pub streamed: Arc<[String]>,
 }
 
 impl<S> Layer<S> for DeadlineLayer {
@@ -57,6 +64,7 @@ impl<S> Layer<S> for DeadlineLayer {
         DeadlineService {
             inner,
             max: self.max,
+            streamed: self.streamed.clone(),
         }
     }
 }
@@ -66,6 +74,7 @@ impl<S> Layer<S> for DeadlineLayer {
 pub struct DeadlineService<S> {
     inner: S,
     max: Option<Duration>,
+    streamed: Arc<[String]>,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for DeadlineService<S>
@@ -84,7 +93,7 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let client = request
             .headers()
-            .get("grpc-timeout")
+            .get(GRPC_TIMEOUT)
             .and_then(|value| parse_grpc_timeout(value.as_bytes()));
         let deadline = if client.is_none() && self.max.is_none() {
             None
@@ -100,7 +109,10 @@ where
             }
         };
         if let Some(deadline) = deadline {
-            request.extensions_mut().insert(deadline);
+            let path = request.uri().path();
+            if self.streamed.iter().any(|streamed| streamed == path) {
+                request.extensions_mut().insert(deadline);
+            }
         }
         DeadlineFuture {
             inner: self.inner.call(request),

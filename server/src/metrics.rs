@@ -399,7 +399,8 @@ impl Call {
 
 /// The code in `grpc-status`, if there is one.
 fn code_in(headers: &HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?;
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    let value = headers.get(GRPC_STATUS)?;
     Some(Code::from_bytes(value.as_bytes()))
 }
 

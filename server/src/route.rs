@@ -64,6 +64,16 @@ impl UnaryMethods {
     }
 }
 
+/// The paths of the served methods whose response is a stream (server and bidirectional
+/// streaming).
+pub(crate) fn response_streams() -> std::sync::Arc<[String]> {
+    served_methods()
+        .into_iter()
+        .filter(|method| matches!(method.kind, Kind::ServerStream | Kind::BidiStream))
+        .map(|method| method.path())
+        .collect()
+}
+
 /// Which side of a call streams, named as gRPC's metrics name it (`grpc_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
