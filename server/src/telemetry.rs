@@ -42,8 +42,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `RUST_LOG` (e.g. `debug`, `order_server=trace`) overrides the
-/// default filter.
+/// Installs the global subscriber. `RUST_LOG` (e.g. `debug`, `sqlx=debug`) overrides the default
+/// filter. Release builds have no `trace` level (see the tracing dependency in Cargo.toml).
 pub fn init(format: LogFormat) -> Logging {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
