@@ -269,8 +269,8 @@ def check_answers(server, cell, body_file):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 5)))
-    parser.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", 5)),
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 9)))
+    parser.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", 3)),
                         help="seconds per measured run")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per server and cell")
     parser.add_argument("--server-cpu", type=int, default=0)
