@@ -37,7 +37,7 @@ use crate::{
     grpc::{stack, Layers, Stack},
     host::{HostFuture, HostLayer},
     metrics::{Metrics, MetricsFuture, MetricsLayer},
-    route::{Route, Target, Transport, UnaryMethods},
+    route::{MethodPaths, Route, Target, Transport},
     service::OrderService,
 };
 
@@ -47,7 +47,7 @@ pub struct App {
     orders: Stack<OrderManagementServer<OrderService>>,
     other: Stack<Routes>,
     files: Router,
-    unary: Arc<UnaryMethods>,
+    unary: Arc<MethodPaths>,
     health: HealthReporter,
     metrics: Option<Arc<Metrics>>,
 }
@@ -76,7 +76,7 @@ pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
         auth: AuthLayer(auth.map(|(auth, _)| Arc::new(auth))),
         deadline: DeadlineLayer {
             max: config.max_call_duration(),
-            streamed: crate::route::response_streams(),
+            streamed: Arc::new(MethodPaths::response_streams()),
         },
     };
     let health = HealthReporter::new();
@@ -101,7 +101,7 @@ pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
         other: stack(other, &layers),
         files: files(config, hosts, metrics.clone()),
         metrics,
-        unary: Arc::new(UnaryMethods::from_descriptors()),
+        unary: Arc::new(MethodPaths::unary()),
         health,
     })
 }

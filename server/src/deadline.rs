@@ -3,9 +3,9 @@
 //!
 //! [`DeadlineLayer`] reads the header, bounds the call's response future and, for the methods
 //! whose response is a stream, records the [`Deadline`] in the request's extensions, where they
-//! find it to bound their response streams with [`until_deadline`]. A call past its deadline ends with `DEADLINE_EXCEEDED`, its
-//! message saying whose deadline it was. So no call, streams included, holds its resources (a
-//! database transaction, a connection's stream) forever.
+//! find it to bound their response streams with [`until_deadline`]. A call past its deadline
+//! ends with `DEADLINE_EXCEEDED`, its message saying whose deadline it was. So no call, streams
+//! included, holds its resources (a database transaction, a connection's stream) forever.
 
 use std::{
     future::Future,
@@ -20,6 +20,8 @@ use http::{HeaderName, Request, Response};
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tower::{Layer, Service};
+
+use crate::route::MethodPaths;
 
 /// When the call must be over, and whose limit that is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,9 +54,9 @@ const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 pub struct DeadlineLayer {
     /// `--max-call-duration`.
     pub max: Option<Duration>,
-    /// The paths of the methods whose response is a stream: only their requests carry the
-    /// [`Deadline`] (a unary answer is bounded by the response future alone).
-    pub streamed: Arc<[String]>,
+    /// The methods whose response is a stream: only their requests carry the [`Deadline`]
+    /// (any other answer is bounded by the response future alone).
+    pub streamed: Arc<MethodPaths>,
 }
 
 impl<S> Layer<S> for DeadlineLayer {
@@ -74,7 +76,7 @@ impl<S> Layer<S> for DeadlineLayer {
 pub struct DeadlineService<S> {
     inner: S,
     max: Option<Duration>,
-    streamed: Arc<[String]>,
+    streamed: Arc<MethodPaths>,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for DeadlineService<S>
@@ -109,8 +111,7 @@ where
             }
         };
         if let Some(deadline) = deadline {
-            let path = request.uri().path();
-            if self.streamed.iter().any(|streamed| streamed == path) {
+            if self.streamed.contains(request.uri().path()) {
                 request.extensions_mut().insert(deadline);
             }
         }

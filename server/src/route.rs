@@ -42,36 +42,35 @@ pub(crate) enum Route {
     Page,
 }
 
-/// The gRPC methods whose gRPC-Web answers are sent whole (see [`crate::body`]): every unary
-/// method of the embedded descriptor sets, as wire paths (`/OrderManagement/getOrder`).
-/// A handful of paths, so a scan (length first) beats hashing.
-#[derive(Debug, Clone)]
-pub(crate) struct UnaryMethods(Vec<String>);
+/// Some of the served methods (of the order service and of the health service), as wire paths
+/// (`/OrderManagement/getOrder`). A handful of paths, so a scan (length first) beats hashing.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MethodPaths(Vec<String>);
 
-impl UnaryMethods {
-    /// The unary methods of the order service and of the health service.
-    pub(crate) fn from_descriptors() -> Self {
+impl MethodPaths {
+    /// The unary methods: their gRPC-Web answers are sent whole (see [`crate::body`]).
+    pub(crate) fn unary() -> Self {
+        Self::of(|kind| kind == Kind::Unary)
+    }
+
+    /// The methods whose response is a stream (server and bidirectional streaming): their
+    /// requests carry their deadline (see [`crate::deadline`]).
+    pub(crate) fn response_streams() -> Self {
+        Self::of(|kind| matches!(kind, Kind::ServerStream | Kind::BidiStream))
+    }
+
+    fn of(wanted: impl Fn(Kind) -> bool) -> Self {
         let paths: HashSet<String> = served_methods()
             .into_iter()
-            .filter(|method| method.kind == Kind::Unary)
+            .filter(|method| wanted(method.kind))
             .map(|method| method.path())
             .collect();
         Self(paths.into_iter().collect())
     }
 
     pub(crate) fn contains(&self, path: &str) -> bool {
-        self.0.iter().any(|unary| unary == path)
+        self.0.iter().any(|method| method == path)
     }
-}
-
-/// The paths of the served methods whose response is a stream (server and bidirectional
-/// streaming).
-pub(crate) fn response_streams() -> std::sync::Arc<[String]> {
-    served_methods()
-        .into_iter()
-        .filter(|method| matches!(method.kind, Kind::ServerStream | Kind::BidiStream))
-        .map(|method| method.path())
-        .collect()
 }
 
 /// Which side of a call streams, named as gRPC's metrics name it (`grpc_type`).
@@ -258,10 +257,13 @@ mod tests {
 
     #[test]
     fn unary_methods_come_from_the_descriptor() {
-        let unary = UnaryMethods::from_descriptors();
+        let unary = MethodPaths::unary();
+        let streams = MethodPaths::response_streams();
         for method in methods(&orders_descriptor()) {
             let path = method.path();
             assert_eq!(unary.contains(&path), method.kind == Kind::Unary, "{path}");
+            let streamed = matches!(method.kind, Kind::ServerStream | Kind::BidiStream);
+            assert_eq!(streams.contains(&path), streamed, "{path}");
         }
         assert!(unary.contains(&format!("/{SERVICE_NAME}/getOrder")));
         assert!(!unary.contains(&format!("/{SERVICE_NAME}/searchOrders")));
