@@ -353,7 +353,7 @@ def main():
         for server in running.values():
             server.stop()
         shutil.rmtree(tls_dir, ignore_errors=True)
-    tls_result = results.pop(("TLS + token", "tls"))
+    tls_key = ("TLS + token", "tls")
 
     # order-server on PostgreSQL: getOrder (no cache: other servers may change any order), then
     # addOrder on both stores, each on a new database.
@@ -434,7 +434,8 @@ def main():
         print(f"  {cell}: an axum Router at the top costs {cost * 100:.1f}% of order-server's req/s "
               f"(the hand-written top level stays only if > 5%)")
 
-    to_plain = per_round_ratio({"tls": tls_result, **results}, "tls", ("order-server", "native"))
+    tls_result = results[tls_key]
+    to_plain = per_round_ratio(results, tls_key, ("order-server", "native"))
     print(f"\n{CELLS['tls']['title']}: {tls_result['rps']:.0f} req/s, {tls_result['cpu_us']:.1f} µs CPU/req, "
           f"{tls_result['failed']} failed; {to_plain:.2f}x the plaintext cell (same rounds)")
 
@@ -458,7 +459,6 @@ def main():
         print(f"  {name:<14} {cell:<7} {r['rounds']}")
     for key, r in stores.items():
         print(f"  {key:<22} {r['rounds']}")
-    print(f"  {'tls + token':<22} {tls_result['rounds']}")
 
 
 if __name__ == "__main__":
