@@ -108,7 +108,7 @@ fn log_format_json_writes_one_json_object_per_line() {
     });
     drop(runtime);
     assert!(server.terminate().success());
-    let lines: Vec<String> = server.log.try_iter().collect();
+    let lines: Vec<String> = server.log.iter().collect();
     assert!(lines.len() >= 2, "{lines:?}");
     let events: Vec<serde_json::Value> = lines
         .iter()

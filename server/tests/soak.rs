@@ -248,7 +248,7 @@ fn a_soak_of_mixed_calls_with_misbehaving_clients_leaves_nothing_behind() {
     drop(runtime);
     let mut server = server;
     assert!(server.terminate().success());
-    let log: Vec<String> = server.log.try_iter().collect();
+    let log: Vec<String> = server.log.iter().collect();
     let panics: Vec<&String> = log
         .iter()
         .filter(|line| line.contains("panicked"))

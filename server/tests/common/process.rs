@@ -107,6 +107,25 @@ impl ServerProcess {
         }
     }
 
+    /// The log lines from now up to the first one containing `needle`, that one included; or,
+    /// as the error, the lines that came before `limit` passed or the log ended without it.
+    /// Blocking: call it outside the runtime or from `spawn_blocking`.
+    pub fn log_until(&self, needle: &str, limit: Duration) -> Result<Vec<String>, Vec<String>> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut lines = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            let Ok(line) = self.log.recv_timeout(left) else {
+                break;
+            };
+            let found = line.contains(needle);
+            lines.push(line);
+            if found {
+                return Ok(lines);
+            }
+        }
+        Err(lines)
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
