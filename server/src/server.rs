@@ -8,6 +8,7 @@ use futures::{Stream, StreamExt};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use order_api::pb::order_management_server::OrderManagementServer;
 use tokio::net::TcpListener;
+use tokio_util::either::Either;
 use tonic_health::{server::HealthReporter, ServingStatus};
 use tracing::{debug, info, warn};
 
@@ -226,19 +227,17 @@ async fn accept<S, B>(
                 debug!("a connection sent nothing: closed");
                 return;
             };
-            let result = match tls {
-                None => {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    serve_until_told(connection, told_to_close).await
-                }
-                Some(tls) => {
-                    let Some(stream) = handshake(&tls, stream, first).await else {
-                        return;
-                    };
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    serve_until_told(connection, told_to_close).await
-                }
+            // One connection type for both, so hyper's and h2's connection code is compiled
+            // (and inlined) once rather than once per kind of stream.
+            let stream = match tls {
+                None => Either::Left(stream),
+                Some(tls) => match handshake(&tls, stream, first).await {
+                    Some(stream) => Either::Right(stream),
+                    None => return,
+                },
             };
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let result = serve_until_told(connection, told_to_close).await;
             if let Err(error) = result {
                 debug!(error = %error, "connection ended with an error");
             }
