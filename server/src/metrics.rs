@@ -425,10 +425,14 @@ where
         let this = self.project();
         let response = std::task::ready!(this.inner.poll(cx))?;
         let mut call = this.call.take();
-        // A trailers-only answer (every error tonic or a layer sends at once) ends here.
-        if let Some(code) = code_in(response.headers()) {
-            if let Some(call) = call.take() {
-                call.end(code);
+        // A trailers-only answer (every error tonic or a layer sends at once: an empty body and
+        // `grpc-status` in the headers) ends here. Any other answer has its code in its trailers,
+        // so its headers are not searched.
+        if response.body().is_end_stream() {
+            if let Some(code) = code_in(response.headers()) {
+                if let Some(call) = call.take() {
+                    call.end(code);
+                }
             }
         }
         Poll::Ready(Ok(response.map(|body| match call {
