@@ -1,5 +1,6 @@
 //! JWT authentication at the one gRPC stack: every refusal case, scopes, public reads, the
-//! services that need no token, public keys by type, and CORS on refusals.
+//! services that need no token, public keys by type (RS256 with the test keys in `tests/keys`),
+//! and CORS on refusals.
 
 mod common;
 
@@ -267,6 +268,56 @@ async fn es256_and_eddsa_public_keys_are_recognised_by_type() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{algorithm:?}");
+    }
+}
+
+/// A test-only RSA key in `tests/keys` (see its README).
+fn test_key(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/keys")
+        .join(name)
+}
+
+#[tokio::test]
+async fn rs256_public_keys_are_recognised_in_both_pem_forms() {
+    let private = std::fs::read(test_key("rs256-private.pem")).unwrap();
+    let key = EncodingKey::from_rsa_pem(&private).unwrap();
+    let rs256 = |scope: &str| {
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims(scope), &key).unwrap()
+    };
+    let other = std::fs::read(test_key("rs256-other-private.pem")).unwrap();
+    let forged = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &claims("orders:write"),
+        &EncodingKey::from_rsa_pem(&other).unwrap(),
+    )
+    .unwrap();
+    // `openssl pkey -pubout` (PUBLIC KEY) and `openssl rsa -RSAPublicKey_out` (RSA PUBLIC KEY).
+    for public in ["rs256-public.pem", "rs256-public-pkcs1.pem"] {
+        let mut config = Config::for_tests();
+        config.auth_public_key = Some(test_key(public));
+        let server = TestServer::start_with(config).await;
+
+        let order = get(&server, Some(&rs256("orders:read"))).await;
+        assert_eq!(order.unwrap().id, "106", "{public}");
+        let status = add(&server, Some(&rs256("orders:read"))).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{public}: {status:?}"
+        );
+        assert!(
+            add(&server, Some(&rs256("orders:write"))).await.is_ok(),
+            "{public}"
+        );
+
+        // Signed by another RSA key, or HS256 with anything: refused.
+        let status = add(&server, Some(&forged)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{public}: {status:?}");
+        let status = get(&server, Some(&hs256(&claims("orders:read"), SECRET)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{public}: {status:?}");
     }
 }
 
