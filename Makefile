@@ -14,7 +14,7 @@ help: ## List the targets
 setup: ## One-time installs (idempotent; quick when all is present)
 	@scripts/setup.sh
 
-wasm: setup ## Build the web client into static/pkg/ (release, wasm-opt)
+wasm: setup ## Build the web client into static/pkg/ (optimized for size, wasm-opt)
 	@scripts/build-wasm.sh
 
 run: setup wasm ## Build everything and serve http://127.0.0.1:50051 in the foreground

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make wasm`: builds the web client into static/pkg/ (release, optimized by wasm-opt) for the page.
+# `make wasm`: builds the web client into static/pkg/ (optimized for size, then by wasm-opt) for the page.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/scripts/env.sh"
@@ -7,4 +7,5 @@ source "$root/scripts/env.sh"
 # one on PATH instead of downloading its own.
 command -v wasm-opt >/dev/null || { echo "wasm-opt missing: run make setup" >&2; exit 1; }
 cd "$root/web-client"
-with_wasm_toolchain wasm-pack build --release --target web --no-pack --out-dir "$root/static/pkg" "$@"
+# The wasm-release profile (Cargo.toml) optimizes every crate in the module for size.
+with_wasm_toolchain wasm-pack build --profile wasm-release --target web --no-pack --out-dir "$root/static/pkg" "$@"
