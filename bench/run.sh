@@ -18,5 +18,5 @@ fi
 
 python3 bench/bench.py "$@"
 echo
-echo "Web client (static/pkg, release + wasm-opt) and page load, headless Chromium:"
+echo "Web client (static/pkg, wasm-release profile + wasm-opt) and page load, headless Chromium:"
 (cd e2e && ORDER_SERVER_BIN=../target/release/order-server node page-budget.js --runs 20)
