@@ -17,8 +17,10 @@
 //! [`BUFFERED_UPLOAD_BYTES`]; a larger upload is refused with `Unimplemented` and the reason.
 
 use std::{
+    cell::Cell,
     future::Future,
     pin::Pin,
+    rc::Rc,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -37,7 +39,7 @@ use js_sys::{Function, Promise, Reflect, Symbol};
 use tonic::codegen::{http, Body as HttpBody, Bytes, Service};
 use tonic::{Code, Status};
 use tonic_web_wasm_client::{Client, ResponseBody, StreamRequestBody};
-use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen::{closure::Closure, JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
 /// The most an upload may encode to when it cannot be streamed and goes as one request.
@@ -65,8 +67,10 @@ impl Uploads {
     }
 }
 
-/// True when `fetch` here takes a `ReadableStream` as a request body (rather than sending it as
-/// the text `[object ReadableStream]`, which labels it `text/plain`).
+/// True when `fetch` here streams a `ReadableStream` request body: the browser reads the `duplex`
+/// option (which a streamed body needs) and does not take the stream for text (it would send the
+/// text `[object ReadableStream]`, labelled `text/plain`). The check Chromium documents; a
+/// browser that takes the stream but cannot upload one (Safari) never reads `duplex`.
 fn browser_streams_request_bodies() -> bool {
     let Ok(body) = web_sys::ReadableStream::new() else {
         return false;
@@ -74,9 +78,20 @@ fn browser_streams_request_bodies() -> bool {
     let init = web_sys::RequestInit::new();
     init.set_method("POST");
     init.set_body(&body);
-    let _ = Reflect::set(&init, &"duplex".into(), &"half".into());
-    web_sys::Request::new_with_str_and_init("https://example.invalid/", &init)
-        .is_ok_and(|request| !request.headers().has("content-type").unwrap_or(true))
+    let duplex_read = Rc::new(Cell::new(false));
+    let getter = Closure::<dyn Fn() -> JsValue>::new({
+        let duplex_read = duplex_read.clone();
+        move || {
+            duplex_read.set(true);
+            JsValue::from_str("half")
+        }
+    });
+    let descriptor = js_sys::Object::new();
+    let _ = Reflect::set(&descriptor, &"get".into(), getter.as_ref());
+    js_sys::Object::define_property(&init, &"duplex".into(), &descriptor);
+    let labelled_text = web_sys::Request::new_with_str_and_init("https://example.invalid/", &init)
+        .map(|request| request.headers().has("content-type").unwrap_or(true));
+    labelled_text == Ok(false) && duplex_read.get()
 }
 
 /// The values of a JavaScript array, iterable or async iterable, one at a time.
