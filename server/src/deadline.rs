@@ -97,39 +97,68 @@ where
             .headers()
             .get(GRPC_TIMEOUT)
             .and_then(|value| parse_grpc_timeout(value.as_bytes()));
-        let deadline = if client.is_none() && self.max.is_none() {
-            None
-        } else {
-            let now = Instant::now();
-            let after = |limit: Option<Duration>, client| {
-                let at = now.checked_add(limit?)?;
-                Some(Deadline { at, client })
-            };
-            match (after(client, true), after(self.max, false)) {
-                (Some(client), Some(ceiling)) if ceiling.at < client.at => Some(ceiling),
-                (client, ceiling) => client.or(ceiling),
-            }
+        let limit = match (client, self.max) {
+            (Some(client), Some(max)) if max < client => Some(Limit {
+                after: max,
+                client: false,
+            }),
+            (Some(client), _) => Some(Limit {
+                after: client,
+                client: true,
+            }),
+            (None, Some(max)) => Some(Limit {
+                after: max,
+                client: false,
+            }),
+            (None, None) => None,
         };
-        if let Some(deadline) = deadline {
+        // A response stream needs its deadline as an instant now, to find it in the request.
+        // Any other call's deadline is only needed if it does not answer on its first poll,
+        // which comes at once: the clock is read then (see `DeadlineFuture`).
+        let mut deadline = None;
+        if let Some(limit) = limit {
             if self.streamed.contains(request.uri().path()) {
-                request.extensions_mut().insert(deadline);
+                deadline = limit.from(Instant::now());
+                if let Some(deadline) = deadline {
+                    request.extensions_mut().insert(deadline);
+                }
             }
         }
         DeadlineFuture {
             inner: self.inner.call(request),
+            limit,
             deadline,
             sleep: None,
         }
     }
 }
 
+/// How long a call may take, and whose limit that is.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    after: Duration,
+    client: bool,
+}
+
+impl Limit {
+    /// The deadline of a call that started at `start`; `None` if that is too far away to be
+    /// represented (no deadline, in effect).
+    fn from(self, start: Instant) -> Option<Deadline> {
+        Some(Deadline {
+            at: start.checked_add(self.after)?,
+            client: self.client,
+        })
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// The response future of [`DeadlineService`]. The timer is armed only if the call does not
-    /// answer on its first poll, so a call answered at once (a cached `getOrder`) never touches
-    /// the timer wheel.
+    /// The response future of [`DeadlineService`]. The clock is read and the timer armed only
+    /// if the call does not answer on its first poll, so a call answered at once (a cached
+    /// `getOrder`) costs neither.
     pub struct DeadlineFuture<F> {
         #[pin]
         inner: F,
+        limit: Option<Limit>,
         deadline: Option<Deadline>,
         sleep: Option<Pin<Box<Sleep>>>,
     }
@@ -146,6 +175,13 @@ where
         let this = self.project();
         if let Poll::Ready(output) = this.inner.poll(cx) {
             return Poll::Ready(output);
+        }
+        if this.deadline.is_none() {
+            // The first poll that waits: the call started a moment ago.
+            *this.deadline = this
+                .limit
+                .take()
+                .and_then(|limit| limit.from(Instant::now()));
         }
         let Some(deadline) = this.deadline else {
             return Poll::Pending;

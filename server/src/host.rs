@@ -26,7 +26,16 @@ const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
 /// The `Host`s allowed, or `None` for any.
 #[derive(Debug, Clone)]
-pub(crate) struct Hosts(Option<Arc<[String]>>);
+pub(crate) struct Hosts(Option<Arc<Allowed>>);
+
+#[derive(Debug)]
+struct Allowed {
+    /// Lowercase, without a trailing dot.
+    names: Vec<String>,
+    /// Each name as most requests spell their authority, alone and with the port this server
+    /// listens on: compared whole, before the authority is taken apart.
+    usual: Vec<String>,
+}
 
 impl Hosts {
     /// What a server listening on `listen` answers, with `extra` names from `--allowed-host`.
@@ -37,7 +46,11 @@ impl Hosts {
         } else if names.is_empty() {
             return Self(None);
         }
-        Self(Some(names.into()))
+        let mut usual = names.clone();
+        if listen.port() != 0 {
+            usual.extend(names.iter().map(|name| format!("{name}:{}", listen.port())));
+        }
+        Self(Some(Arc::new(Allowed { names, usual })))
     }
 
     /// `Ok` if `request` may be answered, else the refused host name for the message.
@@ -45,12 +58,20 @@ impl Hosts {
         let Some(allowed) = &self.0 else {
             return Ok(());
         };
-        let Some(host) = host_of(request) else {
+        let Some(authority) = authority_of(request) else {
             return Ok(());
         };
+        if allowed.usual.iter().any(|usual| *usual == authority) {
+            return Ok(());
+        }
+        let host = host_of(authority);
         // Compared in place: the host is lowercased into a String only when it is refused.
         let host = &host[..host.len() - host.bytes().rev().take_while(|&b| b == b'.').count()];
-        if allowed.iter().any(|name| name.eq_ignore_ascii_case(host)) {
+        if allowed
+            .names
+            .iter()
+            .any(|name| name.eq_ignore_ascii_case(host))
+        {
             Ok(())
         } else {
             Err(normalise(host))
@@ -58,13 +79,17 @@ impl Hosts {
     }
 }
 
-/// The request's host name without its port: from the URI (HTTP/2's `:authority`, or an
-/// absolute-form HTTP/1.1 request) or the `Host` header.
-fn host_of<B>(request: &Request<B>) -> Option<&str> {
-    let authority = match request.uri().authority() {
-        Some(authority) => authority.as_str(),
-        None => request.headers().get(header::HOST)?.to_str().ok()?,
-    };
+/// The request's authority: from the URI (HTTP/2's `:authority`, or an absolute-form HTTP/1.1
+/// request) or the `Host` header.
+fn authority_of<B>(request: &Request<B>) -> Option<&str> {
+    match request.uri().authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => request.headers().get(header::HOST)?.to_str().ok(),
+    }
+}
+
+/// The host name in `authority`, without user information or port.
+fn host_of(authority: &str) -> &str {
     // Byte searches rather than `str` patterns: this runs on every call, and the char searchers
     // cost several hundred instructions for a name of a dozen bytes. Every byte looked for is
     // ASCII, so each index is a char boundary.
@@ -73,7 +98,7 @@ fn host_of<B>(request: &Request<B>) -> Option<&str> {
         .rposition(|b| b == b'@')
         .map_or(authority, |at| &authority[at + 1..]);
     let bytes = host_port.as_bytes();
-    Some(if bytes.first() == Some(&b'[') {
+    if bytes.first() == Some(&b'[') {
         // `[::1]:50051`: the brackets are part of the name.
         bytes
             .iter()
@@ -84,7 +109,7 @@ fn host_of<B>(request: &Request<B>) -> Option<&str> {
             .iter()
             .position(|&b| b == b':')
             .map_or(host_port, |colon| &host_port[..colon])
-    })
+    }
 }
 
 /// Names compare without case and without a trailing dot (`LocalHost.` is `localhost`).

@@ -43,6 +43,7 @@ mod service;
 mod store;
 mod streams;
 pub mod telemetry;
+mod timer;
 mod tls;
 
 pub use crate::{

@@ -5,7 +5,7 @@ use std::{future::Future, time::Duration};
 
 use futures::{Stream, StreamExt};
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use order_api::pb::order_management_server::OrderManagementServer;
 use tokio::net::TcpListener;
 use tokio_util::either::Either;
@@ -19,6 +19,7 @@ use crate::{
     error::RunError,
     service::OrderService,
     store::Store,
+    timer::CoarseTimer,
     tls::Tls,
 };
 
@@ -158,11 +159,11 @@ async fn accept<S, B>(
     // Silent, stalled or dead clients do not hold a connection forever.
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(CoarseTimer::new())
         .header_read_timeout(config.header_read_timeout);
     builder
         .http2()
-        .timer(TokioTimer::new())
+        .timer(CoarseTimer::new())
         .keep_alive_interval(config.http2_keepalive)
         .keep_alive_timeout(config.http2_keepalive);
     let mut shutdown = std::pin::pin!(shutdown);
