@@ -13,21 +13,23 @@
 //! `order_server_database_connections_max`, `order_server_log_lines_dropped_total`.
 //!
 //! The call metrics are recorded by [`MetricsLayer`], in the one gRPC stack, through handles
-//! registered once, so a call costs a few atomic operations. Unknown services and reflection
-//! share one `grpc_service="other"` series, so a client cannot create series at will.
+//! resolved once (the `prometheus` crate's: a counter is an atomic add, the histogram a bucket
+//! search and three), so a call costs a few atomic operations and no lock. Unknown services and
+//! reflection share one `grpc_service="other"` series, so a client cannot create series at will.
 
 use std::{
     pin::Pin,
-    sync::{Arc, OnceLock, Weak},
+    sync::{Arc, Mutex, OnceLock, Weak},
     task::{Context, Poll},
-    time::Duration,
 };
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use metrics::{Counter, Gauge, Histogram, Key, Label, Recorder, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 use tokio::time::Instant;
 use tonic::{body::Body as GrpcBody, Code};
 use tower::{Layer, Service};
@@ -45,11 +47,6 @@ const SECONDS_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
     30.0, 300.0,
 ];
-
-/// How often histogram samples are folded in. Until then each sample is queued (8 bytes and
-/// change), so at 140 000 calls a second every 5 s would hold about 9 MB; every 100 ms holds
-/// under 200 KB, and folding costs about 10 ns a sample.
-const UPKEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// gRPC's codes as go-grpc-prometheus writes them in `grpc_code`, by number.
 const CODE_NAMES: [&str; 17] = [
@@ -72,10 +69,13 @@ const CODE_NAMES: [&str; 17] = [
     "Unauthenticated",
 ];
 
+/// The labels of every call series, in the order the families below take their values.
+const CALL_LABELS: [&str; 3] = ["grpc_type", "grpc_service", "grpc_method"];
+
 /// Everything measured, and the registry it is rendered from. One per [`crate::App`].
 pub(crate) struct Metrics {
-    recorder: PrometheusRecorder,
-    handle: PrometheusHandle,
+    registry: Registry,
+    families: CallFamilies,
     methods: Box<[MethodMetrics]>,
     other: MethodMetrics,
     open_streams: OpenStreams,
@@ -84,34 +84,43 @@ pub(crate) struct Metrics {
     gauges: ServerGauges,
 }
 
+/// The call series, by their labels.
+struct CallFamilies {
+    started: IntCounterVec,
+    handled: IntCounterVec,
+    seconds: HistogramVec,
+    received: IntCounterVec,
+    sent: IntCounterVec,
+}
+
 /// The handles of one method's series.
 struct MethodMetrics {
     path: Box<str>,
     /// One message each way: counted here, not by the RPC.
     unary: bool,
-    labels: [Label; 3],
-    started: Counter,
-    handled: [OnceLock<Counter>; 17],
+    /// `grpc_type`, `grpc_service`, `grpc_method`.
+    labels: [String; 3],
+    started: IntCounter,
+    /// By code, registered on first use (most methods only ever end with a few codes).
+    handled: [OnceLock<IntCounter>; 17],
     seconds: Histogram,
     messages: Messages,
 }
 
 struct ServerGauges {
-    connections: Gauge,
-    streams: Gauge,
-    pool_idle: Gauge,
-    pool_in_use: Gauge,
-    pool_max: Gauge,
-    dropped_lines: Counter,
+    connections: IntGauge,
+    streams: IntGauge,
+    pool: IntGaugeVec,
+    pool_max: IntGauge,
+    /// A counter set from the logger's own count; the lock keeps two scrapes from adding the
+    /// same lines twice.
+    dropped_lines: Mutex<IntCounter>,
 }
 
 /// A method's message counters, which streaming RPCs find in their request's extensions and
 /// count with as messages come and go. Without the metrics layer they count nothing.
-#[derive(Clone)]
-pub(crate) struct Messages {
-    received: Counter,
-    sent: Counter,
-}
+#[derive(Clone, Default)]
+pub(crate) struct Messages(Option<(IntCounter, IntCounter)>);
 
 impl Messages {
     /// The counters of the call `request` belongs to.
@@ -120,53 +129,107 @@ impl Messages {
             .extensions()
             .get::<Messages>()
             .cloned()
-            .unwrap_or_else(|| Messages {
-                received: Counter::noop(),
-                sent: Counter::noop(),
-            })
+            .unwrap_or_default()
     }
 
     pub(crate) fn received(&self) {
-        self.received.increment(1);
+        if let Some((received, _)) = &self.0 {
+            received.inc();
+        }
     }
 
     pub(crate) fn sent(&self) {
-        self.sent.increment(1);
+        if let Some((_, sent)) = &self.0 {
+            sent.inc();
+        }
     }
 }
 
 impl Metrics {
     /// The registry, with a series set for each method the server serves.
     pub(crate) fn new(store: Store, open_streams: OpenStreams) -> Arc<Self> {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(&SECONDS_BUCKETS)
-            .expect("the buckets are not empty")
-            .build_recorder();
-        describe(&recorder);
-        let handle = recorder.handle();
-        let methods = served_methods()
-            .iter()
-            .map(|method| MethodMetrics::new(&recorder, method))
-            .collect();
-        let other = MethodMetrics::other(&recorder);
-        let gauge = |name: &'static str, labels: Vec<Label>| {
-            recorder.register_gauge(&Key::from_parts(name, labels), &METADATA)
+        const VALID: &str = "the metrics' names, labels and buckets are valid and registered once";
+        let registry = Registry::new();
+        let register = |collector: Box<dyn prometheus::core::Collector>| {
+            registry.register(collector).expect(VALID);
         };
-        let state = |state: &'static str| vec![Label::new("state", state)];
-        let gauges = ServerGauges {
-            connections: gauge("order_server_open_connections", vec![]),
-            streams: gauge("order_server_open_streams", vec![]),
-            pool_idle: gauge("order_server_database_connections", state("idle")),
-            pool_in_use: gauge("order_server_database_connections", state("in_use")),
-            pool_max: gauge("order_server_database_connections_max", vec![]),
-            dropped_lines: recorder.register_counter(
-                &Key::from_name("order_server_log_lines_dropped_total"),
-                &METADATA,
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            let family = IntCounterVec::new(Opts::new(name, help), labels).expect(VALID);
+            register(Box::new(family.clone()));
+            family
+        };
+        let with_code = [&CALL_LABELS[..], &["grpc_code"]].concat();
+        let families = CallFamilies {
+            started: counters(
+                "grpc_server_started_total",
+                "gRPC calls begun",
+                &CALL_LABELS,
+            ),
+            handled: counters(
+                "grpc_server_handled_total",
+                "gRPC calls ended, by code",
+                &with_code,
+            ),
+            seconds: {
+                let opts = HistogramOpts::new(
+                    "grpc_server_handling_seconds",
+                    "how long gRPC calls take, until their last byte",
+                )
+                .buckets(SECONDS_BUCKETS.to_vec());
+                let family = HistogramVec::new(opts, &CALL_LABELS).expect(VALID);
+                register(Box::new(family.clone()));
+                family
+            },
+            received: counters(
+                "grpc_server_msg_received_total",
+                "gRPC messages received",
+                &CALL_LABELS,
+            ),
+            sent: counters(
+                "grpc_server_msg_sent_total",
+                "gRPC messages sent",
+                &CALL_LABELS,
             ),
         };
+        let methods = served_methods()
+            .iter()
+            .map(|method| MethodMetrics::new(&families, method))
+            .collect();
+        let other = MethodMetrics::other(&families);
+        let gauge = |name: &str, help: &str| {
+            let gauge = IntGauge::new(name, help).expect(VALID);
+            register(Box::new(gauge.clone()));
+            gauge
+        };
+        let gauges = ServerGauges {
+            connections: gauge("order_server_open_connections", "client connections open"),
+            streams: gauge("order_server_open_streams", "server response streams open"),
+            pool: {
+                let opts = Opts::new(
+                    "order_server_database_connections",
+                    "database connections open, by state",
+                );
+                let family = IntGaugeVec::new(opts, &["state"]).expect(VALID);
+                register(Box::new(family.clone()));
+                family
+            },
+            pool_max: gauge(
+                "order_server_database_connections_max",
+                "most database connections the pool opens",
+            ),
+            dropped_lines: Mutex::new({
+                let counter = IntCounter::new(
+                    "order_server_log_lines_dropped_total",
+                    "log lines dropped because stderr was not read fast enough",
+                )
+                .expect(VALID);
+                register(Box::new(counter.clone()));
+                counter
+            }),
+        };
         Arc::new(Self {
-            recorder,
-            handle,
+            registry,
+            families,
             methods,
             other,
             open_streams,
@@ -189,125 +252,85 @@ impl Metrics {
             .get()
             .and_then(Weak::upgrade)
             .map_or(0, |connections| connections.open());
-        gauges.connections.set(open as f64);
-        gauges.streams.set(self.open_streams.count() as f64);
+        gauges.connections.set(saturating_i64(open));
+        gauges
+            .streams
+            .set(saturating_i64(self.open_streams.count()));
         let pool = self.store.pool_use();
-        gauges.pool_idle.set(f64::from(pool.idle));
         gauges
-            .pool_in_use
-            .set(f64::from(pool.open.saturating_sub(pool.idle)));
-        gauges.pool_max.set(f64::from(pool.max));
+            .pool
+            .with_label_values(&["idle"])
+            .set(i64::from(pool.idle));
         gauges
-            .dropped_lines
-            .absolute(crate::telemetry::dropped_lines() as u64);
-        self.handle.render()
-    }
-
-    /// Folds histogram samples in every few seconds, for as long as the server runs.
-    pub(crate) async fn upkeep(self: Arc<Self>) {
-        let mut ticks = tokio::time::interval(UPKEEP_EVERY);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            self.handle.run_upkeep();
+            .pool
+            .with_label_values(&["in_use"])
+            .set(i64::from(pool.open.saturating_sub(pool.idle)));
+        gauges.pool_max.set(i64::from(pool.max));
+        {
+            let dropped = gauges
+                .dropped_lines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let total = crate::telemetry::dropped_lines() as u64;
+            dropped.inc_by(total.saturating_sub(dropped.get()));
         }
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .expect("the text format can encode every metric")
     }
 
-    fn handled<'a>(&self, method: &'a MethodMetrics, code: Code) -> &'a Counter {
+    fn handled<'a>(&self, method: &'a MethodMetrics, code: Code) -> &'a IntCounter {
         let code = (code as usize).min(CODE_NAMES.len() - 1);
         method.handled[code].get_or_init(|| {
-            let mut labels = method.labels.to_vec();
-            labels.push(Label::new("grpc_code", CODE_NAMES[code]));
-            self.recorder.register_counter(
-                &Key::from_parts("grpc_server_handled_total", labels),
-                &METADATA,
-            )
+            let [kind, service, name] = &method.labels;
+            self.families.handled.with_label_values(&[
+                kind.as_str(),
+                service,
+                name,
+                CODE_NAMES[code],
+            ])
         })
     }
 }
 
-static METADATA: metrics::Metadata<'static> =
-    metrics::Metadata::new(module_path!(), metrics::Level::INFO, None);
-
-fn describe(recorder: &PrometheusRecorder) {
-    let counters = [
-        ("grpc_server_started_total", "gRPC calls begun"),
-        ("grpc_server_handled_total", "gRPC calls ended, by code"),
-        ("grpc_server_msg_received_total", "gRPC messages received"),
-        ("grpc_server_msg_sent_total", "gRPC messages sent"),
-        (
-            "order_server_log_lines_dropped_total",
-            "log lines dropped because stderr was not read fast enough",
-        ),
-    ];
-    for (name, help) in counters {
-        recorder.describe_counter(name.into(), None, help.into());
-    }
-    recorder.describe_histogram(
-        "grpc_server_handling_seconds".into(),
-        Some(Unit::Seconds),
-        "how long gRPC calls take, until their last byte".into(),
-    );
-    let gauges = [
-        ("order_server_open_connections", "client connections open"),
-        ("order_server_open_streams", "server response streams open"),
-        (
-            "order_server_database_connections",
-            "database connections open, by state",
-        ),
-        (
-            "order_server_database_connections_max",
-            "most database connections the pool opens",
-        ),
-    ];
-    for (name, help) in gauges {
-        recorder.describe_gauge(name.into(), None, help.into());
-    }
+fn saturating_i64(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 impl MethodMetrics {
-    fn new(recorder: &PrometheusRecorder, method: &GrpcMethod) -> Self {
+    fn new(families: &CallFamilies, method: &GrpcMethod) -> Self {
         let labels = [
-            Label::new("grpc_type", method.kind.as_str()),
-            Label::new("grpc_service", method.service.clone()),
-            Label::new("grpc_method", method.name.clone()),
+            method.kind.as_str().to_owned(),
+            method.service.clone(),
+            method.name.clone(),
         ];
-        Self::with_labels(recorder, method.path(), method.kind == Kind::Unary, labels)
+        Self::with_labels(families, method.path(), method.kind == Kind::Unary, labels)
     }
 
     /// The one series of every call to reflection or to an unknown service: counted and timed,
     /// its messages not (whether they stream is not known here).
-    fn other(recorder: &PrometheusRecorder) -> Self {
-        let labels = [
-            Label::new("grpc_type", "unknown"),
-            Label::new("grpc_service", "other"),
-            Label::new("grpc_method", "other"),
-        ];
-        Self::with_labels(recorder, String::new(), false, labels)
+    fn other(families: &CallFamilies) -> Self {
+        let labels = ["unknown", "other", "other"].map(String::from);
+        Self::with_labels(families, String::new(), false, labels)
     }
 
     fn with_labels(
-        recorder: &PrometheusRecorder,
+        families: &CallFamilies,
         path: String,
         unary: bool,
-        labels: [Label; 3],
+        labels: [String; 3],
     ) -> Self {
-        let counter = |name: &'static str| {
-            recorder.register_counter(&Key::from_parts(name, labels.to_vec()), &METADATA)
-        };
+        let values = [labels[0].as_str(), &labels[1], &labels[2]];
         Self {
             path: path.into(),
             unary,
-            started: counter("grpc_server_started_total"),
+            started: families.started.with_label_values(&values),
             handled: Default::default(),
-            seconds: recorder.register_histogram(
-                &Key::from_parts("grpc_server_handling_seconds", labels.to_vec()),
-                &METADATA,
-            ),
-            messages: Messages {
-                received: counter("grpc_server_msg_received_total"),
-                sent: counter("grpc_server_msg_sent_total"),
-            },
+            seconds: families.seconds.with_label_values(&values),
+            messages: Messages(Some((
+                families.received.with_label_values(&values),
+                families.sent.with_label_values(&values),
+            ))),
             labels,
         }
     }
@@ -356,9 +379,9 @@ where
                 .iter()
                 .position(|method| *method.path == *request.uri().path());
             let method = index.map_or(&metrics.other, |index| &metrics.methods[index]);
-            method.started.increment(1);
+            method.started.inc();
             if method.unary {
-                method.messages.received.increment(1);
+                method.messages.received();
             } else {
                 request.extensions_mut().insert(method.messages.clone());
             }
@@ -389,10 +412,10 @@ impl Call {
         let method = self
             .index
             .map_or(&metrics.other, |index| &metrics.methods[index]);
-        metrics.handled(method, code).increment(1);
-        method.seconds.record(self.start.elapsed().as_secs_f64());
+        metrics.handled(method, code).inc();
+        method.seconds.observe(self.start.elapsed().as_secs_f64());
         if code == Code::Ok && method.unary {
-            method.messages.sent.increment(1);
+            method.messages.sent();
         }
     }
 }

@@ -100,10 +100,9 @@ pub async fn serve_with_reload(
 
     let max_connections = config.max_connections();
     let connections = Connections::new(max_connections);
-    let upkeep = app.metrics().map(|metrics| {
+    if let Some(metrics) = app.metrics() {
         metrics.watch_connections(&connections);
-        tokio::spawn(metrics.clone().upkeep())
-    });
+    }
     info!(
         max_connections,
         "connections beyond the limit are refused once none is idle (--max-connections)"
@@ -119,9 +118,6 @@ pub async fn serve_with_reload(
     drop(listener);
     database.abort();
     reloading.abort();
-    if let Some(upkeep) = upkeep {
-        upkeep.abort();
-    }
     info!("shutting down: no new connections, finishing in-flight calls");
     set_health(&health_reporter, ServingStatus::NotServing).await;
     connections.close_all();
