@@ -28,15 +28,15 @@ use tower::Service;
 use tracing::{info, warn};
 
 use crate::{
-    auth::{Auth, AuthError, AuthFuture, AuthLayer},
+    auth::{Auth, AuthError},
     body::whole,
     config::Config,
     cors::cors,
-    deadline::{DeadlineFuture, DeadlineLayer},
+    deadline::Deadlines,
+    edge::{Edge, EdgeFuture, EdgeLayer},
     files::files,
     grpc::{stack, Layers, Stack},
-    host::{HostFuture, HostLayer},
-    metrics::{Metrics, MetricsFuture, MetricsLayer},
+    metrics::Metrics,
     route::{MethodPaths, Route, Target, Transport},
     service::OrderService,
 };
@@ -70,14 +70,16 @@ pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
         (!config.no_metrics).then(|| Metrics::new(orders.store().clone(), orders.stream_count()));
     let hosts = config.hosts();
     let layers = Layers {
-        metrics: MetricsLayer(metrics.clone()),
-        hosts: HostLayer(hosts.clone()),
+        edge: EdgeLayer(Arc::new(Edge {
+            metrics: metrics.clone(),
+            hosts: hosts.clone(),
+            auth: auth.map(|(auth, _)| auth),
+            deadlines: Deadlines {
+                max: config.max_call_duration(),
+                streamed: MethodPaths::response_streams(),
+            },
+        })),
         cors: cors(config),
-        auth: AuthLayer(auth.map(|(auth, _)| Arc::new(auth))),
-        deadline: DeadlineLayer {
-            max: config.max_call_duration(),
-            streamed: Arc::new(MethodPaths::response_streams()),
-        },
     };
     let health = HealthReporter::new();
     let health_service = tonic_health::pb::health_server::HealthServer::new(
@@ -217,17 +219,7 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
     }
 }
 
-type OrdersFuture = MetricsFuture<
-    HostFuture<
-        AuthFuture<
-            DeadlineFuture<BoxFuture<Response<GrpcBody>, Infallible>>,
-            Response<GrpcBody>,
-            Infallible,
-        >,
-        Response<GrpcBody>,
-        Infallible,
-    >,
->;
+type OrdersFuture = EdgeFuture<BoxFuture<Response<GrpcBody>, Infallible>>;
 type BoxedFuture = dyn Future<Output = Result<Response<GrpcBody>, Infallible>> + Send;
 
 /// The response future of [`App`]: native gRPC to the order service (the hot path) unboxed,

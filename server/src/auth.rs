@@ -1,5 +1,5 @@
-//! Authentication: JWT bearer tokens (`authorization: Bearer …`), checked once, in the gRPC layer
-//! stack ([`crate::grpc`]), so no RPC can be reached around it.
+//! Authentication: JWT bearer tokens (`authorization: Bearer …`), checked once, at the edge of
+//! every gRPC stack ([`crate::edge`]), so no RPC can be reached around it.
 //!
 //! Scopes are in the `scope` claim, space-separated: `orders:read` for `getOrder` and
 //! `searchOrders`, `orders:write` (which includes read) for every other order RPC. Health and
@@ -8,16 +8,11 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
-    task::{Context, Poll},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use futures::future::Either;
-use http::{Request, Response};
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Validation};
 use tonic::Status;
-use tower::{Layer, Service};
 
 /// The scope that lets a caller read orders.
 pub const READ_SCOPE: &str = "orders:read";
@@ -273,58 +268,6 @@ pub fn sign_token(
         &claims,
         &EncodingKey::from_secret(secret),
     )
-}
-
-/// Checks tokens on every call below it (see the module's doc).
-#[derive(Clone)]
-pub(crate) struct AuthLayer(pub(crate) Option<Arc<Auth>>);
-
-impl<S> Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
-
-    fn layer(&self, inner: S) -> AuthService<S> {
-        AuthService {
-            auth: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-/// The service [`AuthLayer`] makes.
-#[derive(Clone)]
-pub(crate) struct AuthService<S> {
-    auth: Option<Arc<Auth>>,
-    inner: S,
-}
-
-/// The inner future, or the refusal at once.
-pub(crate) type AuthFuture<F, T, E> = Either<F, std::future::Ready<Result<T, E>>>;
-
-impl<S, B, ResBody> Service<Request<B>> for AuthService<S>
-where
-    S: Service<Request<B>, Response = Response<ResBody>>,
-    ResBody: Default,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = AuthFuture<S::Future, Response<ResBody>, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let Some(auth) = &self.auth else {
-            return Either::Left(self.inner.call(request));
-        };
-        match auth.check(request.headers(), Need::of(request.uri().path())) {
-            Ok(caller) => {
-                request.extensions_mut().insert(caller);
-                Either::Left(self.inner.call(request))
-            }
-            Err(status) => Either::Right(std::future::ready(Ok(status.into_http()))),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,25 +1,24 @@
 //! Deadlines on every call: the client's (`grpc-timeout`) and the server's ceiling
 //! (`--max-call-duration`), whichever comes first.
 //!
-//! [`DeadlineLayer`] reads the header, bounds the call's response future and, for the methods
-//! whose response is a stream, records the [`Deadline`] in the request's extensions, where they
-//! find it to bound their response streams with [`until_deadline`]. A call past its deadline
-//! ends with `DEADLINE_EXCEEDED`, its message saying whose deadline it was. So no call, streams
-//! included, holds its resources (a database transaction, a connection's stream) forever.
+//! At the edge ([`crate::edge`]), [`Deadlines::of`] reads the header and, for the methods whose
+//! response is a stream, records the [`Deadline`] in the request's extensions, where they find it
+//! to bound their response streams with [`until_deadline`]; a [`Timer`] bounds the call's
+//! response future. A call past its deadline ends with `DEADLINE_EXCEEDED`, its message saying
+//! whose deadline it was. So no call, streams included, holds its resources (a database
+//! transaction, a connection's stream) forever.
 
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
     task::{ready, Context, Poll},
     time::Duration,
 };
 
 use futures::{stream::BoxStream, Stream, StreamExt};
-use http::{HeaderName, Request, Response};
+use http::{HeaderName, Request};
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
-use tower::{Layer, Service};
 
 use crate::route::MethodPaths;
 
@@ -48,51 +47,20 @@ impl Deadline {
 /// The header a gRPC client sends its deadline in.
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
-/// Applies `grpc-timeout` and the server's ceiling (`None`: no ceiling) to every gRPC call below
-/// it.
-#[derive(Debug, Clone, Default)]
-pub struct DeadlineLayer {
+/// Applies `grpc-timeout` and the server's ceiling (`None`: no ceiling) to every gRPC call.
+#[derive(Debug, Default)]
+pub(crate) struct Deadlines {
     /// `--max-call-duration`.
-    pub max: Option<Duration>,
+    pub(crate) max: Option<Duration>,
     /// The methods whose response is a stream: only their requests carry the [`Deadline`]
     /// (any other answer is bounded by the response future alone).
-    pub streamed: Arc<MethodPaths>,
+    pub(crate) streamed: MethodPaths,
 }
 
-impl<S> Layer<S> for DeadlineLayer {
-    type Service = DeadlineService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        DeadlineService {
-            inner,
-            max: self.max,
-            streamed: self.streamed.clone(),
-        }
-    }
-}
-
-/// The service [`DeadlineLayer`] makes.
-#[derive(Debug, Clone)]
-pub struct DeadlineService<S> {
-    inner: S,
-    max: Option<Duration>,
-    streamed: Arc<MethodPaths>,
-}
-
-impl<S, B, ResBody> Service<Request<B>> for DeadlineService<S>
-where
-    S: Service<Request<B>, Response = Response<ResBody>>,
-    ResBody: Default,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = DeadlineFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+impl Deadlines {
+    /// The timer of the call `request` begins, with its deadline recorded in the request if its
+    /// response is a stream.
+    pub(crate) fn of<B>(&self, request: &mut Request<B>) -> Timer {
         let client = request
             .headers()
             .get(GRPC_TIMEOUT)
@@ -114,7 +82,7 @@ where
         };
         // A response stream needs its deadline as an instant now, to find it in the request.
         // Any other call's deadline is only needed if it does not answer on its first poll,
-        // which comes at once: the clock is read then (see `DeadlineFuture`).
+        // which comes at once: the clock is read then (see `Timer::poll_expired`).
         let mut deadline = None;
         if let Some(limit) = limit {
             if self.streamed.contains(request.uri().path()) {
@@ -124,8 +92,7 @@ where
                 }
             }
         }
-        DeadlineFuture {
-            inner: self.inner.call(request),
+        Timer {
             limit,
             deadline,
             sleep: None,
@@ -151,46 +118,35 @@ impl Limit {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The response future of [`DeadlineService`]. The clock is read and the timer armed only
-    /// if the call does not answer on its first poll, so a call answered at once (a cached
-    /// `getOrder`) costs neither.
-    pub struct DeadlineFuture<F> {
-        #[pin]
-        inner: F,
-        limit: Option<Limit>,
-        deadline: Option<Deadline>,
-        sleep: Option<Pin<Box<Sleep>>>,
-    }
+/// One call's deadline, as its response future waits. The clock is read and the timer armed
+/// only if the call does not answer on its first poll, so a call answered at once (a cached
+/// `getOrder`) costs neither.
+#[derive(Debug)]
+pub(crate) struct Timer {
+    limit: Option<Limit>,
+    deadline: Option<Deadline>,
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
-impl<F, ResBody, E> Future for DeadlineFuture<F>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-    ResBody: Default,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        if let Poll::Ready(output) = this.inner.poll(cx) {
-            return Poll::Ready(output);
-        }
-        if this.deadline.is_none() {
+impl Timer {
+    /// Called when the call's response future is pending: ready with `DEADLINE_EXCEEDED` once
+    /// the deadline passes, pending until then (and forever without a deadline).
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Status> {
+        if self.deadline.is_none() {
             // The first poll that waits: the call started a moment ago.
-            *this.deadline = this
+            self.deadline = self
                 .limit
                 .take()
                 .and_then(|limit| limit.from(Instant::now()));
         }
-        let Some(deadline) = this.deadline else {
+        let Some(deadline) = self.deadline else {
             return Poll::Pending;
         };
-        let sleep = this
+        let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.at)));
         ready!(sleep.as_mut().poll(cx));
-        Poll::Ready(Ok(deadline.exceeded().into_http()))
+        Poll::Ready(deadline.exceeded())
     }
 }
 

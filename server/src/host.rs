@@ -7,19 +7,12 @@
 //! listening on any other address answers any `Host` unless `--allowed-host` restricts it.
 //! Requests without a `Host` (HTTP/1.0 tools) are answered: browsers always send one.
 //!
-//! Refused: `PERMISSION_DENIED` for gRPC and gRPC-Web (in the gRPC stack, [`HostLayer`]), 421
+//! Refused: `PERMISSION_DENIED` for gRPC and gRPC-Web (at the edge, [`crate::edge`]), 421
 //! Misdirected Request for the page ([`Hosts::check`] in [`crate::files`]).
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{net::SocketAddr, sync::Arc};
 
-use futures::future::Either;
-use http::{header, Request, Response};
-use tonic::Status;
-use tower::{Layer, Service};
+use http::{header, Request};
 
 /// The names a loopback server answers without `--allowed-host`.
 const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
@@ -123,56 +116,6 @@ pub(crate) fn refusal(host: &str) -> String {
         "this server does not answer for the host {host:?}; if that name is meant to reach it, \
          start it with --allowed-host {host}"
     )
-}
-
-/// Refuses gRPC calls for hosts this server does not answer (see the module's doc).
-#[derive(Debug, Clone)]
-pub(crate) struct HostLayer(pub(crate) Hosts);
-
-impl<S> Layer<S> for HostLayer {
-    type Service = HostService<S>;
-
-    fn layer(&self, inner: S) -> HostService<S> {
-        HostService {
-            hosts: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-/// The service [`HostLayer`] makes.
-#[derive(Debug, Clone)]
-pub(crate) struct HostService<S> {
-    hosts: Hosts,
-    inner: S,
-}
-
-/// The inner future, or the refusal at once.
-pub(crate) type HostFuture<F, T, E> = Either<F, std::future::Ready<Result<T, E>>>;
-
-impl<S, B, ResBody> Service<Request<B>> for HostService<S>
-where
-    S: Service<Request<B>, Response = Response<ResBody>>,
-    ResBody: Default,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = HostFuture<S::Future, Response<ResBody>, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        match self.hosts.check(&request) {
-            Ok(()) => Either::Left(self.inner.call(request)),
-            Err(host) => {
-                tracing::debug!(%host, path = request.uri().path(), "call for a host not served: refused");
-                let status = Status::permission_denied(refusal(&host));
-                Either::Right(std::future::ready(Ok(status.into_http())))
-            }
-        }
-    }
 }
 
 #[cfg(test)]

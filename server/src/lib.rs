@@ -30,6 +30,7 @@ mod config;
 mod connections;
 mod cors;
 mod deadline;
+mod edge;
 mod error;
 mod files;
 mod grpc;

@@ -12,7 +12,7 @@
 //! `order_server_database_connections{state="idle"|"in_use"}`,
 //! `order_server_database_connections_max`, `order_server_log_lines_dropped_total`.
 //!
-//! The call metrics are recorded by [`MetricsLayer`], in the one gRPC stack, through handles
+//! The call metrics are recorded at the edge of every gRPC stack ([`crate::edge`]), through handles
 //! resolved once (the `prometheus` crate's: a counter is an atomic add, the histogram a bucket
 //! search and three), so a call costs a few atomic operations and no lock. Unknown services and
 //! reflection share one `grpc_service="other"` series, so a client cannot create series at will.
@@ -32,7 +32,6 @@ use prometheus::{
 };
 use tokio::time::Instant;
 use tonic::{body::Body as GrpcBody, Code};
-use tower::{Layer, Service};
 
 use crate::{
     connections::Connections,
@@ -279,6 +278,26 @@ impl Metrics {
             .expect("the text format can encode every metric")
     }
 
+    /// Counts the call `request` begins, and starts its clock.
+    pub(crate) fn begin<B>(self: &Arc<Self>, request: &mut Request<B>) -> Call {
+        let index = self
+            .methods
+            .iter()
+            .position(|method| *method.path == *request.uri().path());
+        let method = index.map_or(&self.other, |index| &self.methods[index]);
+        method.started.inc();
+        if method.unary {
+            method.messages.received();
+        } else {
+            request.extensions_mut().insert(method.messages.clone());
+        }
+        Call {
+            metrics: self.clone(),
+            index,
+            start: Instant::now(),
+        }
+    }
+
     fn handled<'a>(&self, method: &'a MethodMetrics, code: Code) -> &'a IntCounter {
         let code = (code as usize).min(CODE_NAMES.len() - 1);
         method.handled[code].get_or_init(|| {
@@ -336,70 +355,8 @@ impl MethodMetrics {
     }
 }
 
-/// Measures every gRPC call below it (see the module's doc).
-#[derive(Clone)]
-pub(crate) struct MetricsLayer(pub(crate) Option<Arc<Metrics>>);
-
-impl<S> Layer<S> for MetricsLayer {
-    type Service = MetricsService<S>;
-
-    fn layer(&self, inner: S) -> MetricsService<S> {
-        MetricsService {
-            metrics: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-/// The service [`MetricsLayer`] makes.
-#[derive(Clone)]
-pub(crate) struct MetricsService<S> {
-    metrics: Option<Arc<Metrics>>,
-    inner: S,
-}
-
-impl<S, B, ResBody> Service<Request<B>> for MetricsService<S>
-where
-    S: Service<Request<B>, Response = Response<ResBody>>,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<tonic::codegen::StdError>,
-{
-    type Response = Response<GrpcBody>;
-    type Error = S::Error;
-    type Future = MetricsFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let call = self.metrics.as_ref().map(|metrics| {
-            let index = metrics
-                .methods
-                .iter()
-                .position(|method| *method.path == *request.uri().path());
-            let method = index.map_or(&metrics.other, |index| &metrics.methods[index]);
-            method.started.inc();
-            if method.unary {
-                method.messages.received();
-            } else {
-                request.extensions_mut().insert(method.messages.clone());
-            }
-            Call {
-                metrics: metrics.clone(),
-                index,
-                start: Instant::now(),
-            }
-        });
-        MetricsFuture {
-            inner: self.inner.call(request),
-            call,
-        }
-    }
-}
-
 /// One call being measured; recorded once, with its code, when it ends.
-struct Call {
+pub(crate) struct Call {
     metrics: Arc<Metrics>,
     /// Into `methods`; `None` for `other`.
     index: Option<usize>,
@@ -427,45 +384,31 @@ fn code_in(headers: &HeaderMap) -> Option<Code> {
     Some(Code::from_bytes(value.as_bytes()))
 }
 
-pin_project_lite::pin_project! {
-    /// The response future of [`MetricsService`].
-    pub struct MetricsFuture<F> {
-        #[pin]
-        inner: F,
-        call: Option<Call>,
-    }
-}
-
-impl<F, ResBody, E> std::future::Future for MetricsFuture<F>
+/// `response` with its call's measurement ended at its end: at once for a trailers-only answer
+/// (every error tonic or the edge sends at once: an empty body and `grpc-status` in the
+/// headers), at the trailers or when the body is dropped for any other.
+pub(crate) fn measured<B>(response: Response<B>, call: Option<Call>) -> Response<GrpcBody>
 where
-    F: std::future::Future<Output = Result<Response<ResBody>, E>>,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<tonic::codegen::StdError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
 {
-    type Output = Result<Response<GrpcBody>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = std::task::ready!(this.inner.poll(cx))?;
-        let mut call = this.call.take();
-        // A trailers-only answer (every error tonic or a layer sends at once: an empty body and
-        // `grpc-status` in the headers) ends here. Any other answer has its code in its trailers,
-        // so its headers are not searched.
-        if response.body().is_end_stream() {
-            if let Some(code) = code_in(response.headers()) {
-                if let Some(call) = call.take() {
-                    call.end(code);
-                }
+    let mut call = call;
+    // A trailers-only answer ends here. Any other answer has its code in its trailers, so its
+    // headers are not searched.
+    if response.body().is_end_stream() {
+        if let Some(code) = code_in(response.headers()) {
+            if let Some(call) = call.take() {
+                call.end(code);
             }
         }
-        Poll::Ready(Ok(response.map(|body| match call {
-            None => GrpcBody::new(body),
-            Some(call) => GrpcBody::new(MeasuredBody {
-                body,
-                call: Some(call),
-            }),
-        })))
     }
+    response.map(|body| match call {
+        None => GrpcBody::new(body),
+        Some(call) => GrpcBody::new(MeasuredBody {
+            body,
+            call: Some(call),
+        }),
+    })
 }
 
 pin_project_lite::pin_project! {

@@ -1,0 +1,162 @@
+//! The edge of every gRPC stack: what each call goes through before its service, in one layer.
+//!
+//! In order: metrics (the call is counted and timed, refusals included), the host check (DNS
+//! rebinding, [`crate::host`]), authentication (the caller's token and scope, [`crate::auth`]),
+//! deadlines (`grpc-timeout` and `--max-call-duration`, [`crate::deadline`]), then the service.
+//! A refused call never reaches the service: it is answered at once, trailers-only.
+//!
+//! One layer rather than four: each would move the request, clone its handles and nest its
+//! future around the next for every call, which cost about 5 % of a cached `getOrder`. Each
+//! check lives in its own module; this one only puts them in order.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use tonic::{body::Body as GrpcBody, Status};
+use tower::{Layer, Service};
+
+use crate::{
+    auth::{Auth, Need},
+    deadline::{Deadlines, Timer},
+    host::{refusal, Hosts},
+    metrics::{measured, Call, Metrics},
+};
+
+/// What every call is checked and measured against: made once, shared by every stack.
+pub(crate) struct Edge {
+    /// `None` with `--no-metrics`.
+    pub(crate) metrics: Option<Arc<Metrics>>,
+    pub(crate) hosts: Hosts,
+    /// `None` when authentication is off.
+    pub(crate) auth: Option<Auth>,
+    pub(crate) deadlines: Deadlines,
+}
+
+/// Puts [`Edge`] in front of a gRPC service.
+#[derive(Clone)]
+pub(crate) struct EdgeLayer(pub(crate) Arc<Edge>);
+
+impl<S> Layer<S> for EdgeLayer {
+    type Service = EdgeService<S>;
+
+    fn layer(&self, inner: S) -> EdgeService<S> {
+        EdgeService {
+            edge: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service [`EdgeLayer`] makes.
+#[derive(Clone)]
+pub(crate) struct EdgeService<S> {
+    edge: Arc<Edge>,
+    inner: S,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for EdgeService<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>, Error = Infallible>,
+    ResBody: http_body::Body<Data = Bytes> + Default + Send + 'static,
+    ResBody::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = Response<GrpcBody>;
+    type Error = Infallible;
+    type Future = EdgeFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let edge = &*self.edge;
+        let call = edge
+            .metrics
+            .as_ref()
+            .map(|metrics| metrics.begin(&mut request));
+        if let Err(host) = edge.hosts.check(&request) {
+            tracing::debug!(%host, path = request.uri().path(), "call for a host not served: refused");
+            return EdgeFuture::refused(Status::permission_denied(refusal(&host)), call);
+        }
+        if let Some(auth) = &edge.auth {
+            match auth.check(request.headers(), Need::of(request.uri().path())) {
+                Ok(caller) => {
+                    request.extensions_mut().insert(caller);
+                }
+                Err(status) => return EdgeFuture::refused(status, call),
+            }
+        }
+        let timer = edge.deadlines.of(&mut request);
+        EdgeFuture {
+            state: State::Called {
+                inner: self.inner.call(request),
+                timer,
+            },
+            call,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`EdgeService`].
+    pub struct EdgeFuture<F> {
+        #[pin]
+        state: State<F>,
+        call: Option<Call>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        /// Passed to the service, under its deadline.
+        Called { #[pin] inner: F, timer: Timer },
+        /// Refused at the edge (taken when answered).
+        Refused { status: Option<Box<Status>> },
+    }
+}
+
+impl<F> EdgeFuture<F> {
+    fn refused(status: Status, call: Option<Call>) -> Self {
+        EdgeFuture {
+            state: State::Refused {
+                status: Some(Box::new(status)),
+            },
+            call,
+        }
+    }
+}
+
+impl<F, ResBody> Future for EdgeFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, Infallible>>,
+    ResBody: http_body::Body<Data = Bytes> + Default + Send + 'static,
+    ResBody::Error: Into<tonic::codegen::StdError>,
+{
+    type Output = Result<Response<GrpcBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.state.project() {
+            StateProj::Called { inner, timer } => match inner.poll(cx) {
+                Poll::Ready(Ok(response)) => response,
+                Poll::Pending => match timer.poll_expired(cx) {
+                    Poll::Ready(status) => status.into_http(),
+                    Poll::Pending => return Poll::Pending,
+                },
+            },
+            StateProj::Refused { status } => status
+                .take()
+                .expect("an edge future is not polled after it is ready")
+                .into_http(),
+        };
+        Poll::Ready(Ok(measured(response, this.call.take())))
+    }
+}
