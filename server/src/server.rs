@@ -212,7 +212,7 @@ async fn accept<S, B>(
                 inner: service,
                 connection: slot.connection.clone(),
             };
-            let told_to_close = slot.connection.told_to_close(slot.closing.clone());
+            let told_to_close = slot.connection.told_to_close();
             let mut told_to_close = std::pin::pin!(told_to_close);
             // hyper's header timeout starts once there are bytes to read: a client that sends
             // nothing at all is not waited for longer than it.
