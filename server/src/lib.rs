@@ -5,13 +5,13 @@
 //! - `config`: the typed command line and environment ([`Config`]);
 //! - `server`: [`run`] and [`serve`], the accept loop, graceful shutdown, health status;
 //!   `connections`: the limit on open connections, idle ones shed first; `tls`: TLS on the same
-//!   port, its certificate reloaded on demand;
+//!   port, its certificate reloaded on demand; `timer`: hyper's timer, on the coarse clock;
 //! - `app`: the application service ([`App`], built by [`app()`]) that sends each request where
 //!   `route` decides: a gRPC target in one of its transports, or the page;
-//! - `grpc`: the one gRPC layer stack every gRPC service goes through; `host` (DNS rebinding:
-//!   which `Host`s are answered), `auth` (JWT bearer
-//!   tokens and scopes), `deadline` (`grpc-timeout` and the server's ceiling on every call, streams included) and `cors`
-//!   are its layers;
+//! - `grpc`: the one gRPC layer stack every gRPC service goes through: `cors`, tonic-web, then
+//!   `edge`, which checks every call in order with `metrics` (counted and timed), `host` (DNS
+//!   rebinding: which `Host`s are answered), `auth` (JWT bearer tokens and scopes) and
+//!   `deadline` (`grpc-timeout` and the server's ceiling on every call, streams included);
 //! - `body`: unary gRPC-Web answers sent whole; `files`: the static page;
 //! - `service`: the `OrderManagement` RPCs ([`OrderService`]); `process`: all of
 //!   `processOrders`; `order`: validation of the orders clients send; `streams`: the count of

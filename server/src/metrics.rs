@@ -117,7 +117,7 @@ struct ServerGauges {
 }
 
 /// A method's message counters, which streaming RPCs find in their request's extensions and
-/// count with as messages come and go. Without the metrics layer they count nothing.
+/// count with as messages come and go. Without metrics (`--no-metrics`) they count nothing.
 #[derive(Clone, Default)]
 pub(crate) struct Messages(Option<(IntCounter, IntCounter)>);
 
