@@ -20,7 +20,7 @@ use http::{HeaderName, Request};
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
-use crate::route::MethodPaths;
+use crate::route::{scan_header, MethodPaths};
 
 /// When the call must be over, and whose limit that is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,9 +61,7 @@ impl Deadlines {
     /// The timer of the call `request` begins, with its deadline recorded in the request if its
     /// response is a stream.
     pub(crate) fn of<B>(&self, request: &mut Request<B>) -> Timer {
-        let client = request
-            .headers()
-            .get(GRPC_TIMEOUT)
+        let client = scan_header(request.headers(), &GRPC_TIMEOUT)
             .and_then(|value| parse_grpc_timeout(value.as_bytes()));
         let limit = match (client, self.max) {
             (Some(client), Some(max)) if max < client => Some(Limit {

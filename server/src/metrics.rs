@@ -380,7 +380,7 @@ impl Call {
 /// The code in `grpc-status`, if there is one.
 fn code_in(headers: &HeaderMap) -> Option<Code> {
     const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
-    let value = headers.get(GRPC_STATUS)?;
+    let value = crate::route::scan_header(headers, &GRPC_STATUS)?;
     Some(Code::from_bytes(value.as_bytes()))
 }
 

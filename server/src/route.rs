@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use http::{header, Method, Request, Version};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Version};
 use order_api::pb::order_management_server::SERVICE_NAME;
 use prost::Message;
 
@@ -71,6 +71,19 @@ impl MethodPaths {
     pub(crate) fn contains(&self, path: &str) -> bool {
         self.0.iter().any(|method| method == path)
     }
+}
+
+/// The first value of the header `name` in `headers`, found by a scan. gRPC's own headers
+/// (`grpc-timeout` in a request, `grpc-status` in trailers) are looked up on every call, and a
+/// request or trailers hold a handful of headers: comparing names costs a few instructions each,
+/// where hashing a custom name costs about 150, found or not.
+pub(crate) fn scan_header<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Option<&'a HeaderValue> {
+    headers
+        .iter()
+        .find_map(|(found, value)| (found == name).then_some(value))
 }
 
 /// Which side of a call streams, named as gRPC's metrics name it (`grpc_type`).
