@@ -147,15 +147,9 @@ impl Messages {
 impl Metrics {
     /// The registry, with a series set for each method the server serves.
     pub(crate) fn new(store: Store, open_streams: OpenStreams) -> Arc<Self> {
-        const VALID: &str = "the metrics' names, labels and buckets are valid and registered once";
         let registry = Registry::new();
-        let register = |collector: Box<dyn prometheus::core::Collector>| {
-            registry.register(collector).expect(VALID);
-        };
         let counters = |name: &str, help: &str, labels: &[&str]| {
-            let family = IntCounterVec::new(Opts::new(name, help), labels).expect(VALID);
-            register(Box::new(family.clone()));
-            family
+            registered(&registry, IntCounterVec::new(Opts::new(name, help), labels))
         };
         let with_code = [&CALL_LABELS[..], &["grpc_code"]].concat();
         let families = CallFamilies {
@@ -169,16 +163,17 @@ impl Metrics {
                 "gRPC calls ended, by code",
                 &with_code,
             ),
-            seconds: {
-                let opts = HistogramOpts::new(
-                    "grpc_server_handling_seconds",
-                    "how long gRPC calls take, until their last byte",
-                )
-                .buckets(SECONDS_BUCKETS.to_vec());
-                let family = HistogramVec::new(opts, &CALL_LABELS).expect(VALID);
-                register(Box::new(family.clone()));
-                family
-            },
+            seconds: registered(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "grpc_server_handling_seconds",
+                        "how long gRPC calls take, until their last byte",
+                    )
+                    .buckets(SECONDS_BUCKETS.to_vec()),
+                    &CALL_LABELS,
+                ),
+            ),
             received: counters(
                 "grpc_server_msg_received_total",
                 "gRPC messages received",
@@ -195,36 +190,31 @@ impl Metrics {
             .map(|method| MethodMetrics::new(&families, method))
             .collect();
         let other = MethodMetrics::other(&families);
-        let gauge = |name: &str, help: &str| {
-            let gauge = IntGauge::new(name, help).expect(VALID);
-            register(Box::new(gauge.clone()));
-            gauge
-        };
+        let gauge = |name: &str, help: &str| registered(&registry, IntGauge::new(name, help));
         let gauges = ServerGauges {
             connections: gauge("order_server_open_connections", "client connections open"),
             streams: gauge("order_server_open_streams", "server response streams open"),
-            pool: {
-                let opts = Opts::new(
-                    "order_server_database_connections",
-                    "database connections open, by state",
-                );
-                let family = IntGaugeVec::new(opts, &["state"]).expect(VALID);
-                register(Box::new(family.clone()));
-                family
-            },
+            pool: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "order_server_database_connections",
+                        "database connections open, by state",
+                    ),
+                    &["state"],
+                ),
+            ),
             pool_max: gauge(
                 "order_server_database_connections_max",
                 "most database connections the pool opens",
             ),
-            dropped_lines: Mutex::new({
-                let counter = IntCounter::new(
+            dropped_lines: Mutex::new(registered(
+                &registry,
+                IntCounter::new(
                     "order_server_log_lines_dropped_total",
                     "log lines dropped because stderr was not read fast enough",
-                )
-                .expect(VALID);
-                register(Box::new(counter.clone()));
-                counter
-            }),
+                ),
+            )),
         };
         Arc::new(Self {
             registry,
@@ -312,6 +302,18 @@ impl Metrics {
     }
 }
 
+/// `made`, registered in `registry`: the metrics' names, labels and buckets are fixed here, so
+/// either step failing is a bug.
+fn registered<C>(registry: &Registry, made: prometheus::Result<C>) -> C
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    const VALID: &str = "the metrics' names, labels and buckets are valid and registered once";
+    let collector = made.expect(VALID);
+    registry.register(Box::new(collector.clone())).expect(VALID);
+    collector
+}
+
 fn saturating_i64(count: usize) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
 }
@@ -387,12 +389,11 @@ fn code_in(headers: &HeaderMap) -> Option<Code> {
 /// `response` with its call's measurement ended at its end: at once for a trailers-only answer
 /// (every error tonic or the edge sends at once: an empty body and `grpc-status` in the
 /// headers), at the trailers or when the body is dropped for any other.
-pub(crate) fn measured<B>(response: Response<B>, call: Option<Call>) -> Response<GrpcBody>
+pub(crate) fn measured<B>(response: Response<B>, mut call: Option<Call>) -> Response<GrpcBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<tonic::codegen::StdError>,
 {
-    let mut call = call;
     // A trailers-only answer ends here. Any other answer has its code in its trailers, so its
     // headers are not searched.
     if response.body().is_end_stream() {
