@@ -62,21 +62,18 @@ impl Deadlines {
     /// response is a stream.
     pub(crate) fn of<B>(&self, request: &mut Request<B>) -> Timer {
         let client = scan_header(request.headers(), &GRPC_TIMEOUT)
-            .and_then(|value| parse_grpc_timeout(value.as_bytes()));
-        let limit = match (client, self.max) {
-            (Some(client), Some(max)) if max < client => Some(Limit {
-                after: max,
-                client: false,
-            }),
-            (Some(client), _) => Some(Limit {
-                after: client,
+            .and_then(|value| parse_grpc_timeout(value.as_bytes()))
+            .map(|after| Limit {
+                after,
                 client: true,
-            }),
-            (None, Some(max)) => Some(Limit {
-                after: max,
-                client: false,
-            }),
-            (None, None) => None,
+            });
+        let ceiling = self.max.map(|after| Limit {
+            after,
+            client: false,
+        });
+        let limit = match (client, ceiling) {
+            (Some(client), Some(ceiling)) if ceiling.after < client.after => Some(ceiling),
+            (client, ceiling) => client.or(ceiling),
         };
         // A response stream needs its deadline as an instant now, to find it in the request.
         // Any other call's deadline is only needed if it does not answer on its first poll,
