@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(env::var_os("CARGO_FEATURE_SERVER").is_some())
         .build_transport(false)
+        // prost's codec with buffers sized for these messages (`order_api::codec`).
+        .codec_path("crate::codec::OrderCodec")
         .file_descriptor_set_path(out_dir.join("order_management_descriptor.bin"))
         // JSON for every message with the `serde` feature: the proto's JSON names (lowerCamel,
         // as `buf curl` prints them), missing fields at their defaults, unknown fields refused.

@@ -61,6 +61,45 @@ async fn every_sample_order_is_served(#[values(Db::Sqlite, Db::Postgres)] db: Db
     }
 }
 
+/// Messages are decoded and encoded in buffers that start at `order_api::codec::BUFFER_SIZE` and
+/// grow: an order many times that size arrives whole on every transport, both ways.
+#[tokio::test]
+async fn an_order_larger_than_the_codec_buffer_is_served_whole_on_every_transport() {
+    let server = TestServer::start().await;
+    let big = Order {
+        id: "BIG-1".into(),
+        // Within the validation limits (100 items of 200 characters, a description of 2000):
+        // about 40 KB, two bytes a character.
+        items: (0..100)
+            .map(|i| format!("item {i:03}: {}", "\u{e9}".repeat(180)))
+            .collect(),
+        description: "\u{e8}".repeat(1_900),
+        price: 12.5,
+        destination: "Paris, FR".into(),
+    };
+    let size = prost::Message::encoded_len(&big);
+    assert!(size > 30 * order_api::codec::BUFFER_SIZE, "{size} bytes");
+    let id = server
+        .native()
+        .await
+        .add_order(big.clone())
+        .await
+        .expect("a large order is taken")
+        .into_inner();
+    assert_eq!(id, "BIG-1");
+    let answers = [
+        ("native", get_order(server.native().await, "BIG-1").await),
+        ("gRPC-Web", get_order(server.grpc_web(), "BIG-1").await),
+        (
+            "gRPC-Web text",
+            get_order(server.grpc_web_text(), "BIG-1").await,
+        ),
+    ];
+    for (transport, answer) in answers {
+        assert_eq!(answer.expect(transport), big, "{transport}");
+    }
+}
+
 #[rstest]
 #[tokio::test]
 async fn unknown_order_is_not_found_on_every_transport(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
