@@ -12,7 +12,9 @@ Each server runs pinned to CPU 0 and h2load to CPU 1 (taskset). The servers of t
 table (and order-server with TLS) are all up at once; for each cell, each server gets a warm-up,
 then ROUNDS rounds in which every server runs DURATION seconds in turn, in an order rotated each
 round. The table shows medians; the ratios are medians of the per-round ratios, so a machine that
-slows down for a while (a noisy neighbour, steal time) moves both sides of a ratio alike. The
+slows down for a while (a noisy neighbour, steal time) moves both sides of a ratio alike. Each
+target's ratio also says in how many rounds it was reached and gives a bootstrap 90% interval of
+its median: on a shared machine a verdict near the line is a coin toss, and this shows it. The
 stores' cells run one server at a time. Measured per run:
 requests/s (h2load), server CPU time per request (/proc/PID/stat before and after), failed calls
 (transport errors, non-2xx, and gRPC errors under HTTP 200, counted from the response bytes:
@@ -22,6 +24,7 @@ every successful answer carries the order, a failed one does not) and, per serve
 
 import argparse
 import os
+import random
 import re
 import shutil
 import socket
@@ -234,9 +237,23 @@ def measure_alternated(entries, body_file, args):
     return {key: {**summary(r), "runs": r} for key, r in runs.items()}
 
 
+def round_ratios(results, a, b):
+    """a's requests/s over b's, round by round."""
+    return [x["rps"] / y["rps"] for x, y in zip(results[a]["runs"], results[b]["runs"])]
+
+
 def per_round_ratio(results, a, b):
     """The median over rounds of a's requests/s over b's in the same round."""
-    return statistics.median(x["rps"] / y["rps"] for x, y in zip(results[a]["runs"], results[b]["runs"]))
+    return statistics.median(round_ratios(results, a, b))
+
+
+def median_interval(values, confidence=0.9, resamples=2000):
+    """A bootstrap interval of the median of `values`: how far another run of as many rounds
+    might put it on this machine. Seeded, so the same rounds always give the same interval."""
+    pick = random.Random(0)
+    medians = sorted(statistics.median(pick.choices(values, k=len(values))) for _ in range(resamples))
+    tail = (1 - confidence) / 2
+    return medians[int(tail * resamples)], medians[int((1 - tail) * resamples) - 1]
 
 
 def measure_adds(server, body_file, args):
@@ -405,9 +422,13 @@ def main():
     print()
 
     def ratio(a, b, cell, target):
-        value = per_round_ratio(results, (a, cell), (b, cell))
+        ratios = round_ratios(results, (a, cell), (b, cell))
+        value = statistics.median(ratios)
         verdict = "met" if value >= target else "NOT met"
-        return f"{value:.2f}x (target >= {target}x: {verdict})"
+        low, high = median_interval(ratios)
+        held = sum(r >= target for r in ratios)
+        return (f"{value:.3f}x (target >= {target}x: {verdict}; reached in {held} of {len(ratios)} rounds; "
+                f"90% interval {low:.2f}-{high:.2f}x)")
 
     print("Ratios of requests/s (medians of the per-round ratios):")
     print(f"  native gRPC: order-server / tutorial Go   = {ratio('order-server', 'tutorial Go', 'native', 1.3)}")
