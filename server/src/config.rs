@@ -133,8 +133,10 @@ pub struct Config {
     #[arg(long, hide = true, env = "ORDER_AXUM_ROUTER")]
     pub axum_router: bool,
 
-    /// Seconds a client may take to send a request's headers (HTTP/1.1), from the moment the
-    /// server starts reading them: a silent or stalled socket is closed after this.
+    /// Seconds a connection may go with no call in flight: a socket that sends nothing, stops
+    /// half-way through a request head, or sits idle between HTTP/1.1 requests is closed after
+    /// this (checked every quarter of it, so within 1.25 times this). An HTTP/2 connection that
+    /// has made a call is left open while idle; its keep-alive pings tell when the peer is gone.
     #[arg(long, env = "ORDER_HEADER_READ_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
     pub header_read_timeout: Duration,
 

@@ -10,6 +10,12 @@
 //!
 //! Each call on a connection counts as in flight from the moment it arrives until its response
 //! body has been sent or dropped ([`Counted`]), streams included.
+//!
+//! A connection with nothing in flight for too long is closed ([`Connection::close_when_quiet`]):
+//! a client that went silent, sends a request head too slowly, or keeps an HTTP/1.1 connection
+//! idle. One watcher task per connection checks a flag a few times per period, so a call costs
+//! one store, where a timer armed for every request head (hyper's `header_read_timeout`) cost
+//! about 1 400 instructions per HTTP/1.1 call.
 
 use std::{
     future::Future,
@@ -23,7 +29,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -55,6 +61,13 @@ pub(crate) struct Connection {
     in_flight: AtomicUsize,
     /// Has had a call: a client that uses it, not a socket that only holds a place.
     used: AtomicBool,
+    /// A call has started since the quiet watcher last looked.
+    active: AtomicBool,
+    /// Has had an HTTP/2 call: its keep-alive pings tell a dead peer, and an idle HTTP/2
+    /// connection is a client's channel kept for its next call, so it is not closed for quiet.
+    http2: AtomicBool,
+    /// Closed by the quiet watcher: a connection in the middle of nothing, not waited for.
+    quiet_too_long: AtomicBool,
     /// Picked to close to make room.
     shed: AtomicBool,
     /// Told to close: shed, or the server is stopping.
@@ -86,6 +99,40 @@ impl Connection {
             }
             Poll::Pending
         })
+    }
+
+    /// Tells the connection to close once nothing has been in flight on it for `limit` (and it
+    /// has had no HTTP/2 call), from a task of its own that looks every quarter of `limit`: so
+    /// after between `limit` and 1.25 times `limit` of quiet. The task ends with the connection.
+    pub(crate) fn close_when_quiet(self: &Arc<Self>, limit: Duration) {
+        const LOOKS: u32 = 4;
+        let connection = Arc::downgrade(self);
+        let every = (limit / LOOKS).max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            let mut looks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut quiet_looks = 0;
+            loop {
+                looks.tick().await;
+                let Some(connection) = connection.upgrade() else {
+                    return;
+                };
+                let quiet = connection.in_flight.load(Ordering::Acquire) == 0
+                    && !connection.active.swap(false, Ordering::AcqRel)
+                    && !connection.http2.load(Ordering::Acquire);
+                quiet_looks = if quiet { quiet_looks + 1 } else { 0 };
+                if quiet_looks >= LOOKS {
+                    connection.quiet_too_long.store(true, Ordering::Release);
+                    connection.tell_to_close();
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Whether [`Self::close_when_quiet`] closed it.
+    pub(crate) fn quiet_too_long(&self) -> bool {
+        self.quiet_too_long.load(Ordering::Acquire)
     }
 
     fn tell_to_close(&self) {
@@ -144,6 +191,9 @@ impl Connections {
         let connection = Arc::new(Connection {
             in_flight: AtomicUsize::new(0),
             used: AtomicBool::new(false),
+            active: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
+            quiet_too_long: AtomicBool::new(false),
             shed: AtomicBool::new(false),
             close: AtomicBool::new(false),
             waker: Mutex::new(None),
@@ -231,6 +281,7 @@ impl InFlight {
     fn new(connection: &Arc<Connection>) -> Self {
         connection.in_flight.fetch_add(1, Ordering::AcqRel);
         connection.used.store(true, Ordering::Release);
+        connection.active.store(true, Ordering::Release);
         Self(connection.clone())
     }
 }
@@ -250,6 +301,9 @@ where
     type Future = CountedFuture<S::Future>;
 
     fn call(&self, request: Request<B>) -> Self::Future {
+        if request.version() == Version::HTTP_2 {
+            self.connection.http2.store(true, Ordering::Release);
+        }
         CountedFuture {
             in_flight: Some(InFlight::new(&self.connection)),
             inner: self.inner.call(request),
@@ -317,6 +371,7 @@ impl<B: Body<Data = Bytes>> Body for CountedBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::Empty;
 
     #[test]
     fn the_default_limit_leaves_a_reserve() {
@@ -324,6 +379,68 @@ mod tests {
         assert_eq!(default_max_connections(64), 48);
         assert_eq!(default_max_connections(1_048_576), 1_048_576 - 256);
         assert_eq!(default_max_connections(1), 1);
+    }
+
+    /// Whether `slot`'s connection has been told to close.
+    fn told(slot: &Slot) -> bool {
+        slot.connection.close.load(Ordering::Acquire)
+    }
+
+    const LIMIT: Duration = Duration::from_secs(8);
+
+    // Paused time: the watcher's looks come as the runtime idles, without waiting.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_with_nothing_in_flight_is_closed_after_its_limit() {
+        let connections = Connections::new(4);
+        let slot = connections.admit().await.unwrap();
+        slot.connection.close_when_quiet(LIMIT);
+        tokio::time::sleep(LIMIT - Duration::from_secs(1)).await;
+        assert!(!told(&slot), "closed before its limit");
+        tokio::time::sleep(LIMIT / 4 + Duration::from_secs(2)).await;
+        assert!(told(&slot), "still open a look after its limit");
+        assert!(slot.connection.quiet_too_long());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_in_flight_or_just_ended_keep_a_connection_open() {
+        let connections = Connections::new(4);
+        let slot = connections.admit().await.unwrap();
+        slot.connection.close_when_quiet(LIMIT);
+        // A long call (a stream, a slow upload): in flight for many limits.
+        let call = InFlight::new(&slot.connection);
+        tokio::time::sleep(LIMIT * 5).await;
+        assert!(!told(&slot), "closed with a call in flight");
+        drop(call);
+        // Short calls, one a little more often than the limit: never quiet for the limit.
+        for _ in 0..5 {
+            tokio::time::sleep(LIMIT / 2).await;
+            drop(InFlight::new(&slot.connection));
+        }
+        assert!(!told(&slot), "closed between calls");
+        tokio::time::sleep(LIMIT + LIMIT / 2).await;
+        assert!(told(&slot), "still open a look after its limit of quiet");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_that_had_a_call_is_not_closed_for_quiet() {
+        let connections = Connections::new(4);
+        let slot = connections.admit().await.unwrap();
+        slot.connection.close_when_quiet(LIMIT);
+        let counted = Counted {
+            inner: hyper::service::service_fn(|_: Request<Empty<Bytes>>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new()))
+            }),
+            connection: slot.connection.clone(),
+        };
+        let mut request = Request::new(Empty::new());
+        *request.version_mut() = Version::HTTP_2;
+        let response = hyper::service::Service::call(&counted, request)
+            .await
+            .unwrap();
+        drop(response);
+        // Its keep-alive pings tell whether the peer is there; idle, it is a channel kept open.
+        tokio::time::sleep(LIMIT * 5).await;
+        assert!(!told(&slot), "an idle HTTP/2 channel was closed");
     }
 
     #[tokio::test]

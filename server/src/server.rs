@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::{
     app::app,
     config::Config,
-    connections::{Connections, Counted},
+    connections::{Connection, Connections, Counted},
     error::RunError,
     service::OrderService,
     store::Store,
@@ -152,11 +152,10 @@ async fn accept<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // Silent, stalled or dead clients do not hold a connection forever.
-    builder
-        .http1()
-        .timer(CoarseTimer::new())
-        .header_read_timeout(config.header_read_timeout);
+    // Silent, stalled or dead clients do not hold a connection forever: HTTP/2 peers answer
+    // keep-alive pings, and a connection with nothing in flight for `--header-read-timeout` is
+    // closed (`Connection::close_when_quiet`; hyper's own header timer is not armed, as it costs
+    // a timer per request).
     builder
         .http2()
         .timer(CoarseTimer::new())
@@ -233,8 +232,9 @@ async fn accept<S, B>(
                     None => return,
                 },
             };
+            slot.connection.close_when_quiet(wait);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
-            let result = serve_until_told(connection, told_to_close).await;
+            let result = serve_until_told(connection, told_to_close, &slot.connection).await;
             if let Err(error) = result {
                 debug!(error = %error, "connection ended with an error");
             }
@@ -243,11 +243,18 @@ async fn accept<S, B>(
     }
 }
 
+/// How long a connection closed for quiet may take to go: an HTTP/2 one sends GOAWAY and an idle
+/// HTTP/1.1 one closes at once, but one stopped half-way through a request head would wait for
+/// the rest.
+const QUIET_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Serves `connection` to its end; once `told_to_close` completes, it finishes the calls in
-/// flight and closes (HTTP/2: GOAWAY; HTTP/1.1: after the current response).
+/// flight and closes (HTTP/2: GOAWAY; HTTP/1.1: after the current response). Closed for quiet
+/// (nothing in flight), it is given [`QUIET_CLOSE_GRACE`] at most.
 async fn serve_until_told<I, S, B>(
     connection: hyper_util::server::conn::auto::Connection<'_, I, S, TokioExecutor>,
     told_to_close: impl Future<Output = ()>,
+    counted: &Connection,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
@@ -264,6 +271,12 @@ where
         () = told_to_close => {}
     }
     connection.as_mut().graceful_shutdown();
+    if counted.quiet_too_long() {
+        debug!("nothing in flight for --header-read-timeout: closed");
+        return tokio::time::timeout(QUIET_CLOSE_GRACE, connection)
+            .await
+            .unwrap_or(Ok(()));
+    }
     connection.await
 }
 

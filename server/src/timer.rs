@@ -1,4 +1,4 @@
-//! The timer hyper runs its connection timeouts on: tokio's, with a coarse clock.
+//! The timer hyper runs its HTTP/2 keep-alive on: tokio's, with a coarse clock.
 //!
 //! hyper asks its timer for the time on every HTTP/2 frame it reads and every time it polls a
 //! connection, to know when the peer was last heard from (the keep-alive pings). Four reads a
@@ -6,7 +6,7 @@
 //! CPU's time-stamp counter, which is slow on virtual machines (about 23 ns here). The kernel's
 //! coarse clock (`CLOCK_MONOTONIC_COARSE`, through `coarsetime`) is a plain memory read, at the
 //! price of being off by up to a scheduler tick (1 to 10 ms): nothing to a keep-alive interval
-//! or a header-read timeout counted in seconds.
+//! counted in seconds.
 
 use std::{
     pin::Pin,
