@@ -11,7 +11,7 @@ use sqlx::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
         SqliteSynchronous,
     },
-    Connection, Row, SqliteConnection,
+    ConnectOptions, Connection, Row, SqliteConnection,
 };
 
 use super::{
@@ -33,29 +33,17 @@ pub(super) struct Sqlite {
 impl Sqlite {
     pub(super) async fn open(options: &StoreOptions) -> Result<Self, OpenError> {
         let url = &options.url;
-        let connect = SqliteConnectOptions::from_str(url)
-            .map_err(|source| OpenError::Url {
-                url: redact(url),
-                source,
-            })?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(options.timeout);
+        let connect = connect_options(url, options.timeout).map_err(|source| OpenError::Url {
+            url: redact(url),
+            source,
+        })?;
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let lock = if in_memory {
             None
         } else {
             Some(lock(url, connect.get_filename())?)
         };
-        let pool = SqlitePoolOptions::new()
-            .max_connections(options.max_connections.max(1))
-            // An in-memory database lives as long as one connection to it.
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .acquire_timeout(options.timeout)
-            .connect_with(connect)
+        let pool = connect_pool(connect, options)
             .await
             .map_err(|source| OpenError::Connect {
                 url: redact(url),
@@ -101,6 +89,47 @@ impl Sqlite {
         }
         tx.commit().await
     }
+}
+
+/// How the pool's connections to `url` are opened: each commit synced, waiting up to `timeout`
+/// for another connection's lock. They leave the journal mode as the file has it (see
+/// [`connect_pool`]).
+fn connect_options(url: &str, timeout: Duration) -> Result<SqliteConnectOptions, sqlx::Error> {
+    Ok(SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(timeout))
+}
+
+/// The pool, after one connection alone has made the file a WAL file.
+///
+/// The switch to WAL writes the file and needs it to itself. Connections that make it together
+/// race, and SQLite fails the loser at once with "database is locked": it does not wait when
+/// waiting could deadlock. sqlx's pool may open its first connections together, so they do not
+/// switch; WAL is a property of the file, and they find it there.
+async fn connect_pool(
+    connect: SqliteConnectOptions,
+    options: &StoreOptions,
+) -> Result<SqlitePool, sqlx::Error> {
+    let first = connect
+        .clone()
+        .journal_mode(SqliteJournalMode::Wal)
+        .connect()
+        .await?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(options.max_connections.max(1))
+        // An in-memory database lives as long as one connection to it.
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(options.timeout)
+        .connect_with(connect)
+        .await;
+    // Closed once the pool holds a connection of its own, for the same reason.
+    let closed = first.close().await;
+    let pool = pool?;
+    closed?;
+    Ok(pool)
 }
 
 /// Takes `<database>.lock` so that a second server on the same file fails at start instead of
@@ -503,5 +532,35 @@ impl Backend for Sqlite {
     async fn ping(&self) -> Result<(), Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pool's connections open together on a new file without racing for the switch to WAL
+    /// (they failed the start with "database is locked" when each made it), and the file is a
+    /// WAL file once the pool is open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_first_connection_makes_a_new_file_wal() {
+        for _ in 0..50 {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite:{}", dir.path().join("orders.db").display());
+            let options = StoreOptions::new(&url);
+            let connect = connect_options(&url, options.timeout).unwrap();
+            let together = futures::future::join_all((0..8).map(|_| connect.connect())).await;
+            for connection in together {
+                connection.expect("a pool connection opens on a new file");
+            }
+            let pool = connect_pool(connect, &options)
+                .await
+                .expect("the pool opens");
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(mode, "wal");
+        }
     }
 }

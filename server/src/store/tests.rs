@@ -253,3 +253,16 @@ async fn writes_cancelled_at_any_point_leave_no_connection_inside_a_transaction(
             .unwrap_or_else(|error| panic!("write {n} after the cancellations: {error}"));
     }
 }
+
+/// A server starting on a new file starts, every time (the pool's first connections once raced
+/// for the switch to WAL; see `sqlite::connect_pool`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_database_file_opens_every_time() {
+    for attempt in 0..50 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("orders.db").display());
+        if let Err(error) = Store::open(&StoreOptions::new(url)).await {
+            panic!("attempt {attempt}: {error}");
+        }
+    }
+}
