@@ -280,3 +280,18 @@ async fn a_postgres_outage_is_unavailable_not_serving_and_then_over() {
         .await
         .expect("writes again");
 }
+
+/// The tests' PostgreSQL starts even when the port found free is taken before it binds it (by
+/// any process's outgoing connection): it moves on to the next port found free.
+#[tokio::test]
+async fn the_test_cluster_starts_when_its_first_port_is_taken_meanwhile() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let mut ports = vec![taken_port];
+    ports.extend(common::postgres::free_ports(2));
+    let cluster = Cluster::start_on_one_of(&ports);
+    assert_ne!(cluster.port, taken_port);
+    let url = cluster.create_database().await;
+    let store = open_store(&config_on(&common::TestDb::existing(url))).await;
+    assert!(store.get("106").await.is_ok(), "the sample order is there");
+}

@@ -16,13 +16,26 @@ use std::{
     },
 };
 
+/// `watchdog BIN PORT...`: initdb, then PostgreSQL on the first of the PORTs it can bind (a
+/// port found free can be taken, by any process's outgoing connection, before PostgreSQL binds
+/// it), then `ready PORT DIR`.
 const WATCHDOG: &str = r#"
 set -e
-bin=$1 port=$2
+bin=$1
+shift
 dir=$(mktemp -d /tmp/order-test-pg.XXXXXX)
 "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
-"$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null || { cat "$dir/postgres.log" >&2; exit 1; }
-echo "ready $dir"
+started=
+for port in "$@"; do
+  : >"$dir/postgres.log"
+  if "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null; then
+    started=$port
+    break
+  fi
+  grep -q "Address already in use" "$dir/postgres.log" || break
+done
+[ -n "$started" ] || { cat "$dir/postgres.log" >&2; rm -rf "$dir"; exit 1; }
+echo "ready $started $dir"
 read -r _ || true
 "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
 rm -rf "$dir"
@@ -66,19 +79,26 @@ fn running_as_root() -> bool {
         .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
 }
 
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// `n` distinct ports nothing listens on right now.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound").port())
+        .collect()
 }
 
 impl Cluster {
     /// Starts a new, empty cluster; returns once it accepts connections.
     pub fn start() -> Self {
+        Self::start_on_one_of(&free_ports(5))
+    }
+
+    /// As [`Self::start`], on the first of `ports` that PostgreSQL can bind.
+    pub fn start_on_one_of(ports: &[u16]) -> Self {
         let bin = bin_dir();
-        let port = free_port();
         let as_postgres = running_as_root();
         let mut command = if as_postgres {
             let mut c = Command::new("runuser");
@@ -90,7 +110,7 @@ impl Cluster {
         let mut watchdog = command
             .args(["-c", WATCHDOG, "watchdog"])
             .arg(&bin)
-            .arg(port.to_string())
+            .args(ports.iter().map(u16::to_string))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -100,11 +120,16 @@ impl Cluster {
         BufReader::new(watchdog.stdout.take().unwrap())
             .read_line(&mut line)
             .expect("read from the watchdog");
-        let Some(dir) = line.trim().strip_prefix("ready ") else {
+        let Some((port, dir)) = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|rest| rest.split_once(' '))
+        else {
             let mut error = String::new();
             let _ = watchdog.stderr.take().unwrap().read_to_string(&mut error);
             panic!("PostgreSQL did not start:\n{error}");
         };
+        let port = port.parse().expect("the watchdog's port");
         Self {
             port,
             bin,
