@@ -103,7 +103,8 @@ impl Connection {
 
     /// Tells the connection to close once nothing has been in flight on it for `limit` (and it
     /// has had no HTTP/2 call), from a task of its own that looks every quarter of `limit`: so
-    /// after between `limit` and 1.25 times `limit` of quiet. The task ends with the connection.
+    /// after between `limit` and 1.25 times `limit` of quiet. The task ends with the connection,
+    /// or at its first HTTP/2 call, after which it is never closed for quiet.
     pub(crate) fn close_when_quiet(self: &Arc<Self>, limit: Duration) {
         const LOOKS: u32 = 4;
         let connection = Arc::downgrade(self);
@@ -117,9 +118,11 @@ impl Connection {
                 let Some(connection) = connection.upgrade() else {
                     return;
                 };
+                if connection.http2.load(Ordering::Acquire) {
+                    return;
+                }
                 let quiet = connection.in_flight.load(Ordering::Acquire) == 0
-                    && !connection.active.swap(false, Ordering::AcqRel)
-                    && !connection.http2.load(Ordering::Acquire);
+                    && !connection.active.swap(false, Ordering::AcqRel);
                 quiet_looks = if quiet { quiet_looks + 1 } else { 0 };
                 if quiet_looks >= LOOKS {
                     connection.quiet_too_long.store(true, Ordering::Release);

@@ -213,8 +213,8 @@ async fn accept<S, B>(
             };
             let told_to_close = slot.connection.told_to_close();
             let mut told_to_close = std::pin::pin!(told_to_close);
-            // hyper's header timeout starts once there are bytes to read: a client that sends
-            // nothing at all is not waited for longer than it.
+            // The first byte tells TLS from plaintext; a client that sends nothing at all is
+            // not waited for longer than --header-read-timeout.
             let first = tokio::select! {
                 first = first_byte(&stream, wait) => first,
                 () = &mut told_to_close => None,
