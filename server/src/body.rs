@@ -74,3 +74,104 @@ impl http_body::Body for Chunks {
         SizeHint::with_exact(self.remaining)
     }
 }
+
+pin_project_lite::pin_project! {
+    /// A request body whose reset is an error, never a clean end.
+    ///
+    /// tonic's decoder reads a request body that fails with `CANCELLED` as the end of the client's
+    /// stream (tonic 0.14 `codec/decode.rs`, `Direction::Request`), and an HTTP/2 `RST_STREAM
+    /// (CANCEL)` is exactly that failure: a client that cancels a client stream (or whose deadline
+    /// passes) half-way would look like one that sent every message, and its writes would be
+    /// applied. Here the failure keeps its meaning as `ABORTED`, so the stream fails and nothing
+    /// of it is applied. Every other frame and error passes through unchanged.
+    pub(crate) struct ResetIsError<B> {
+        #[pin]
+        inner: B,
+    }
+}
+
+impl<B> ResetIsError<B> {
+    pub(crate) fn new(inner: B) -> Self {
+        Self { inner }
+    }
+}
+
+/// What the service sees when the client reset its stream before ending it.
+pub(crate) const RESET_MESSAGE: &str =
+    "the client cancelled the call before its stream ended: nothing of it is applied";
+
+impl<B> http_body::Body for ResetIsError<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        match std::task::ready!(self.project().inner.poll_frame(cx)) {
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(Err(error)) => {
+                let status = tonic::Status::from_error(error.into());
+                Poll::Ready(Some(Err(match status.code() {
+                    tonic::Code::Cancelled => tonic::Status::aborted(RESET_MESSAGE),
+                    _ => status,
+                })))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body that fails with `status` at once.
+    struct Failing(Option<tonic::Status>);
+
+    impl http_body::Body for Failing {
+        type Data = Bytes;
+        type Error = tonic::Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.take().map(Err))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_body_fails_instead_of_ending() {
+        // What tonic makes of an HTTP/2 reset, and its decoder then takes for the end.
+        let reset = Failing(Some(tonic::Status::cancelled(
+            "h2 protocol error: stream reset",
+        )));
+        let status = ResetIsError::new(reset)
+            .frame()
+            .await
+            .expect("an error, not an end");
+        let status = status.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Aborted);
+        assert_eq!(status.message(), RESET_MESSAGE);
+
+        // Any other failure passes through as it is.
+        let other = Failing(Some(tonic::Status::internal(
+            "tonic-web: malformed base64 request",
+        )));
+        let status = ResetIsError::new(other).frame().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal);
+    }
+}

@@ -3,7 +3,9 @@
 //! In order: metrics (the call is counted and timed, refusals included), the host check (DNS
 //! rebinding, [`crate::host`]), authentication (the caller's token and scope, [`crate::auth`]),
 //! deadlines (`grpc-timeout` and `--max-call-duration`, [`crate::deadline`]), then the service.
-//! A refused call never reaches the service: it is answered at once, trailers-only.
+//! A refused call never reaches the service: it is answered at once, trailers-only. A call's
+//! request body reaches the service as [`ResetIsError`]: a client stream reset half-way fails,
+//! rather than ending as if the client had sent all it meant to.
 //!
 //! One layer rather than four: each would move the request, clone its handles and nest its
 //! future around the next for every call, which cost about 5 % of a cached `getOrder`. Each
@@ -24,6 +26,7 @@ use tower::{Layer, Service};
 
 use crate::{
     auth::{Auth, Need},
+    body::ResetIsError,
     deadline::{Deadlines, Timer},
     host::{refusal, Hosts},
     metrics::{measured, Call, Metrics},
@@ -63,7 +66,7 @@ pub(crate) struct EdgeService<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for EdgeService<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>, Error = Infallible>,
+    S: Service<Request<ResetIsError<B>>, Response = Response<ResBody>, Error = Infallible>,
     ResBody: http_body::Body<Data = Bytes> + Default + Send + 'static,
     ResBody::Error: Into<tonic::codegen::StdError>,
 {
@@ -96,7 +99,7 @@ where
         let timer = edge.deadlines.of(&mut request);
         EdgeFuture {
             state: State::Called {
-                inner: self.inner.call(request),
+                inner: self.inner.call(request.map(ResetIsError::new)),
                 timer,
             },
             call,
@@ -105,11 +108,20 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The response future of [`EdgeService`].
+    /// The response future of [`EdgeService`]. Dropped before it answers (the client reset the
+    /// stream or went away), its call is counted as `CANCELLED`.
     pub struct EdgeFuture<F> {
         #[pin]
         state: State<F>,
         call: Option<Call>,
+    }
+
+    impl<F> PinnedDrop for EdgeFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(call) = this.project().call.take() {
+                call.cancelled();
+            }
+        }
     }
 }
 

@@ -366,6 +366,11 @@ pub(crate) struct Call {
 }
 
 impl Call {
+    /// The call ended before it answered: its client reset the stream or went away.
+    pub(crate) fn cancelled(self) {
+        self.end(Code::Cancelled);
+    }
+
     fn end(self, code: Code) {
         let metrics = &self.metrics;
         let method = self
