@@ -95,9 +95,10 @@ pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
         .add_service(reflection().build_v1().expect(VALID))
         .add_service(reflection().build_v1alpha().expect(VALID))
         .prepare();
-    let orders = OrderManagementServer::new(orders)
-        .max_decoding_message_size(config.max_message_size)
-        .max_encoding_message_size(config.max_message_size);
+    let orders =
+        OrderManagementServer::new(orders.with_stream_idle_timeout(config.stream_idle_timeout))
+            .max_decoding_message_size(config.max_message_size)
+            .max_encoding_message_size(config.max_message_size);
     Ok(App {
         orders: stack(orders, &layers),
         other: stack(other, &layers),

@@ -117,6 +117,15 @@ pub struct Config {
     #[arg(long, env = "ORDER_DATABASE_CONNECTIONS", default_value_t = 8)]
     pub database_connections: u32,
 
+    /// How long a write's idempotency key is remembered, e.g. 24h, 30m: the same key with the
+    /// same request within this gets the first answer instead of a second write. Older keys are
+    /// forgotten (pruned in small batches in the background).
+    #[arg(long, env = "ORDER_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_positive_duration)]
+    pub idempotency_ttl: Duration,
+    /// Seconds a client stream (addOrders, updateOrders, processOrders) may send nothing before
+    /// it fails with DEADLINE_EXCEEDED; nothing of it is applied.
+    #[arg(long, env = "ORDER_STREAM_IDLE_TIMEOUT", default_value = "30", value_parser = parse_positive_seconds)]
+    pub stream_idle_timeout: Duration,
     /// Megabytes of orders kept in memory for getOrder (SQLite only, where no other process can
     /// change them, so the cache is never stale). 0 turns the cache off.
     #[arg(long, env = "ORDER_CACHE_MB", default_value_t = 8)]
@@ -274,6 +283,7 @@ impl Config {
             timeout: self.database_timeout,
             max_connections: self.database_connections,
             cache_bytes: self.cache_mb.saturating_mul(1024 * 1024),
+            idempotency_ttl: self.idempotency_ttl,
         }
     }
 
@@ -300,6 +310,25 @@ fn parse_origin(s: &str) -> Result<http::HeaderValue, String> {
         ));
     }
     http::HeaderValue::from_str(s).map_err(|e| format!("{s:?} is not an origin: {e}"))
+}
+
+/// A number of seconds greater than 0.
+fn parse_positive_seconds(s: &str) -> Result<Duration, String> {
+    let duration = parse_seconds(s)?;
+    if duration.is_zero() {
+        return Err(format!("{s:?}: must be more than 0 seconds"));
+    }
+    Ok(duration)
+}
+
+/// A duration such as 24h, 30m or 90s, greater than 0.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration such as 24h, 30m or 90s: {e}"))?;
+    if duration.is_zero() {
+        return Err(format!("{s:?}: must be more than 0"));
+    }
+    Ok(duration)
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {

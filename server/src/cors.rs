@@ -9,13 +9,14 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::config::Config;
 
 /// Request headers a gRPC-Web client in a browser sends and CORS must allow (`authorization`
-/// carries its token).
-pub const CORS_ALLOW_HEADERS: [HeaderName; 5] = [
+/// carries its token, `idempotency-key` a write's key).
+pub const CORS_ALLOW_HEADERS: [HeaderName; 6] = [
     header::CONTENT_TYPE,
     header::AUTHORIZATION,
     HeaderName::from_static("x-grpc-web"),
     HeaderName::from_static("x-user-agent"),
     HeaderName::from_static("grpc-timeout"),
+    HeaderName::from_static(crate::service::IDEMPOTENCY_KEY),
 ];
 
 /// Response headers a browser client must be able to read: the call's status is in them.

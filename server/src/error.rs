@@ -56,6 +56,35 @@ pub enum Error {
     /// Every ID a sequence can give has been given.
     #[error("no more {0} can be assigned")]
     Exhausted(&'static str),
+    /// A write's `COMMIT` failed or was cut off: the write may or may not have been applied.
+    #[error("the commit's outcome is unknown: {0}")]
+    InDoubt(sqlx::Error),
+    /// The write's caller gave up before its commit began: it was not applied. Its caller is
+    /// gone or has answered `UNAVAILABLE` already, so this reaches no one.
+    #[error("the write was abandoned before its commit")]
+    Abandoned,
+    /// A client stream sent nothing for this long.
+    #[error(
+        "no message from the client for {0:?} (--stream-idle-timeout): the call was not applied"
+    )]
+    Idle(std::time::Duration),
+    /// The `idempotency-key` metadata is not a key.
+    #[error(
+        "idempotency-key must be 1 to {} visible ASCII characters",
+        crate::store::MAX_KEY_CHARS
+    )]
+    BadKey,
+    /// The key was used before, for another request.
+    #[error("idempotency-key {} was used before for a different {method} request: use a new key for a new request", Echo(.key))]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The method of its first request.
+        method: String,
+    },
+    /// A call with this key is running now.
+    #[error("a call with idempotency-key {} is still in progress: retry later with the same key", Echo(.0))]
+    KeyInProgress(String),
     /// The database failed. Unreachable databases become `UNAVAILABLE`, anything else `INTERNAL`;
     /// either way the cause is logged and not sent to the client.
     #[error("database error: {0}")]
@@ -102,6 +131,9 @@ pub enum RunError {
 /// What a client is told when the database cannot be reached. The cause is in the server's log.
 pub const UNAVAILABLE_MESSAGE: &str =
     "the order database cannot be reached right now; the call was not applied, try again";
+
+/// What a client is told when a write's commit failed half-way. The cause is in the log.
+pub const IN_DOUBT_MESSAGE: &str = "the order database failed while committing: the call may or may not have been applied; retry with the same idempotency-key to find out";
 
 /// What a client is told when something failed inside the server. The cause is in the log.
 pub const INTERNAL_MESSAGE: &str = "internal error in the order server (its log has the cause)";
@@ -167,7 +199,17 @@ impl From<Error> for Status {
         match error {
             Error::NotFound(_) => Status::new(Code::NotFound, message),
             Error::AlreadyExists(_) => Status::new(Code::AlreadyExists, message),
-            Error::Empty(_) | Error::Duplicate(_) => Status::new(Code::InvalidArgument, message),
+            Error::Empty(_) | Error::Duplicate(_) | Error::BadKey => {
+                Status::new(Code::InvalidArgument, message)
+            }
+            Error::KeyReused { .. } => Status::new(Code::FailedPrecondition, message),
+            Error::KeyInProgress(_) => Status::new(Code::Aborted, message),
+            Error::Idle(_) => Status::new(Code::DeadlineExceeded, message),
+            Error::InDoubt(error) => {
+                tracing::error!(%error, "a commit failed: its outcome is unknown");
+                Status::new(Code::Unknown, IN_DOUBT_MESSAGE)
+            }
+            Error::Abandoned => Status::new(Code::Unavailable, UNAVAILABLE_MESSAGE),
             Error::TooMany(_) | Error::Exhausted(_) => {
                 Status::new(Code::ResourceExhausted, message)
             }

@@ -84,10 +84,11 @@ pub async fn serve_with_reload(
     let health_reporter = app.health().clone();
     set_health(&health_reporter, ServingStatus::Serving).await;
     let database = tokio::spawn(watch_database(
-        store,
+        store.clone(),
         health_reporter.clone(),
         config.health_interval,
     ));
+    let pruning = tokio::spawn(forget_expired_keys(store.clone(), config.idempotency_ttl));
 
     info!(
         address = %listener.local_addr()?,
@@ -117,12 +118,19 @@ pub async fn serve_with_reload(
 
     drop(listener);
     database.abort();
+    pruning.abort();
     reloading.abort();
     info!("shutting down: no new connections, finishing in-flight calls");
     set_health(&health_reporter, ServingStatus::NotServing).await;
     connections.close_all();
+    let mut writes = store.writes_in_flight();
+    let finished = async {
+        connections.all_closed().await;
+        // A write whose caller went away still runs to its commit or rollback.
+        let _ = writes.wait_for(|running| *running == 0).await;
+    };
     tokio::select! {
-        () = connections.all_closed() => info!("stopped"),
+        () = finished => info!("stopped"),
         () = tokio::time::sleep(config.shutdown_grace) => {
             warn!(grace = ?config.shutdown_grace, "stopped with calls still in flight after the grace period");
         }
@@ -158,6 +166,7 @@ async fn accept<S, B>(
     // a timer per request).
     builder
         .http2()
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .timer(CoarseTimer::new())
         .keep_alive_interval(config.http2_keepalive)
         .keep_alive_timeout(config.http2_keepalive);
@@ -350,6 +359,30 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
             status,
         )
         .await;
+}
+
+/// The HTTP/2 connection window a client may fill before the server reads, 8 MiB (hyper's default
+/// is 1 MiB). h2 closes a connection with `ENHANCE_YOUR_CALM "too_many_data_frames"` once the
+/// small DATA frames it holds unread cost more than half this window (each frame under 256 bytes
+/// counts as 256 less its size). gRPC clients send one frame per message, so one `addOrders` of
+/// 10 000 one-item orders is 10 000 frames of a few bytes: 2.5 MB of that budget if they arrive
+/// faster than the server reads it, which a burst from grpcio can. A budget of 4 MiB holds a
+/// whole stream at the per-call limit; the stream's own window (1 MiB) still bounds the bytes.
+const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// Forgets expired idempotency keys now and then: every tenth of the TTL, at most hourly.
+async fn forget_expired_keys(store: Store, ttl: Duration) {
+    let every = (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match store.forget_expired_keys().await {
+            Ok(0) => {}
+            Ok(forgotten) => info!(forgotten, "expired idempotency keys forgotten"),
+            Err(error) => warn!(%error, "could not forget expired idempotency keys"),
+        }
+    }
 }
 
 /// Checks the database every `interval`: while it cannot be reached, health reports

@@ -1,7 +1,7 @@
 //! The `OrderManagement` gRPC service: each RPC converts its request (validating it), acts on the
 //! [`Store`] and converts the result back.
 
-use std::num::NonZeroUsize;
+use std::{num::NonZeroUsize, time::Duration};
 
 use futures::{stream::BoxStream, StreamExt, TryStreamExt};
 use order_api::pb::{order_management_server::OrderManagement, CombinedShipment, Order};
@@ -15,7 +15,7 @@ use crate::{
     metrics::Messages,
     order::ValidOrder,
     process,
-    store::{OrderStream, Store},
+    store::{Key, OrderStream, Store},
     streams::OpenStreams,
 };
 
@@ -28,7 +28,14 @@ pub struct OrderService {
     store: Store,
     batch_size: NonZeroUsize,
     open_streams: OpenStreams,
+    stream_idle_timeout: Duration,
 }
+
+/// How long a client stream may send nothing before it fails, unless configured otherwise.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The metadata (HTTP header) a write's idempotency key comes in.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 impl OrderService {
     /// A service answering from `store`; `processOrders` ships a destination's orders in batches
@@ -38,7 +45,15 @@ impl OrderService {
             store,
             batch_size,
             open_streams: OpenStreams::default(),
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
         }
+    }
+
+    /// The same service, failing a client stream that sends nothing for `timeout`
+    /// (`--stream-idle-timeout`).
+    pub fn with_stream_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.stream_idle_timeout = timeout;
+        self
     }
 
     /// The number of response streams open right now, to watch.
@@ -74,6 +89,15 @@ fn subject<T>(request: &Request<T>) -> String {
         .map_or_else(|| "anonymous".to_owned(), |caller| caller.subject.clone())
 }
 
+/// The call's idempotency key, if it sent one; a value that is no key is refused.
+fn idempotency_key<T>(request: &Request<T>) -> Result<Option<Key>, Error> {
+    let Some(value) = request.metadata().get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| Error::BadKey)?;
+    Key::new(subject(request), value).map(Some)
+}
+
 /// The client's deadline, where it sent one.
 fn deadline<T>(request: &Request<T>) -> Option<Deadline> {
     request.extensions().get::<Deadline>().copied()
@@ -87,17 +111,24 @@ pub const MAX_STREAM_VIOLATIONS: usize = 1_000;
 /// [`MAX_ORDERS_PER_CALL`]. A bad order's fields are named after its place in the stream
 /// (`orders[3].price`), so the client knows which one it was. After a bad order the rest are
 /// still read and checked, so that one answer names every bad order (and a browser, which sends
-/// its whole upload before it reads the answer, gets that answer): then the stream fails.
+/// its whole upload before it reads the answer, gets that answer): then the stream fails. A
+/// client silent for `idle` fails it too.
 fn checked(
     request: Request<Streaming<Order>>,
     check: fn(Order) -> Result<ValidOrder, Error>,
+    idle: Duration,
 ) -> OrderStream<'static> {
     let messages = Messages::of(&request);
     let mut orders = request.into_inner();
     Box::pin(async_stream::stream! {
         let mut invalid: Option<(String, Vec<FieldViolation>)> = None;
         let mut index = 0;
-        while let Some(order) = orders.next().await {
+        loop {
+            let Ok(order) = tokio::time::timeout(idle, orders.next()).await else {
+                yield Err(Error::Idle(idle));
+                return;
+            };
+            let Some(order) = order else { break };
             let order = match order {
                 Ok(order) => order,
                 Err(status) => {
@@ -139,8 +170,9 @@ impl OrderManagement for OrderService {
     #[instrument(level = "debug", skip_all, fields(order_id = %Echo(&request.get_ref().id), sub = %Echo(&subject(&request))))]
     async fn add_order(&self, request: Request<Order>) -> Result<Response<String>, Status> {
         let sub = subject(&request);
+        let key = idempotency_key(&request)?;
         let order = ValidOrder::try_from(request.into_inner())?;
-        let id = self.store.add(order).await?;
+        let id = self.store.add(order, key).await?;
         info!(%id, sub = %Echo(&sub), "order added");
         Ok(Response::new(id))
     }
@@ -180,11 +212,12 @@ impl OrderManagement for OrderService {
         request: Request<Streaming<Order>>,
     ) -> Result<Response<String>, Status> {
         let sub = subject(&request);
-        // Each order is checked and applied as it arrives, inside one transaction: one bad order
-        // and nothing is applied.
-        let orders = checked(request, ValidOrder::existing);
-        let updated = self.store.update_all(orders).await?;
-        info!(updated = updated.count, sub = %Echo(&sub), "orders updated");
+        let key = idempotency_key(&request)?;
+        // Each order is checked as it arrives; they are applied in one transaction once the
+        // stream has ended well: one bad order and nothing is applied.
+        let orders = checked(request, ValidOrder::existing, self.stream_idle_timeout);
+        let updated = self.store.update_all(orders, key).await?;
+        info!(%updated, sub = %Echo(&sub), "orders updated");
         Ok(Response::new(updated.to_string()))
     }
 
@@ -194,10 +227,11 @@ impl OrderManagement for OrderService {
         request: Request<Streaming<Order>>,
     ) -> Result<Response<String>, Status> {
         let sub = subject(&request);
-        // As for updateOrders: checked and written as they arrive, all or nothing.
-        let orders = checked(request, ValidOrder::try_from);
-        let added = self.store.add_all(orders).await?;
-        info!(added = added.count, sub = %Echo(&sub), "orders added");
+        let key = idempotency_key(&request)?;
+        // As for updateOrders: checked as they arrive, all or nothing.
+        let orders = checked(request, ValidOrder::try_from, self.stream_idle_timeout);
+        let added = self.store.add_all(orders, key).await?;
+        info!(%added, sub = %Echo(&sub), "orders added");
         Ok(Response::new(added.to_string()))
     }
 

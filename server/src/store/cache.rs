@@ -1,8 +1,9 @@
 //! A read cache for `getOrder`, for stores whose orders only this process can change.
 //!
-//! Never stale: a reader fills the cache only if no write finished since it started reading the
-//! database (the generation is unchanged), and writers change the generation after their commit,
-//! under the same lock as the fill. Hits take no lock at all.
+//! Never stale: a writer empties the cache right before its commit and again right after it, and
+//! no reader fills it in between ([`ReadCache::begin_write`], [`ReadCache::end_write`]); a reader
+//! fills it only if no write began or ended since it started reading the database (the
+//! generation is unchanged), under the same lock. Hits take no lock at all.
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},
@@ -17,7 +18,8 @@ use quick_cache::{sync::Cache, Weighter};
 pub(super) struct ReadCache {
     orders: Cache<String, Order, OrderBytes>,
     generation: AtomicU64,
-    fill_or_invalidate: Mutex<()>,
+    /// How many commits are under way (fills wait for none).
+    fill_or_invalidate: Mutex<u32>,
 }
 
 impl std::fmt::Debug for ReadCache {
@@ -47,7 +49,7 @@ impl ReadCache {
         Self {
             orders: Cache::with_weighter(estimated_items, bytes, OrderBytes),
             generation: AtomicU64::new(0),
-            fill_or_invalidate: Mutex::new(()),
+            fill_or_invalidate: Mutex::new(0),
         }
     }
 
@@ -63,20 +65,30 @@ impl ReadCache {
     /// Caches `order`, read from the database after [`Self::generation`] returned `generation`,
     /// unless a write has finished since.
     pub(super) fn fill(&self, order: &Order, generation: u64) {
-        let _guard = self.lock();
-        if self.generation.load(Ordering::Acquire) == generation {
+        let committing = self.lock();
+        if *committing == 0 && self.generation.load(Ordering::Acquire) == generation {
             self.orders.insert(order.id.clone(), order.clone());
         }
     }
 
-    /// Forgets every order. Called after a write commits.
-    pub(super) fn clear(&self) {
-        let _guard = self.lock();
+    /// A write is about to commit: every order is forgotten, and none cached again until
+    /// [`Self::end_write`].
+    pub(super) fn begin_write(&self) {
+        let mut committing = self.lock();
+        *committing += 1;
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.orders.clear();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+    /// The write's commit ended (either way): what was read during it is forgotten too.
+    pub(super) fn end_write(&self) {
+        let mut committing = self.lock();
+        *committing = committing.saturating_sub(1);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.orders.clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, u32> {
         // The guarded section cannot panic half-way; a poisoned lock is still a lock.
         self.fill_or_invalidate
             .lock()
@@ -99,14 +111,39 @@ mod tests {
     #[test]
     fn a_fill_that_raced_a_write_is_dropped() {
         let cache = ReadCache::new(1 << 20);
+        cache.fill(&order("1", "old"), cache.generation());
         let before = cache.generation();
-        // A write commits (and invalidates) while this reader was reading the old value.
-        cache.clear();
+        // A write commits while this reader was reading the old value.
+        cache.begin_write();
+        assert!(
+            cache.get("1").is_none(),
+            "the cached copy outlived the commit's start"
+        );
+        cache.end_write();
         cache.fill(&order("1", "old"), before);
         assert!(cache.get("1").is_none(), "a stale order was cached");
 
         cache.fill(&order("1", "new"), cache.generation());
         assert_eq!(cache.get("1").unwrap().items, ["new"]);
+    }
+
+    #[test]
+    fn nothing_is_cached_while_a_commit_is_under_way() {
+        let cache = ReadCache::new(1 << 20);
+        cache.begin_write();
+        // Read during the commit: it may be the old or the new version.
+        let during = cache.generation();
+        cache.fill(&order("1", "old"), during);
+        assert!(
+            cache.get("1").is_none(),
+            "cached while the commit was under way"
+        );
+        cache.end_write();
+        cache.fill(&order("1", "old"), during);
+        assert!(
+            cache.get("1").is_none(),
+            "a read from during the commit was cached after it"
+        );
     }
 
     #[test]

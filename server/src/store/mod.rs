@@ -12,17 +12,32 @@
 //! durable and run `updateOrders` and `addOrders` each as one transaction.
 
 mod cache;
+mod keys;
 mod postgres;
 mod sqlite;
+mod write;
 
 use std::{fmt, future::Future, sync::Arc, time::Duration};
 
-use futures::stream::BoxStream;
+use futures::{stream::BoxStream, StreamExt};
 use order_api::pb::Order;
+use prost::Message;
+use tokio::{sync::Semaphore, time::Instant};
 
 use crate::{error::Error, order::ValidOrder};
 
-use self::cache::ReadCache;
+use self::{
+    cache::ReadCache,
+    keys::{KeyRecord, Registry},
+    write::{Commit, Gate, InFlight},
+};
+
+pub use self::keys::{Key, MAX_KEY_CHARS};
+
+/// How many bytes of a client stream's orders a call keeps in memory before it stages them in
+/// the database: a stream that ends within this (nearly every one) holds no database connection
+/// while it waits for its client.
+pub const PREFETCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// How many orders `search` reads from the database at a time: what it holds in memory, however
 /// many orders there are.
@@ -45,6 +60,8 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// Bytes of orders the read cache may hold (SQLite only); 0 turns it off.
     pub cache_bytes: u64,
+    /// How long an idempotency key is remembered.
+    pub idempotency_ttl: Duration,
 }
 
 impl StoreOptions {
@@ -56,6 +73,7 @@ impl StoreOptions {
             timeout: Duration::from_secs(5),
             max_connections: 8,
             cache_bytes: 8 * 1024 * 1024,
+            idempotency_ttl: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -117,6 +135,34 @@ enum Added {
     Taken,
 }
 
+/// What a write call answers: what it wrote, or the answer stored with its idempotency key when
+/// the same request came with that key before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Written by this call.
+    Written(Written),
+    /// The stored answer of the earlier call with the same key; nothing was written now.
+    Replayed(String),
+}
+
+impl fmt::Display for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Answer::Written(written) => written.fmt(f),
+            Answer::Replayed(answer) => f.write_str(answer),
+        }
+    }
+}
+
+/// What a backend did with a write that may carry an idempotency key.
+#[derive(Debug)]
+enum Applied<T> {
+    /// Done now (and the key, if any, stored with its answer).
+    Done(T),
+    /// The key was there with the same request: this stored answer, nothing written.
+    Replayed(String),
+}
+
 /// What `updateOrders` or `addOrders` wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
@@ -139,10 +185,10 @@ impl Written {
         Self::new("added")
     }
 
-    /// `count` orders added, the first of them `first_ids`.
-    pub(crate) fn added_summary(count: usize, first_ids: Vec<String>) -> Self {
+    /// `count` orders `verb` ("added" or "updated"), the first of them `first_ids`.
+    fn summary(verb: &'static str, count: usize, first_ids: Vec<String>) -> Self {
         Self {
-            verb: "added",
+            verb,
             count,
             first_ids,
         }
@@ -156,7 +202,12 @@ impl Written {
         }
     }
 
-    fn record(&mut self, id: &str) {
+    /// Counts `id`, which `seen` tells if this call wrote before (an order updated twice is
+    /// one order updated).
+    fn record(&mut self, id: &str, seen: &mut std::collections::HashSet<String>) {
+        if !seen.insert(id.to_owned()) {
+            return;
+        }
         self.count += 1;
         if self.first_ids.len() < SUMMARY_IDS {
             self.first_ids.push(id.to_owned());
@@ -184,33 +235,64 @@ impl fmt::Display for Written {
 /// The orders `updateOrders` or `addOrders` writes, validated as they arrive.
 pub type OrderStream<'a> = BoxStream<'a, Result<ValidOrder, Error>>;
 
-/// One storage engine. Every method is one short piece of work on the database.
+/// What a client stream writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `updateOrders`: replace existing orders; the same ID twice, the later one wins.
+    Update,
+    /// `addOrders`: store new orders; an ID taken (before or earlier in the stream) fails it.
+    Add,
+}
+
+impl Kind {
+    /// The RPC, as idempotency keys record it.
+    fn method(self) -> &'static str {
+        match self {
+            Kind::Update => "updateOrders",
+            Kind::Add => "addOrders",
+        }
+    }
+}
+
+/// One storage engine. Every method is one short piece of work on the database. The writes run
+/// on a task of their own, to their end (see [`Store::outcome`]): they commit only through
+/// [`Commit::begin`], which refuses once their caller has given up.
 #[tonic::async_trait]
 trait Backend: Send + Sync + fmt::Debug {
     /// The order with this ID, if any.
     async fn get(&self, id: &str) -> Result<Option<Order>, Error>;
     /// Stores `order` under its own ID, or under the next number of the ID sequence (skipping
-    /// taken ones) when it has none.
-    async fn add(&self, order: Order) -> Result<Added, Error>;
+    /// taken ones) when it has none, in one transaction with its idempotency key, if any.
+    async fn add(&self, order: Order, commit: Commit) -> Result<Applied<Added>, Error>;
     /// Up to `limit` orders after `after` in ID order ("" for the first page).
     async fn page(&self, after: &str, limit: i64) -> Result<Vec<Order>, Error>;
-    /// Replaces the orders of `orders`, all or nothing, in one transaction. Each database step
-    /// is bounded by `timeout`; waiting for the client's next order is not.
-    async fn update_all(
+    /// Begins staging a client stream's orders (a connection, or a transaction, of its own),
+    /// waiting for the database until `deadline`. `key` is the call's idempotency key, if any.
+    async fn stage(
         &self,
-        orders: OrderStream<'_>,
-        timeout: Duration,
-    ) -> Result<Written, Error>;
-    /// Stores the new orders of `orders`, all or nothing, in one transaction: an ID taken
-    /// (before or earlier in the stream) fails it with `AlreadyExists`. Orders without an ID are
-    /// numbered as by `add`. Each database step is bounded by `timeout`.
-    async fn add_all(&self, orders: OrderStream<'_>, timeout: Duration) -> Result<Written, Error>;
+        kind: Kind,
+        key: Option<&Key>,
+        deadline: Instant,
+    ) -> Result<Box<dyn Staging>, Error>;
     /// The next number of the shipment ID sequence.
     async fn next_shipment(&self) -> Result<i64, Error>;
+    /// Forgets up to `limit` idempotency keys stored before `before` (Unix milliseconds);
+    /// returns how many it forgot.
+    async fn forget_keys(&self, before: i64, limit: i64) -> Result<u64, Error>;
     /// Succeeds when the database answers.
     async fn ping(&self) -> Result<(), Error>;
     /// How the connection pool is used right now.
     fn pool_use(&self) -> PoolUse;
+}
+
+/// A client stream's orders on their way into the database: pushed as they arrive, applied all
+/// or nothing in one transaction at the end.
+#[tonic::async_trait]
+trait Staging: Send {
+    /// Adds `orders`, next in the client's order. An `addOrders` ID given twice fails here.
+    async fn push(&mut self, orders: Vec<Order>, deadline: Instant) -> Result<(), Error>;
+    /// Applies every order pushed, with the call's idempotency key, in one transaction.
+    async fn apply(self: Box<Self>, commit: Commit) -> Result<Applied<Written>, Error>;
 }
 
 /// How a store's connection pool is used, for the metrics.
@@ -243,6 +325,16 @@ pub struct Store {
     timeout: Duration,
     /// What the log may say about the database: the URL without its password.
     name: Arc<str>,
+    /// The idempotency keys of the writes running in this process.
+    running: Arc<Registry>,
+    /// How long a key is remembered.
+    key_ttl: Duration,
+    /// Client streams too long for memory stage in the database, holding a connection while
+    /// they wait for their client: at most half the pool at once, so that they never starve the
+    /// other calls.
+    long_streams: Arc<Semaphore>,
+    /// The writes running on tasks of their own.
+    in_flight: InFlight,
 }
 
 impl Store {
@@ -265,6 +357,10 @@ impl Store {
             cache,
             timeout: options.timeout,
             name,
+            running: Arc::default(),
+            key_ttl: options.idempotency_ttl,
+            long_streams: Arc::new(Semaphore::new((options.max_connections / 2).max(1) as usize)),
+            in_flight: InFlight::default(),
         })
     }
 
@@ -292,13 +388,28 @@ impl Store {
 
     /// Stores a new order and returns its ID. An empty ID gets the next number of the database's
     /// sequence (unique across every server sharing the database); an ID that exists already is
-    /// refused and the stored order left as it was.
-    pub async fn add(&self, order: ValidOrder) -> Result<String, Error> {
+    /// refused and the stored order left as it was. With an idempotency `key` the same request
+    /// again gets the same ID, stored once.
+    pub async fn add(&self, order: ValidOrder, key: Option<Key>) -> Result<String, Error> {
         let order = order.into_inner();
+        let claim = self.running.claim(key.as_ref())?;
+        let key = key.map(|key| {
+            let mut digest = keys::Digest::new("addOrder");
+            digest.update(&order);
+            key.record("addOrder", digest)
+        });
         let explicit = order.id.clone();
-        match self.bounded(self.backend.add(order)).await? {
-            Added::Id(id) => Ok(id),
-            Added::Taken => Err(Error::AlreadyExists(explicit)),
+        let commit = self.commit(key, false);
+        let backend = self.backend.clone();
+        let added = self
+            .outcome(commit.gate.clone(), commit.deadline, async move {
+                let _claim = claim;
+                backend.add(order, commit).await
+            })
+            .await?;
+        match added {
+            Applied::Done(Added::Id(id)) | Applied::Replayed(id) => Ok(id),
+            Applied::Done(Added::Taken) => Err(Error::AlreadyExists(explicit)),
         }
     }
 
@@ -328,24 +439,161 @@ impl Store {
         })
     }
 
-    /// Replaces each order of `orders`, all or nothing, applying them as they arrive inside one
-    /// transaction: an unknown ID (`NOT_FOUND`), an invalid order or a failed client stream and
-    /// nothing changes.
-    pub async fn update_all(&self, orders: OrderStream<'_>) -> Result<Written, Error> {
-        let updated = self.backend.update_all(orders, self.timeout).await?;
-        if let Some(cache) = &self.cache {
-            // Which orders changed is not kept (that would grow with the call); updates are rare.
-            cache.clear();
-        }
-        Ok(updated)
+    /// Replaces each order of `orders`, all or nothing: an unknown ID (`NOT_FOUND`), an invalid
+    /// order or a failed client stream and nothing changes. An order named twice is updated once,
+    /// to its later version. The cached copies are gone before the change can be read.
+    pub async fn update_all(
+        &self,
+        orders: OrderStream<'_>,
+        key: Option<Key>,
+    ) -> Result<Answer, Error> {
+        self.write_stream(Kind::Update, orders, key).await
     }
 
     /// Stores each order of `orders` as `add` would, all or nothing: an ID taken (`ALREADY_EXISTS`),
-    /// an invalid order or a failed client stream and nothing is stored. The orders are written
-    /// as they arrive, so a long stream is never held in memory.
-    pub async fn add_all(&self, orders: OrderStream<'_>) -> Result<Written, Error> {
+    /// an invalid order or a failed client stream and nothing is stored. A long stream is staged
+    /// in the database as it arrives, never held whole in memory.
+    pub async fn add_all(
+        &self,
+        orders: OrderStream<'_>,
+        key: Option<Key>,
+    ) -> Result<Answer, Error> {
         // New orders change no cached one; a cache miss is not cached, so nothing is stale.
-        self.backend.add_all(orders, self.timeout).await
+        self.write_stream(Kind::Add, orders, key).await
+    }
+
+    /// A client stream's write: its orders read into memory as they arrive (up to
+    /// [`PREFETCH_BYTES`], then staged in the database under a long-stream permit), then applied
+    /// on a task of its own once the stream ended cleanly. Nothing is applied if the stream
+    /// fails, is reset, or the call is dropped or times out before the commit begins.
+    async fn write_stream(
+        &self,
+        kind: Kind,
+        mut orders: OrderStream<'_>,
+        key: Option<Key>,
+    ) -> Result<Answer, Error> {
+        let claim = self.running.claim(key.as_ref())?;
+        let mut digest = key.as_ref().map(|_| keys::Digest::new(kind.method()));
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        let mut staged: Option<(Box<dyn Staging>, tokio::sync::OwnedSemaphorePermit)> = None;
+        while let Some(order) = orders.next().await {
+            let order = order?.into_inner();
+            if let Some(digest) = &mut digest {
+                digest.update(&order);
+            }
+            batch_bytes += order.encoded_len();
+            batch.push(order);
+            if batch_bytes >= PREFETCH_BYTES {
+                if staged.is_none() {
+                    let permit = self
+                        .long_streams
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
+                    let deadline = Instant::now() + self.timeout;
+                    let staging = self.backend.stage(kind, key.as_ref(), deadline).await?;
+                    staged = Some((staging, permit));
+                }
+                if let Some((staging, _)) = &mut staged {
+                    let deadline = Instant::now() + self.timeout;
+                    staging.push(std::mem::take(&mut batch), deadline).await?;
+                }
+                batch_bytes = 0;
+            }
+        }
+        let key = key
+            .zip(digest)
+            .map(|(key, digest)| key.record(kind.method(), digest));
+        let commit = self.commit(key, kind == Kind::Update);
+        let backend = self.backend.clone();
+        let written = self
+            .outcome(commit.gate.clone(), commit.deadline, async move {
+                let _claim = claim;
+                let (mut staging, _permit) = match staged {
+                    Some((staging, permit)) => (staging, Some(permit)),
+                    None => {
+                        let key = commit.key.as_ref().map(KeyRecord::key);
+                        (backend.stage(kind, key, commit.deadline).await?, None)
+                    }
+                };
+                if !batch.is_empty() {
+                    staging.push(batch, commit.deadline).await?;
+                }
+                staging.apply(commit).await
+            })
+            .await?;
+        Ok(match written {
+            Applied::Done(written) => Answer::Written(written),
+            Applied::Replayed(answer) => Answer::Replayed(answer),
+        })
+    }
+
+    /// What a write commits with: its key, a new gate, the deadline for the database (the store's
+    /// timeout from now, pool and lock waits included) and, for a write that changes existing
+    /// orders, the cache to invalidate.
+    fn commit(&self, key: Option<KeyRecord>, changes_orders: bool) -> Commit {
+        Commit::new(
+            key,
+            Instant::now() + self.timeout,
+            self.key_ttl,
+            changes_orders.then(|| self.cache.clone()).flatten(),
+        )
+    }
+
+    /// Runs `work` on a task of its own and waits for its outcome until `deadline` (the one
+    /// deadline of the write's pool wait, lock wait and work).
+    ///
+    /// The work commits only through its [`Gate`]. When the deadline passes first, the gate is
+    /// closed: if the work had not begun its commit, it never will, and the caller gets
+    /// `UNAVAILABLE` ("not applied") honestly; if it had, the caller waits for the outcome. When
+    /// the caller is dropped (its client gone, its deadline passed), the gate is closed too.
+    async fn outcome<T: Send + 'static>(
+        &self,
+        gate: Gate,
+        deadline: Instant,
+        work: impl Future<Output = Result<T, Error>> + Send + 'static,
+    ) -> Result<T, Error> {
+        let _abandon = gate.abandon_on_drop();
+        let mut task = tokio::spawn(self.in_flight.track(work));
+        let joined = tokio::select! {
+            joined = &mut task => joined,
+            () = tokio::time::sleep_until(deadline) => {
+                if gate.abandon() {
+                    return Err(Error::Timeout(self.timeout));
+                }
+                // The commit has begun: its outcome, whatever it is, is the answer.
+                task.await
+            }
+        };
+        match joined {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            // Only when the runtime shuts down.
+            Err(_) => Err(Error::Database(sqlx::Error::PoolClosed)),
+        }
+    }
+
+    /// How many writes are running on tasks of their own right now, to watch (tests wait for 0
+    /// to know that a cancelled call left nothing running).
+    pub fn writes_in_flight(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.in_flight.watch()
+    }
+
+    /// Forgets the idempotency keys older than the TTL, a few hundred per transaction so that no
+    /// write waits long behind it. Returns how many were forgotten.
+    pub async fn forget_expired_keys(&self) -> Result<u64, Error> {
+        let before =
+            keys::unix_millis() - i64::try_from(self.key_ttl.as_millis()).unwrap_or(i64::MAX);
+        let mut forgotten = 0;
+        loop {
+            let batch = self.bounded(self.backend.forget_keys(before, 500)).await?;
+            forgotten += batch;
+            if batch < 500 {
+                return Ok(forgotten);
+            }
+        }
     }
 
     /// A new shipment number, unique across every server sharing the database.
@@ -383,6 +631,17 @@ async fn uncancelled<T: Send + 'static>(
         // Only when the runtime shuts down.
         Err(_) => Err(Error::Database(sqlx::Error::PoolClosed)),
     }
+}
+
+/// `work`, or [`Error::Timeout`] if it is not done by `deadline`.
+async fn until<T>(
+    deadline: Instant,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .unwrap_or(Err(Error::Timeout(left)))
 }
 
 /// `work`, or [`Error::Timeout`] if it takes longer than `timeout`.

@@ -2,18 +2,20 @@
 //! database sequences, so they are unique across all of them; every write is committed (and so
 //! durable, with PostgreSQL's default `synchronous_commit`) before the call is answered.
 
-use std::{str::FromStr, time::Duration};
+use std::{collections::HashSet, str::FromStr};
 
-use futures::StreamExt;
 use order_api::pb::Order;
 use sqlx::{
     postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow},
-    PgConnection, Row,
+    PgConnection, Postgres as Pg, Row, Transaction,
 };
+use tokio::time::Instant;
 
 use super::{
-    last_sample_id, redact, sample_orders, uncancelled, within, Added, Backend, OpenError,
-    OrderStream, StoreOptions, Written,
+    keys::{Key, KeyRecord, Stored},
+    last_sample_id, redact, sample_orders, uncancelled, until,
+    write::{in_doubt, Commit},
+    Added, Applied, Backend, Kind, OpenError, Staging, StoreOptions, Written,
 };
 use crate::error::Error;
 
@@ -23,6 +25,8 @@ const COLUMNS: &str = "id, items, description, price, destination";
 #[derive(Debug)]
 pub(super) struct Postgres {
     pool: PgPool,
+    /// `--idempotency-ttl` in milliseconds.
+    key_ttl_ms: i64,
 }
 
 impl Postgres {
@@ -54,7 +58,10 @@ impl Postgres {
                 url: redact(url),
                 source,
             })?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            key_ttl_ms: i64::try_from(options.idempotency_ttl.as_millis()).unwrap_or(i64::MAX),
+        };
         store
             .set_up(options.sample_data)
             .await
@@ -147,47 +154,105 @@ fn exhausted(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("2200H"))
 }
 
-/// What a client stream does with each of its orders.
-#[derive(Debug, Clone, Copy)]
-enum Step {
-    /// `updateOrders`: replace an existing order.
-    Update,
-    /// `addOrders`: store a new one.
-    Add,
+/// The row stored under `key`, unless it expired.
+async fn stored(
+    conn: &mut PgConnection,
+    key: &Key,
+    expired_before: i64,
+) -> Result<Option<Stored>, Error> {
+    Ok(sqlx::query_as(
+        "SELECT method, digest, answer FROM idempotency_keys
+         WHERE caller = $1 AND key = $2 AND created >= $3",
+    )
+    .bind(&key.caller)
+    .bind(&key.key)
+    .bind(expired_before)
+    .fetch_optional(conn)
+    .await?)
 }
 
-impl Postgres {
-    /// Applies each order of `orders` as it arrives inside one transaction, which commits only
-    /// after the client's stream ended well; any failure drops it, which rolls it back.
-    async fn write_each(
-        &self,
-        mut orders: OrderStream<'_>,
-        timeout: Duration,
-        step: Step,
-    ) -> Result<Written, Error> {
-        // Begun on a task of its own (see `uncancelled`); the rest may be cancelled safely: a
-        // dropped transaction is rolled back.
-        let pool = self.pool.clone();
-        let begin = uncancelled(async move { Ok(pool.begin().await?) });
-        let mut tx = within(timeout, begin).await?;
-        let mut written = match step {
-            Step::Update => Written::updated(),
-            Step::Add => Written::added(),
-        };
-        while let Some(next) = orders.next().await {
-            let id = within(timeout, write_one(&mut tx, next?.into_inner(), step)).await?;
-            written.record(&id);
+/// Stores `key` with the write's `answer`, replacing an expired row of the same key. Another
+/// server's transaction storing the same key makes this one wait for it, then find it there:
+/// `ABORTED`, and the retry gets the stored answer.
+async fn remember(
+    conn: &mut PgConnection,
+    key: &KeyRecord,
+    answer: &str,
+    commit: &Commit,
+) -> Result<(), Error> {
+    let stored = sqlx::query(
+        "INSERT INTO idempotency_keys (caller, key, method, digest, answer, created)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (caller, key) DO UPDATE SET method = excluded.method,
+             digest = excluded.digest, answer = excluded.answer, created = excluded.created
+         WHERE idempotency_keys.created < $7",
+    )
+    .bind(&key.key.caller)
+    .bind(&key.key.key)
+    .bind(key.method)
+    .bind(&key.digest)
+    .bind(answer)
+    .bind(commit.now)
+    .bind(commit.keys_expired_before)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    match stored {
+        1 => Ok(()),
+        _ => Err(Error::KeyInProgress(key.key.key.clone())),
+    }
+}
+
+/// A client stream's orders written as they arrive inside one transaction, which commits only
+/// when the stream has ended well and its caller still wants it; dropped, it rolls back. Row
+/// locks are held on the updated orders only.
+struct PgStaging {
+    tx: Transaction<'static, Pg>,
+    kind: Kind,
+    written: Written,
+    seen: HashSet<String>,
+    /// The key's row, found when the transaction began: the same request done before (checked
+    /// once the whole request is known), and nothing is written meanwhile.
+    replay: Option<Stored>,
+}
+
+#[tonic::async_trait]
+impl Staging for PgStaging {
+    async fn push(&mut self, orders: Vec<Order>, deadline: Instant) -> Result<(), Error> {
+        if self.replay.is_some() {
+            return Ok(());
         }
-        within(timeout, async { Ok(tx.commit().await?) }).await?;
-        Ok(written)
+        for order in orders {
+            let id = until(deadline, write_one(&mut self.tx, order, self.kind)).await?;
+            self.written.record(&id, &mut self.seen);
+        }
+        Ok(())
+    }
+
+    async fn apply(mut self: Box<Self>, commit: Commit) -> Result<Applied<Written>, Error> {
+        if let Some(key) = &commit.key {
+            if let Some(answer) = key.replay(self.replay.take())? {
+                return Ok(Applied::Replayed(answer));
+            }
+            let answer = self.written.to_string();
+            until(
+                commit.deadline,
+                remember(&mut self.tx, key, &answer, &commit),
+            )
+            .await?;
+        }
+        commit.still_wanted()?;
+        let _committing = commit.begin()?;
+        self.tx.commit().await.map_err(in_doubt)?;
+        Ok(Applied::Done(self.written))
     }
 }
 
 /// Replaces (`NOT_FOUND` if it does not exist) or stores (`ALREADY_EXISTS` if its ID is taken)
 /// `order`; returns its ID.
-async fn write_one(conn: &mut PgConnection, order: Order, step: Step) -> Result<String, Error> {
-    match step {
-        Step::Update => {
+async fn write_one(conn: &mut PgConnection, order: Order, kind: Kind) -> Result<String, Error> {
+    match kind {
+        Kind::Update => {
             let changed = sqlx::query(
                 "UPDATE orders SET items = $2, description = $3, price = $4,
                      destination = $5 WHERE id = $1",
@@ -205,12 +270,39 @@ async fn write_one(conn: &mut PgConnection, order: Order, step: Step) -> Result<
             }
             Ok(order.id)
         }
-        Step::Add if order.id.is_empty() => insert_numbered(conn, &order).await,
-        Step::Add => match insert(conn, &order).await? {
+        Kind::Add if order.id.is_empty() => insert_numbered(conn, &order).await,
+        Kind::Add => match insert(conn, &order).await? {
             true => Ok(order.id),
             false => Err(Error::AlreadyExists(order.id)),
         },
     }
+}
+
+/// `addOrder` with an idempotency key: the key looked up, the order stored and the key with it,
+/// in one transaction. Runs on a task of its own, to its end.
+async fn add_keyed(
+    pool: &PgPool,
+    new: Order,
+    key: &KeyRecord,
+    commit: &Commit,
+) -> Result<Applied<Added>, Error> {
+    let mut tx = pool.begin().await?;
+    if let Some(answer) =
+        key.replay(stored(&mut tx, &key.key, commit.keys_expired_before).await?)?
+    {
+        return Ok(Applied::Replayed(answer));
+    }
+    let id = if new.id.is_empty() {
+        insert_numbered(&mut tx, &new).await?
+    } else if insert(&mut tx, &new).await? {
+        new.id
+    } else {
+        return Ok(Applied::Done(Added::Taken));
+    };
+    remember(&mut tx, key, &id, commit).await?;
+    let _committing = commit.begin()?;
+    tx.commit().await.map_err(in_doubt)?;
+    Ok(Applied::Done(Added::Id(id)))
 }
 
 #[tonic::async_trait]
@@ -223,15 +315,28 @@ impl Backend for Postgres {
         Ok(row.as_ref().map(order).transpose()?)
     }
 
-    async fn add(&self, new: Order) -> Result<Added, Error> {
-        let mut conn = self.pool.acquire().await?;
-        if !new.id.is_empty() {
-            return Ok(match insert(&mut conn, &new).await? {
-                true => Added::Id(new.id),
-                false => Added::Taken,
-            });
+    async fn add(&self, new: Order, commit: Commit) -> Result<Applied<Added>, Error> {
+        commit.still_wanted()?;
+        if let Some(key) = &commit.key {
+            return add_keyed(&self.pool, new, key, &commit).await;
         }
-        Ok(Added::Id(insert_numbered(&mut conn, &new).await?))
+        let mut conn = self.pool.acquire().await?;
+        // One statement, its own transaction: from here the write may be committed.
+        let _committing = commit.begin()?;
+        let added = if new.id.is_empty() {
+            insert_numbered(&mut conn, &new).await.map(Added::Id)
+        } else {
+            match insert(&mut conn, &new).await {
+                Ok(true) => Ok(Added::Id(new.id)),
+                Ok(false) => Ok(Added::Taken),
+                Err(error) => Err(Error::Database(error)),
+            }
+        };
+        match added {
+            Ok(added) => Ok(Applied::Done(added)),
+            Err(Error::Database(error)) => Err(in_doubt(error)),
+            Err(other) => Err(other),
+        }
     }
 
     async fn page(&self, after: &str, limit: i64) -> Result<Vec<Order>, Error> {
@@ -247,17 +352,46 @@ impl Backend for Postgres {
         Ok(rows.iter().map(order).collect::<Result<_, _>>()?)
     }
 
-    /// Row locks are held on the updated orders only.
-    async fn update_all(
+    async fn stage(
         &self,
-        orders: OrderStream<'_>,
-        timeout: Duration,
-    ) -> Result<Written, Error> {
-        self.write_each(orders, timeout, Step::Update).await
+        kind: Kind,
+        key: Option<&Key>,
+        deadline: Instant,
+    ) -> Result<Box<dyn Staging>, Error> {
+        // Begun on a task of its own (see `uncancelled`); the rest may be cancelled safely: a
+        // dropped transaction is rolled back.
+        let pool = self.pool.clone();
+        let begin = uncancelled(async move { Ok(pool.begin().await?) });
+        let mut tx = until(deadline, begin).await?;
+        let replay = match key {
+            Some(key) => {
+                let expired_before = super::keys::unix_millis().saturating_sub(self.key_ttl_ms);
+                until(deadline, stored(&mut tx, key, expired_before)).await?
+            }
+            None => None,
+        };
+        Ok(Box::new(PgStaging {
+            tx,
+            kind,
+            written: match kind {
+                Kind::Update => Written::updated(),
+                Kind::Add => Written::added(),
+            },
+            seen: HashSet::new(),
+            replay,
+        }))
     }
 
-    async fn add_all(&self, orders: OrderStream<'_>, timeout: Duration) -> Result<Written, Error> {
-        self.write_each(orders, timeout, Step::Add).await
+    async fn forget_keys(&self, before: i64, limit: i64) -> Result<u64, Error> {
+        Ok(sqlx::query(
+            "DELETE FROM idempotency_keys WHERE ctid IN
+                 (SELECT ctid FROM idempotency_keys WHERE created < $1 LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     async fn next_shipment(&self) -> Result<i64, Error> {

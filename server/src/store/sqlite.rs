@@ -3,7 +3,6 @@
 
 use std::{fs::File, path::Path, str::FromStr, time::Duration};
 
-use futures::StreamExt;
 use order_api::pb::Order;
 use sqlx::{
     pool::PoolConnection,
@@ -14,9 +13,13 @@ use sqlx::{
     ConnectOptions, Connection, Row, SqliteConnection,
 };
 
+use tokio::time::Instant;
+
 use super::{
-    last_sample_id, redact, sample_orders, uncancelled, within, Added, Backend, OpenError,
-    OrderStream, StoreOptions, Written, SUMMARY_IDS,
+    keys::{Key, KeyRecord, Stored},
+    last_sample_id, redact, sample_orders, until,
+    write::{in_doubt, Commit},
+    Added, Applied, Backend, Kind, OpenError, Staging, StoreOptions, Written, SUMMARY_IDS,
 };
 use crate::error::Error;
 
@@ -166,33 +169,98 @@ fn lock(url: &str, database: &Path) -> Result<File, OpenError> {
     }
 }
 
-/// `addOrder` in one `BEGIN IMMEDIATE` transaction: under the next free number of the ID
-/// sequence when `new` has no ID. Run through [`uncancelled`].
-async fn add(pool: SqlitePool, new: Order) -> Result<Added, Error> {
+/// `addOrder` in one `BEGIN IMMEDIATE` transaction with its idempotency key: under the next free
+/// number of the ID sequence when `new` has no ID. Runs on a task of its own, to its end.
+async fn add(pool: SqlitePool, new: Order, commit: Commit) -> Result<Applied<Added>, Error> {
+    commit.still_wanted()?;
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    // The lock may have taken a while.
+    commit.still_wanted()?;
+    if let Some(key) = &commit.key {
+        if let Some(answer) = key.replay(stored(&mut tx, key, &commit).await?)? {
+            return Ok(Applied::Replayed(answer));
+        }
+    }
     let id = if new.id.is_empty() {
         insert_numbered(&mut tx, &new).await?
     } else if insert(&mut tx, &new.id, &new).await? {
         new.id
     } else {
-        return Ok(Added::Taken);
+        return Ok(Applied::Done(Added::Taken));
     };
-    tx.commit().await?;
-    Ok(Added::Id(id))
+    if let Some(key) = &commit.key {
+        remember(&mut tx, key, &id, &commit).await?;
+    }
+    let _committing = commit.begin()?;
+    tx.commit().await.map_err(in_doubt)?;
+    Ok(Applied::Done(Added::Id(id)))
+}
+
+/// The row stored under `key`, unless it expired.
+async fn stored(
+    conn: &mut SqliteConnection,
+    key: &KeyRecord,
+    commit: &Commit,
+) -> Result<Option<Stored>, Error> {
+    Ok(sqlx::query_as(
+        "SELECT method, digest, answer FROM idempotency_keys
+         WHERE caller = ?1 AND key = ?2 AND created >= ?3",
+    )
+    .bind(&key.key.caller)
+    .bind(&key.key.key)
+    .bind(commit.keys_expired_before)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Stores `key` with the write's `answer`, replacing an expired row of the same key.
+async fn remember(
+    conn: &mut SqliteConnection,
+    key: &KeyRecord,
+    answer: &str,
+    commit: &Commit,
+) -> Result<(), Error> {
+    let stored = sqlx::query(
+        "INSERT INTO idempotency_keys (caller, key, method, digest, answer, created)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (caller, key) DO UPDATE SET method = excluded.method,
+             digest = excluded.digest, answer = excluded.answer, created = excluded.created
+         WHERE idempotency_keys.created < ?7",
+    )
+    .bind(&key.key.caller)
+    .bind(&key.key.key)
+    .bind(key.method)
+    .bind(&key.digest)
+    .bind(answer)
+    .bind(commit.now)
+    .bind(commit.keys_expired_before)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    match stored {
+        1 => Ok(()),
+        // Stored meanwhile by a call that began after this one looked.
+        _ => Err(Error::KeyInProgress(key.key.key.clone())),
+    }
+}
+
+/// A client stream's orders staged in a temporary table of one pooled connection, which takes no
+/// lock on the database: `staged_updates` or `staged_adds`, `seq` the order's place in the stream.
+struct SqliteStaging {
+    conn: PoolConnection<sqlx::Sqlite>,
+    kind: Kind,
 }
 
 impl Sqlite {
-    /// A connection with an empty temporary table `table` to stage a client stream's orders in:
-    /// `seq` (the order's place in the stream), the `id` columns given, then the order's fields.
-    /// A temporary table belongs to its connection and takes no lock on the database.
-    async fn staging(
-        &self,
-        table: &str,
-        id_columns: &str,
-        timeout: Duration,
-    ) -> Result<PoolConnection<sqlx::Sqlite>, Error> {
-        let mut conn = within(timeout, async { Ok(self.pool.acquire().await?) }).await?;
-        within(timeout, async {
+    /// A connection with an empty staging table for `kind`.
+    async fn staging(&self, kind: Kind, deadline: Instant) -> Result<SqliteStaging, Error> {
+        let mut conn = until(deadline, async { Ok(self.pool.acquire().await?) }).await?;
+        let (table, id_columns) = match kind {
+            Kind::Update => ("staged_updates", "id TEXT NOT NULL UNIQUE"),
+            // An empty ID is staged as NULL: only the IDs the client gave must be unique.
+            Kind::Add => ("staged_adds", "id TEXT UNIQUE, assigned TEXT"),
+        };
+        until(deadline, async {
             sqlx::query(&format!(
                 "CREATE TEMP TABLE IF NOT EXISTS {table} (
                      seq INTEGER PRIMARY KEY, {id_columns}, items TEXT NOT NULL,
@@ -206,16 +274,241 @@ impl Sqlite {
             Ok(())
         })
         .await?;
-        Ok(conn)
+        Ok(SqliteStaging { conn, kind })
     }
 }
 
-/// Empties the staging table `table` of `conn`, best effort: the next call on that connection
-/// empties it anyway.
-async fn unstage(mut conn: PoolConnection<sqlx::Sqlite>, table: &str) {
-    let _ = sqlx::query(&format!("DELETE FROM temp.{table}"))
-        .execute(&mut *conn)
-        .await;
+impl SqliteStaging {
+    fn table(&self) -> &'static str {
+        match self.kind {
+            Kind::Update => "staged_updates",
+            Kind::Add => "staged_adds",
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Staging for SqliteStaging {
+    async fn push(&mut self, orders: Vec<Order>, deadline: Instant) -> Result<(), Error> {
+        let conn = &mut self.conn;
+        let kind = self.kind;
+        until(deadline, async move {
+            for next in orders {
+                match kind {
+                    // The same order twice in one call: the later version wins, in the place of
+                    // the first.
+                    Kind::Update => {
+                        sqlx::query(
+                            "INSERT INTO temp.staged_updates
+                                 (id, items, description, price, destination)
+                             VALUES (?1, ?2, ?3, ?4, ?5)
+                             ON CONFLICT (id) DO UPDATE SET items = excluded.items,
+                                 description = excluded.description, price = excluded.price,
+                                 destination = excluded.destination",
+                        )
+                        .bind(&next.id)
+                        .bind(items_json(&next.items))
+                        .bind(&next.description)
+                        .bind(next.price)
+                        .bind(&next.destination)
+                        .execute(&mut **conn)
+                        .await?;
+                    }
+                    Kind::Add => {
+                        let id = (!next.id.is_empty()).then_some(next.id.as_str());
+                        let staged = sqlx::query(
+                            "INSERT INTO temp.staged_adds (id, items, description, price, destination)
+                             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+                        )
+                        .bind(id)
+                        .bind(items_json(&next.items))
+                        .bind(&next.description)
+                        .bind(next.price)
+                        .bind(&next.destination)
+                        .execute(&mut **conn)
+                        .await?
+                        .rows_affected();
+                        if staged == 0 {
+                            // The same ID earlier in this call.
+                            return Err(Error::AlreadyExists(next.id));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// One short `BEGIN IMMEDIATE` transaction, set-based whatever the number of orders; the
+    /// staging table is emptied afterwards, best effort (the next call on this connection
+    /// empties it anyway).
+    async fn apply(mut self: Box<Self>, commit: Commit) -> Result<Applied<Written>, Error> {
+        let applied = match self.kind {
+            Kind::Update => apply_staged_updates(&mut self.conn, &commit).await,
+            Kind::Add => apply_staged_adds(&mut self.conn, &commit).await,
+        };
+        let table = self.table();
+        let _ = sqlx::query(&format!("DELETE FROM temp.{table}"))
+            .execute(&mut *self.conn)
+            .await;
+        applied
+    }
+}
+
+/// The summary of the orders staged in `table`: how many, and the first IDs in the client's
+/// order (`id_column` is where each one's ID is).
+async fn staged_summary(
+    conn: &mut SqliteConnection,
+    verb: &'static str,
+    table: &str,
+    id_column: &str,
+) -> Result<Written, Error> {
+    let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM temp.{table}"))
+        .fetch_one(&mut *conn)
+        .await?;
+    let first_ids: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT {id_column} FROM temp.{table} ORDER BY seq LIMIT ?1"
+    ))
+    .bind(SUMMARY_IDS as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Written::summary(verb, count as usize, first_ids))
+}
+
+/// Begins the `BEGIN IMMEDIATE` transaction of a staged write, unless its caller has given up
+/// (before or while it waited for the lock); `Ok(Err(answer))` when its key names the same
+/// request done before.
+async fn begin_staged<'c>(
+    conn: &'c mut SqliteConnection,
+    commit: &Commit,
+) -> Result<Result<sqlx::Transaction<'c, sqlx::Sqlite>, String>, Error> {
+    commit.still_wanted()?;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    commit.still_wanted()?;
+    if let Some(key) = &commit.key {
+        if let Some(answer) = key.replay(stored(&mut tx, key, commit).await?)? {
+            return Ok(Err(answer));
+        }
+    }
+    Ok(Ok(tx))
+}
+
+/// Stores the new orders staged on `conn`, all or nothing, in a few statements whatever their
+/// number: first those with their own ID (none may be taken), then the others under numbers of
+/// the ID sequence, in the client's order (reserved a block at a time; from a number an existing
+/// order has, the rest get the next block).
+async fn apply_staged_adds(
+    conn: &mut SqliteConnection,
+    commit: &Commit,
+) -> Result<Applied<Written>, Error> {
+    let mut tx = match begin_staged(conn, commit).await? {
+        Ok(tx) => tx,
+        Err(answer) => return Ok(Applied::Replayed(answer)),
+    };
+    let taken: Option<String> = sqlx::query_scalar(
+        "SELECT s.id FROM temp.staged_adds s
+         WHERE s.id IS NOT NULL AND EXISTS (SELECT 1 FROM orders o WHERE o.id = s.id)
+         ORDER BY s.seq LIMIT 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(id) = taken {
+        return Err(Error::AlreadyExists(id));
+    }
+    sqlx::query(
+        "INSERT INTO orders (id, items, description, price, destination)
+         SELECT id, items, description, price, destination FROM temp.staged_adds
+         WHERE id IS NOT NULL ORDER BY seq",
+    )
+    .execute(&mut *tx)
+    .await?;
+    loop {
+        let unnumbered: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM temp.staged_adds WHERE id IS NULL AND assigned IS NULL",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if unnumbered == 0 {
+            break;
+        }
+        let last: Option<i64> = sqlx::query_scalar(
+            "UPDATE sequences SET last_value = last_value + ?1
+             WHERE name = 'order_ids' AND last_value <= 9223372036854775807 - ?1
+             RETURNING last_value",
+        )
+        .bind(unnumbered)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let first = last.ok_or(Error::Exhausted("order IDs"))? - unnumbered + 1;
+        sqlx::query(
+            "UPDATE temp.staged_adds SET assigned = CAST(?1 + r.k - 1 AS TEXT)
+             FROM (SELECT seq, row_number() OVER (ORDER BY seq) AS k FROM temp.staged_adds
+                   WHERE id IS NULL AND assigned IS NULL) AS r
+             WHERE temp.staged_adds.seq = r.seq",
+        )
+        .bind(first)
+        .execute(&mut *tx)
+        .await?;
+        // A number an order already has as its own ID: that order and those after it get
+        // numbers of the next round, so that the numbers still follow the client's order.
+        sqlx::query(
+            "UPDATE temp.staged_adds SET assigned = NULL
+             WHERE id IS NULL AND seq >= (SELECT min(seq) FROM temp.staged_adds
+                                          WHERE assigned IN (SELECT id FROM orders))",
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO orders (id, items, description, price, destination)
+         SELECT assigned, items, description, price, destination FROM temp.staged_adds
+         WHERE id IS NULL ORDER BY seq",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let written = staged_summary(&mut tx, "added", "staged_adds", "coalesce(id, assigned)").await?;
+    if let Some(key) = &commit.key {
+        remember(&mut tx, key, &written.to_string(), commit).await?;
+    }
+    let _committing = commit.begin()?;
+    tx.commit().await.map_err(in_doubt)?;
+    Ok(Applied::Done(written))
+}
+
+/// Applies the updates staged on `conn`, all or nothing: an ID no order has fails it.
+async fn apply_staged_updates(
+    conn: &mut SqliteConnection,
+    commit: &Commit,
+) -> Result<Applied<Written>, Error> {
+    let mut tx = match begin_staged(conn, commit).await? {
+        Ok(tx) => tx,
+        Err(answer) => return Ok(Applied::Replayed(answer)),
+    };
+    let missing: Option<String> = sqlx::query_scalar(
+        "SELECT s.id FROM temp.staged_updates s
+         WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = s.id)
+         ORDER BY s.seq LIMIT 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(id) = missing {
+        return Err(Error::NotFound(id));
+    }
+    sqlx::query(
+        "UPDATE orders SET items = s.items, description = s.description,
+             price = s.price, destination = s.destination
+         FROM temp.staged_updates s WHERE orders.id = s.id",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let written = staged_summary(&mut tx, "updated", "staged_updates", "id").await?;
+    if let Some(key) = &commit.key {
+        remember(&mut tx, key, &written.to_string(), commit).await?;
+    }
+    let _committing = commit.begin()?;
+    tx.commit().await.map_err(in_doubt)?;
+    Ok(Applied::Done(written))
 }
 
 /// Inserts `order` under the next free number of the ID sequence, which it returns.
@@ -234,135 +527,6 @@ async fn insert_numbered(conn: &mut SqliteConnection, order: &Order) -> Result<S
             return Ok(id);
         }
     }
-}
-
-/// Stores the new orders staged on `conn` in one `BEGIN IMMEDIATE` transaction, all or nothing,
-/// in a few statements whatever their number: first those with their own ID (none may be taken),
-/// then the others under numbers of the ID sequence, in the client's order (reserved a block at
-/// a time; from a number an existing order has, the rest get the next block). Run through
-/// [`uncancelled`]. Only the wait for the write lock is bounded by `timeout`: once begun, the
-/// transaction is this process's work on a local file, and a client told it timed out must be
-/// able to trust that nothing was stored.
-async fn apply_staged_adds(
-    mut conn: PoolConnection<sqlx::Sqlite>,
-    timeout: Duration,
-) -> Result<(PoolConnection<sqlx::Sqlite>, Result<Written, Error>), Error> {
-    let applied = async {
-        let mut tx = within(timeout, async {
-            Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
-        })
-        .await?;
-        let taken: Option<String> = sqlx::query_scalar(
-            "SELECT s.id FROM temp.staged_adds s
-             WHERE s.id IS NOT NULL AND EXISTS (SELECT 1 FROM orders o WHERE o.id = s.id)
-             ORDER BY s.seq LIMIT 1",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(id) = taken {
-            return Err(Error::AlreadyExists(id));
-        }
-        sqlx::query(
-            "INSERT INTO orders (id, items, description, price, destination)
-             SELECT id, items, description, price, destination FROM temp.staged_adds
-             WHERE id IS NOT NULL ORDER BY seq",
-        )
-        .execute(&mut *tx)
-        .await?;
-        loop {
-            let unnumbered: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM temp.staged_adds WHERE id IS NULL AND assigned IS NULL",
-            )
-            .fetch_one(&mut *tx)
-            .await?;
-            if unnumbered == 0 {
-                break;
-            }
-            let last: Option<i64> = sqlx::query_scalar(
-                "UPDATE sequences SET last_value = last_value + ?1
-                 WHERE name = 'order_ids' AND last_value <= 9223372036854775807 - ?1
-                 RETURNING last_value",
-            )
-            .bind(unnumbered)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let first = last.ok_or(Error::Exhausted("order IDs"))? - unnumbered + 1;
-            sqlx::query(
-                "UPDATE temp.staged_adds SET assigned = CAST(?1 + r.k - 1 AS TEXT)
-                 FROM (SELECT seq, row_number() OVER (ORDER BY seq) AS k FROM temp.staged_adds
-                       WHERE id IS NULL AND assigned IS NULL) AS r
-                 WHERE temp.staged_adds.seq = r.seq",
-            )
-            .bind(first)
-            .execute(&mut *tx)
-            .await?;
-            // A number an order already has as its own ID: that order and those after it get
-            // numbers of the next round, so that the numbers still follow the client's order.
-            sqlx::query(
-                "UPDATE temp.staged_adds SET assigned = NULL
-                 WHERE id IS NULL AND seq >= (SELECT min(seq) FROM temp.staged_adds
-                                              WHERE assigned IN (SELECT id FROM orders))",
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query(
-            "INSERT INTO orders (id, items, description, price, destination)
-             SELECT assigned, items, description, price, destination FROM temp.staged_adds
-             WHERE id IS NULL ORDER BY seq",
-        )
-        .execute(&mut *tx)
-        .await?;
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM temp.staged_adds")
-            .fetch_one(&mut *tx)
-            .await?;
-        let first_ids: Vec<String> = sqlx::query_scalar(
-            "SELECT coalesce(id, assigned) FROM temp.staged_adds ORDER BY seq LIMIT ?1",
-        )
-        .bind(SUMMARY_IDS as i64)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Written::added_summary(count as usize, first_ids))
-    }
-    .await;
-    Ok((conn, applied))
-}
-
-/// Applies the updates staged on `conn` in one short `BEGIN IMMEDIATE` transaction, all or
-/// nothing. Run through [`uncancelled`]; gives the connection back with the outcome. Only the
-/// wait for the write lock is bounded by `timeout` (see [`apply_staged_adds`]).
-async fn apply_staged(
-    mut conn: PoolConnection<sqlx::Sqlite>,
-    timeout: Duration,
-) -> Result<(PoolConnection<sqlx::Sqlite>, Result<(), Error>), Error> {
-    let applied = async {
-        let mut tx = within(timeout, async {
-            Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
-        })
-        .await?;
-        let missing: Option<String> = sqlx::query_scalar(
-            "SELECT s.id FROM temp.staged_updates s
-             WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = s.id)
-             ORDER BY s.seq LIMIT 1",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(id) = missing {
-            return Err(Error::NotFound(id));
-        }
-        sqlx::query(
-            "UPDATE orders SET items = s.items, description = s.description,
-                 price = s.price, destination = s.destination
-             FROM temp.staged_updates s WHERE orders.id = s.id",
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-    .await;
-    Ok((conn, applied))
 }
 
 /// Inserts `order` as `id`; false when `id` is taken.
@@ -410,8 +574,8 @@ impl Backend for Sqlite {
         Ok(row.as_ref().map(order).transpose()?)
     }
 
-    async fn add(&self, new: Order) -> Result<Added, Error> {
-        uncancelled(add(self.pool.clone(), new)).await
+    async fn add(&self, new: Order, commit: Commit) -> Result<Applied<Added>, Error> {
+        add(self.pool.clone(), new, commit).await
     }
 
     async fn page(&self, after: &str, limit: i64) -> Result<Vec<Order>, Error> {
@@ -426,92 +590,25 @@ impl Backend for Sqlite {
         Ok(rows.iter().map(order).collect::<Result<_, _>>()?)
     }
 
-    /// The orders are staged in a temporary table of this connection first, which takes no lock
-    /// on the database, so a slow client does not hold up other writers; then one short
-    /// `BEGIN IMMEDIATE` transaction applies them all.
-    async fn update_all(
+    async fn stage(
         &self,
-        mut orders: OrderStream<'_>,
-        timeout: Duration,
-    ) -> Result<Written, Error> {
-        let mut conn = self
-            .staging("staged_updates", "id TEXT NOT NULL UNIQUE", timeout)
-            .await?;
-        let mut updated = Written::updated();
-        while let Some(next) = orders.next().await {
-            let next = next?.into_inner();
-            within(timeout, async {
-                let exists: bool =
-                    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orders WHERE id = ?1)")
-                        .bind(&next.id)
-                        .fetch_one(&mut *conn)
-                        .await?;
-                if !exists {
-                    return Err(Error::NotFound(next.id.clone()));
-                }
-                // The same order twice in one call: the last version wins.
-                sqlx::query(
-                    "INSERT INTO temp.staged_updates (id, items, description, price, destination)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (id) DO UPDATE SET items = excluded.items,
-                         description = excluded.description, price = excluded.price,
-                         destination = excluded.destination",
-                )
-                .bind(&next.id)
-                .bind(items_json(&next.items))
-                .bind(&next.description)
-                .bind(next.price)
-                .bind(&next.destination)
-                .execute(&mut *conn)
-                .await?;
-                Ok(())
-            })
-            .await?;
-            updated.record(&next.id);
-        }
-        // The apply, on its own task: a transaction cancelled as it begins would keep the lock.
-        let (conn, applied) = uncancelled(apply_staged(conn, timeout)).await?;
-        unstage(conn, "staged_updates").await;
-        applied?;
-        Ok(updated)
+        kind: Kind,
+        _key: Option<&Key>,
+        deadline: Instant,
+    ) -> Result<Box<dyn Staging>, Error> {
+        Ok(Box::new(self.staging(kind, deadline).await?))
     }
 
-    /// Staged like `update_all`, then stored in one short `BEGIN IMMEDIATE` transaction.
-    async fn add_all(
-        &self,
-        mut orders: OrderStream<'_>,
-        timeout: Duration,
-    ) -> Result<Written, Error> {
-        // An empty ID is staged as NULL: only the IDs the client gave must be unique.
-        let mut conn = self
-            .staging("staged_adds", "id TEXT UNIQUE, assigned TEXT", timeout)
-            .await?;
-        while let Some(next) = orders.next().await {
-            let next = next?.into_inner();
-            let id = (!next.id.is_empty()).then_some(next.id.as_str());
-            let staged = within(timeout, async {
-                Ok(sqlx::query(
-                    "INSERT INTO temp.staged_adds (id, items, description, price, destination)
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(id)
-                .bind(items_json(&next.items))
-                .bind(&next.description)
-                .bind(next.price)
-                .bind(&next.destination)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected())
-            })
-            .await?;
-            if staged == 0 {
-                // The same ID earlier in this call.
-                return Err(Error::AlreadyExists(next.id));
-            }
-        }
-        let (conn, applied) = uncancelled(apply_staged_adds(conn, timeout)).await?;
-        unstage(conn, "staged_adds").await;
-        applied
+    async fn forget_keys(&self, before: i64, limit: i64) -> Result<u64, Error> {
+        Ok(sqlx::query(
+            "DELETE FROM idempotency_keys WHERE (caller, key) IN
+                 (SELECT caller, key FROM idempotency_keys WHERE created < ?1 LIMIT ?2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     async fn next_shipment(&self) -> Result<i64, Error> {

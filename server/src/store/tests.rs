@@ -51,7 +51,7 @@ async fn an_existing_database_is_not_seeded_again() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
     store
-        .update_all(updates(vec![new_order("103", "changed")]))
+        .update_all(updates(vec![new_order("103", "changed")]), None)
         .await
         .unwrap();
     drop(store);
@@ -70,7 +70,7 @@ async fn no_sample_data_starts_empty_and_numbers_from_one() {
     .await
     .unwrap();
     assert!(search(&store, "").await.is_empty());
-    assert_eq!(store.add(new_order("", "a")).await.unwrap(), "1");
+    assert_eq!(store.add(new_order("", "a"), None).await.unwrap(), "1");
 }
 
 #[tokio::test]
@@ -87,9 +87,9 @@ async fn a_second_server_on_the_same_file_is_refused() {
 async fn assigned_ids_follow_the_sequence_and_skip_taken_ones() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
-    assert_eq!(store.add(new_order("", "a")).await.unwrap(), "107");
-    store.add(new_order("108", "b")).await.unwrap();
-    assert_eq!(store.add(new_order("", "c")).await.unwrap(), "109");
+    assert_eq!(store.add(new_order("", "a"), None).await.unwrap(), "107");
+    store.add(new_order("108", "b"), None).await.unwrap();
+    assert_eq!(store.add(new_order("", "c"), None).await.unwrap(), "109");
     assert_eq!(store.get("109").await.unwrap().id, "109");
 }
 
@@ -98,17 +98,20 @@ async fn a_huge_explicit_id_is_just_a_string() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
     store
-        .add(new_order("18446744073709551615", "x"))
+        .add(new_order("18446744073709551615", "x"), None)
         .await
         .unwrap();
-    assert_eq!(store.add(new_order("", "a")).await.unwrap(), "107");
+    assert_eq!(store.add(new_order("", "a"), None).await.unwrap(), "107");
 }
 
 #[tokio::test]
 async fn an_existing_id_is_refused_and_left_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
-    let err = store.add(new_order("106", "Other")).await.unwrap_err();
+    let err = store
+        .add(new_order("106", "Other"), None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::AlreadyExists(id) if id == "106"));
     assert_eq!(store.get("106").await.unwrap().items[1], "Apple iPhone XS");
 }
@@ -117,12 +120,18 @@ async fn an_existing_id_is_refused_and_left_untouched() {
 async fn search_ignores_case_and_keeps_id_order_across_pages() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
-    store.add(new_order("99", "google glass")).await.unwrap();
+    store
+        .add(new_order("99", "google glass"), None)
+        .await
+        .unwrap();
     // More than a page of non-matching orders between the matches.
     for _ in 0..(2 * SEARCH_PAGE) {
-        store.add(new_order("", "mug")).await.unwrap();
+        store.add(new_order("", "mug"), None).await.unwrap();
     }
-    store.add(new_order("zzzz", "Google TV")).await.unwrap();
+    store
+        .add(new_order("zzzz", "Google TV"), None)
+        .await
+        .unwrap();
     assert_eq!(search(&store, "GOOGLE").await, ["99", "102", "104", "zzzz"]);
     assert!(search(&store, "no such thing").await.is_empty());
     assert_eq!(search(&store, "mug").await.len() as i64, 2 * SEARCH_PAGE);
@@ -135,20 +144,20 @@ async fn update_is_all_or_nothing() {
     // Read once so the cache holds the old 102.
     store.get("102").await.unwrap();
     let err = store
-        .update_all(updates(vec![
-            new_order("102", "changed"),
-            new_order("777", "x"),
-        ]))
+        .update_all(
+            updates(vec![new_order("102", "changed"), new_order("777", "x")]),
+            None,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NotFound(id) if id == "777"));
     assert_eq!(store.get("102").await.unwrap().items[0], "Google Pixel 3A");
 
     let updated = store
-        .update_all(updates(vec![
-            new_order("102", "changed"),
-            new_order("103", "too"),
-        ]))
+        .update_all(
+            updates(vec![new_order("102", "changed"), new_order("103", "too")]),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(updated.to_string(), "updated 2 orders: 102, 103");
@@ -164,16 +173,19 @@ async fn a_failing_update_stream_changes_nothing() {
         Err(Error::Client(tonic::Status::cancelled("client went away"))),
     ])
     .boxed();
-    assert!(store.update_all(orders).await.is_err());
+    assert!(store.update_all(orders, None).await.is_err());
     assert_eq!(store.get("102").await.unwrap().items[0], "Google Pixel 3A");
 }
 
 #[test]
 fn a_long_update_summary_counts_the_rest() {
     let mut updated = Written::updated();
+    let mut seen = std::collections::HashSet::new();
     for i in 0..25 {
-        updated.record(&i.to_string());
+        updated.record(&i.to_string(), &mut seen);
     }
+    // Named again: still 25 orders.
+    updated.record("3", &mut seen);
     let summary = updated.to_string();
     assert!(
         summary.starts_with("updated 25 orders: 0, 1, 2"),
@@ -192,7 +204,7 @@ async fn concurrent_adds_get_distinct_ids() {
             tokio::spawn(async move {
                 let mut ids = Vec::new();
                 for _ in 0..10 {
-                    ids.push(store.add(new_order("", "Widget")).await.unwrap());
+                    ids.push(store.add(new_order("", "Widget"), None).await.unwrap());
                 }
                 ids
             })
@@ -236,11 +248,11 @@ async fn writes_cancelled_at_any_point_leave_no_connection_inside_a_transaction(
     let store = open(&dir).await;
     for n in 0..3000u64 {
         let cut = std::time::Duration::from_nanos(n * 97 % 400_000);
-        let _ = tokio::time::timeout(cut, store.add(new_order("", "cancelled"))).await;
+        let _ = tokio::time::timeout(cut, store.add(new_order("", "cancelled"), None)).await;
         if n % 10 == 0 {
             let _ = tokio::time::timeout(
                 cut,
-                store.update_all(updates(vec![new_order("103", "cancelled")])),
+                store.update_all(updates(vec![new_order("103", "cancelled")]), None),
             )
             .await;
         }
@@ -248,7 +260,7 @@ async fn writes_cancelled_at_any_point_leave_no_connection_inside_a_transaction(
     // Every connection of the pool is used again: none may still be in a transaction.
     for n in 0..100 {
         store
-            .add(new_order("", "after"))
+            .add(new_order("", "after"), None)
             .await
             .unwrap_or_else(|error| panic!("write {n} after the cancellations: {error}"));
     }

@@ -1,0 +1,204 @@
+//! What keeps a write honest: it commits only while its caller still wants it ([`Gate`]), with
+//! the read cache invalidated around its commit by the work itself, never by a caller that may
+//! be gone ([`Commit::begin`]), and it is counted while it runs ([`InFlight`]).
+
+use std::{
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use futures::Future;
+use tokio::{sync::watch, time::Instant};
+
+use super::{cache::ReadCache, keys::KeyRecord};
+use crate::error::Error;
+
+const WANTED: u8 = 0;
+const COMMITTING: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// Shared by a write's caller and the task doing it: the task may commit only if the caller has
+/// not given up, and the caller may say "not applied" only if the task will not commit. Whoever
+/// comes first decides.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Gate(Arc<AtomicU8>);
+
+impl Gate {
+    /// The task is about to commit: true if it may (the caller still waits for it).
+    fn commit(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(WANTED, COMMITTING, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == COMMITTING,
+        }
+    }
+
+    /// The caller gives up: true if the task will never commit, false if its commit has begun.
+    pub(super) fn abandon(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(WANTED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == ABANDONED,
+        }
+    }
+
+    /// True once the caller gave up before the commit: the work can stop early.
+    pub(super) fn abandoned(&self) -> bool {
+        self.0.load(Ordering::Acquire) == ABANDONED
+    }
+
+    /// Gives up when dropped (the caller's future was dropped: its client went away or its
+    /// deadline passed). After the outcome is known this changes nothing.
+    pub(super) fn abandon_on_drop(&self) -> AbandonOnDrop {
+        AbandonOnDrop(self.clone())
+    }
+}
+
+/// See [`Gate::abandon_on_drop`].
+pub(super) struct AbandonOnDrop(Gate);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
+
+/// Everything a backend needs to commit a write: its idempotency key, its gate, when to stop
+/// waiting for the database, and the cache to invalidate if it changes existing orders.
+#[derive(Debug)]
+pub(super) struct Commit {
+    pub(super) key: Option<KeyRecord>,
+    pub(super) gate: Gate,
+    /// The one deadline of the write: pool wait, lock wait and work.
+    pub(super) deadline: Instant,
+    /// Keys stored before this (Unix milliseconds) have expired: they are ignored and replaced.
+    pub(super) keys_expired_before: i64,
+    /// When the key is stored (Unix milliseconds).
+    pub(super) now: i64,
+    cache: Option<Arc<ReadCache>>,
+}
+
+impl Commit {
+    pub(super) fn new(
+        key: Option<KeyRecord>,
+        deadline: Instant,
+        key_ttl: Duration,
+        cache: Option<Arc<ReadCache>>,
+    ) -> Self {
+        let now = super::keys::unix_millis();
+        Self {
+            key,
+            gate: Gate::default(),
+            deadline,
+            keys_expired_before: now
+                .saturating_sub(i64::try_from(key_ttl.as_millis()).unwrap_or(i64::MAX)),
+            now,
+            cache,
+        }
+    }
+
+    /// Fails with [`Error::Abandoned`] if the caller has given up already, so the work stops
+    /// before it waits for the database.
+    pub(super) fn still_wanted(&self) -> Result<(), Error> {
+        match self.gate.abandoned() {
+            true => Err(Error::Abandoned),
+            false => Ok(()),
+        }
+    }
+
+    /// Called right before the transaction's `COMMIT`: fails with [`Error::Abandoned`] (the
+    /// transaction is then dropped, and so rolled back) if the caller has given up. Otherwise the
+    /// cached copies of every order are gone, and no read can cache one again, until the
+    /// returned guard is dropped after the commit: no read can see an order older than the last
+    /// commit, whoever is still waiting for this one.
+    pub(super) fn begin(&self) -> Result<Committing, Error> {
+        if !self.gate.commit() {
+            return Err(Error::Abandoned);
+        }
+        if let Some(cache) = &self.cache {
+            cache.begin_write();
+        }
+        Ok(Committing(self.cache.clone()))
+    }
+}
+
+/// A commit under way: see [`Commit::begin`].
+#[must_use]
+pub(super) struct Committing(Option<Arc<ReadCache>>);
+
+impl Drop for Committing {
+    fn drop(&mut self) {
+        if let Some(cache) = &self.0 {
+            cache.end_write();
+        }
+    }
+}
+
+/// An error of the `COMMIT` itself: the transaction may or may not have been applied.
+pub(super) fn in_doubt(error: sqlx::Error) -> Error {
+    Error::InDoubt(error)
+}
+
+/// How many writes run on tasks of their own. Cloning gives another handle to the same count.
+#[derive(Debug, Clone)]
+pub(super) struct InFlight(Arc<watch::Sender<usize>>);
+
+impl Default for InFlight {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(0)))
+    }
+}
+
+impl InFlight {
+    /// `work`, counted from now until it ends.
+    pub(super) fn track<T>(&self, work: impl Future<Output = T>) -> impl Future<Output = T> {
+        self.0.send_modify(|n| *n += 1);
+        let counted = Counted(self.0.clone());
+        async move {
+            let _counted = counted;
+            work.await
+        }
+    }
+
+    pub(super) fn watch(&self) -> watch::Receiver<usize> {
+        self.0.subscribe()
+    }
+}
+
+struct Counted(Arc<watch::Sender<usize>>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whoever_comes_first_decides() {
+        let gate = Gate::default();
+        assert!(
+            gate.abandon(),
+            "nothing began: the caller may say not applied"
+        );
+        assert!(!gate.commit(), "and the work may then never commit");
+
+        let gate = Gate::default();
+        assert!(gate.commit());
+        assert!(
+            !gate.abandon(),
+            "the commit began: the caller must wait for it"
+        );
+        assert!(gate.commit());
+    }
+}
