@@ -1,0 +1,574 @@
+//! What a write promises, tried by clients that cancel, time out, retry and stay silent: a write
+//! commits only for a call that ended cleanly and is still wanted, the cache never disagrees with
+//! the database, `UNAVAILABLE` means "not applied", idle streams cannot starve the pool, and an
+//! idempotency key makes a retried write apply once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{open_store, Db, TestDb, TestServer};
+use futures::{channel::mpsc, SinkExt};
+use order_api::pb::Order;
+use order_server::{Config, OrderService, Store};
+use rstest::rstest;
+use sqlx::Connection;
+use tonic::{Code, Request};
+
+/// Only a hang reaches this.
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn order(id: &str, item: &str) -> Order {
+    Order {
+        id: id.into(),
+        items: vec![item.into()],
+        description: "written by writes.rs".into(),
+        price: 1.0,
+        destination: "Galle".into(),
+    }
+}
+
+/// A server on a new database of `db`'s kind, with a handle to its store.
+async fn start(mut config: Config, db: Db) -> (TestServer, Store, TestDb) {
+    let db = db.create().await;
+    config.database_url = db.url.clone();
+    let store = open_store(&config).await;
+    let orders = OrderService::new(store.clone(), config.batch_size);
+    (TestServer::start_service(orders, config).await, store, db)
+}
+
+/// Waits (on the metrics) until the server has begun `n` calls of `method`.
+async fn started(server: &TestServer, method: &str, n: f64) {
+    let labels = [("grpc_method", method)];
+    tokio::time::timeout(LIMIT, async {
+        while server
+            .metrics()
+            .await
+            .value("grpc_server_started_total", &labels)
+            < n
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the calls begin");
+}
+
+/// Waits (on the metrics) until the server has counted `n` messages received by `method`.
+async fn received(server: &TestServer, method: &str, n: f64) {
+    let labels = [("grpc_method", method)];
+    tokio::time::timeout(LIMIT, async {
+        while server
+            .metrics()
+            .await
+            .value("grpc_server_msg_received_total", &labels)
+            < n
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the messages arrive");
+}
+
+/// Waits until `method` has ended a call with one of `codes` (Prometheus code names), then until
+/// no write runs on a task of its own: after that, nothing of the call can still commit.
+async fn ended(server: &TestServer, store: &Store, method: &str, codes: &[&str]) {
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let metrics = server.metrics().await;
+            let ended: f64 = codes
+                .iter()
+                .map(|&code| {
+                    let labels = [("grpc_method", method), ("grpc_code", code)];
+                    metrics.value("grpc_server_handled_total", &labels)
+                })
+                .sum();
+            if ended >= 1.0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{method} ends with one of {codes:?}"));
+    settled(store).await;
+}
+
+/// Waits until no write runs on a task of its own.
+async fn settled(store: &Store) {
+    tokio::time::timeout(LIMIT, store.writes_in_flight().wait_for(|&n| n == 0))
+        .await
+        .expect("the writes settle")
+        .unwrap();
+}
+
+async fn missing(store: &Store, ids: &[&str]) {
+    for id in ids {
+        assert!(
+            store.get(id).await.is_err(),
+            "order {id} of a call that never ended well was stored"
+        );
+    }
+}
+
+/// Finding 1: a client that cancels a client stream half-way (tonic drops the call: HTTP/2
+/// `RST_STREAM(CANCEL)`) stored the orders it had sent so far, as if the stream had ended.
+#[rstest]
+#[tokio::test]
+async fn a_client_stream_cancelled_half_way_stores_nothing(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+    #[values("addOrders", "updateOrders")] method: &'static str,
+) {
+    let (server, store, _db) = start(Config::for_tests(), db).await;
+    let mut client = server.native().await;
+    let (mut orders, stream) = mpsc::unbounded::<Order>();
+    let ids = match method {
+        "addOrders" => ["c1", "c2", "c3"],
+        _ => ["102", "103", "104"],
+    };
+    for id in ids {
+        orders.send(order(id, "cancelled")).await.unwrap();
+    }
+    let call = tokio::spawn(async move {
+        match method {
+            "addOrders" => client.add_orders(stream).await,
+            _ => client.update_orders(stream).await,
+        }
+    });
+    received(&server, method, 3.0).await;
+    // The client cancels with its stream still open.
+    call.abort();
+    let _ = call.await;
+    ended(&server, &store, method, &["Canceled", "Aborted"]).await;
+    match method {
+        "addOrders" => missing(&store, &ids).await,
+        _ => {
+            for id in ids {
+                let kept = store.get(id).await.unwrap();
+                assert_ne!(kept.items, ["cancelled"], "order {id} was updated");
+            }
+        }
+    }
+    drop(orders);
+}
+
+/// Finding 1, by deadline: the client's deadline passes while it is still sending.
+#[rstest]
+#[tokio::test]
+async fn a_client_stream_past_its_deadline_stores_nothing(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    let (server, store, _db) = start(Config::for_tests(), db).await;
+    let (mut orders, stream) = mpsc::unbounded::<Order>();
+    orders.send(order("d1", "late")).await.unwrap();
+    orders.send(order("d2", "late")).await.unwrap();
+    let mut request = Request::new(stream);
+    request.set_timeout(Duration::from_millis(300));
+    let status = tokio::time::timeout(LIMIT, server.native().await.add_orders(request))
+        .await
+        .expect("ended by the deadline")
+        .expect_err("past the deadline");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    ended(
+        &server,
+        &store,
+        "addOrders",
+        &["Canceled", "Aborted", "DeadlineExceeded"],
+    )
+    .await;
+    missing(&store, &["d1", "d2"]).await;
+    drop(orders);
+}
+
+/// Holds SQLite's write lock from another connection, as another process could.
+struct WriteLock(sqlx::SqliteConnection);
+
+impl WriteLock {
+    async fn take(url: &str) -> Self {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Self(conn)
+    }
+
+    async fn release(mut self) {
+        sqlx::query("ROLLBACK").execute(&mut self.0).await.unwrap();
+    }
+}
+
+/// Finding 3: `UNAVAILABLE` said "not applied, try again", and the order was stored once the
+/// write lock came free: a client that retried as told stored it twice.
+///
+/// Two calls with one pooled connection: the second waits for the pool, then for the lock, and
+/// the lock comes free while it waits.
+#[tokio::test]
+async fn unavailable_means_the_write_was_not_applied() {
+    let mut config = Config::for_tests();
+    config.database_connections = 1;
+    config.database_timeout = Duration::from_millis(400);
+    let (server, store, db) = start(config, Db::Sqlite).await;
+    let lock = WriteLock::take(&db.url).await;
+    let client = server.native().await;
+    let calls = ["u1", "u2"].map(|id| {
+        let mut client = client.clone();
+        tokio::spawn(async move { client.add_order(order(id, "unavailable")).await })
+    });
+    for call in calls {
+        let status = tokio::time::timeout(LIMIT, call)
+            .await
+            .expect("answered")
+            .unwrap()
+            .expect_err("the write lock is held");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("not applied"), "{status:?}");
+    }
+    lock.release().await;
+    settled(&store).await;
+    missing(&store, &["u1", "u2"]).await;
+    // And the write goes through once the lock is free.
+    server
+        .native()
+        .await
+        .add_order(order("u1", "unavailable"))
+        .await
+        .expect("stored now");
+}
+
+/// Finding 2: a call that timed out while its commit waited for the lock left `getOrder`
+/// answering from the cache what the database no longer held. Whatever the call's fate, the
+/// cache and the database agree.
+#[tokio::test]
+async fn the_cache_agrees_with_the_database_after_a_dropped_update() {
+    let mut config = Config::for_tests();
+    config.database_timeout = Duration::from_secs(5);
+    let (server, store, db) = start(config, Db::Sqlite).await;
+    let mut client = server.native().await;
+    // 103 is cached.
+    let before = client
+        .get_order("103".to_string())
+        .await
+        .unwrap()
+        .into_inner();
+    let lock = WriteLock::take(&db.url).await;
+    let mut request = Request::new(futures::stream::iter([order("103", "changed")]));
+    request.set_timeout(Duration::from_millis(300));
+    let status = client
+        .update_orders(request)
+        .await
+        .expect_err("the client's deadline passes while the lock is held");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    lock.release().await;
+    settled(&store).await;
+    let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    let stored: String = sqlx::query_scalar("SELECT items FROM orders WHERE id = '103'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let served = client
+        .get_order("103".to_string())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        serde_json::to_string(&served.items).unwrap(),
+        stored,
+        "getOrder and the database disagree"
+    );
+    // Timed out before its commit began: not applied.
+    assert_eq!(served.items, before.items);
+}
+
+/// Finding 4: each idle client stream held a pooled connection while it waited for its client;
+/// eight of them (one TCP connection) and every call needing the database got `UNAVAILABLE`.
+#[rstest]
+#[tokio::test]
+async fn idle_client_streams_do_not_starve_the_pool(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let mut config = Config::for_tests();
+    config.database_timeout = Duration::from_millis(500);
+    config.cache_mb = 0;
+    let (server, _store, _db) = start(config, db).await;
+    let channel = server.channel().await;
+    let mut senders = Vec::new();
+    let mut calls = Vec::new();
+    for n in 0..32 {
+        let (orders, stream) = mpsc::unbounded::<Order>();
+        senders.push(orders);
+        let mut client =
+            order_api::pb::order_management_client::OrderManagementClient::new(channel.clone());
+        calls.push(tokio::spawn(async move {
+            if n % 2 == 0 {
+                client.add_orders(stream).await
+            } else {
+                client.update_orders(stream).await
+            }
+        }));
+    }
+    started(&server, "addOrders", 16.0).await;
+    started(&server, "updateOrders", 16.0).await;
+    let mut client = server.native().await;
+    let health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for id in ["102", "103", "104", "105", "106"] {
+        let answered =
+            tokio::time::timeout(Duration::from_millis(400), client.get_order(id.to_string()))
+                .await
+                .unwrap_or_else(|_| panic!("getOrder {id} waited behind the idle streams"));
+        answered.unwrap_or_else(|status| panic!("getOrder {id}: {status:?}"));
+    }
+    let serving = health
+        .clone()
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(serving.status, 1, "health says SERVING");
+    drop(senders);
+    for call in calls {
+        let _ = call.await;
+    }
+}
+
+/// A client stream that sends nothing ends after `--stream-idle-timeout`, nothing applied.
+#[tokio::test]
+async fn a_silent_client_stream_ends_with_a_clear_error() {
+    let mut config = Config::for_tests();
+    config.stream_idle_timeout = Duration::from_millis(300);
+    let (server, store, _db) = start(config, Db::Sqlite).await;
+    let (mut orders, stream) = mpsc::unbounded::<Order>();
+    orders.send(order("s1", "silent")).await.unwrap();
+    let status = tokio::time::timeout(LIMIT, server.native().await.add_orders(stream))
+        .await
+        .expect("ended by the idle timeout")
+        .expect_err("silent");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("--stream-idle-timeout"),
+        "{status:?}"
+    );
+    settled(&store).await;
+    missing(&store, &["s1"]).await;
+    drop(orders);
+}
+
+/// Finding 6: `updateOrders` naming 102 twice answered "updated 2 orders: 102, 102". The later
+/// version wins and the order is counted once.
+#[rstest]
+#[tokio::test]
+async fn an_order_updated_twice_in_one_call_is_counted_once(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    let (server, _store, _db) = start(Config::for_tests(), db).await;
+    let mut client = server.native().await;
+    let updated = client
+        .update_orders(futures::stream::iter([
+            order("102", "first"),
+            order("103", "other"),
+            order("102", "second"),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated, "updated 2 orders: 102, 103");
+    let order = client
+        .get_order("102".to_string())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(order.items, ["second"]);
+}
+
+/// A request with an idempotency key.
+fn keyed<T>(message: T, key: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("idempotency-key", key.parse().unwrap());
+    request
+}
+
+/// The same write with the same key is applied once and answered the same; the key with another
+/// request is refused.
+#[rstest]
+#[tokio::test]
+async fn a_write_with_an_idempotency_key_is_applied_once(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    let (server, store, _db) = start(Config::for_tests(), db).await;
+    let mut client = server.native().await;
+    let first = client
+        .add_order(keyed(order("", "keyed"), "k-add"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = client
+        .add_order(keyed(order("", "keyed"), "k-add"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first, again, "the retry got the first answer");
+    let other = client
+        .add_order(keyed(order("", "something else"), "k-add"))
+        .await
+        .expect_err("the key with another request");
+    assert_eq!(other.code(), Code::FailedPrecondition, "{other:?}");
+    let next = client
+        .add_order(order("", "unkeyed"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        next.parse::<u64>().unwrap(),
+        first.parse::<u64>().unwrap() + 1,
+        "the retry used no ID"
+    );
+
+    let batch = || futures::stream::iter([order("", "batch"), order("b-own", "batch")]);
+    let added = client
+        .add_orders(keyed(batch(), "k-batch"))
+        .await
+        .unwrap()
+        .into_inner();
+    let replayed = client
+        .add_orders(keyed(batch(), "k-batch"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(added, replayed);
+    let found: Vec<_> = futures::StreamExt::collect::<Vec<_>>(store.search("batch")).await;
+    assert_eq!(found.len(), 2, "the batch was stored once: {found:?}");
+
+    let update = || futures::stream::iter([order("104", "updated once")]);
+    let updated = client
+        .update_orders(keyed(update(), "k-update"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated, "updated 1 order: 104");
+    let reused = client
+        .update_orders(keyed(
+            futures::stream::iter([order("105", "x")]),
+            "k-update",
+        ))
+        .await
+        .expect_err("the key with another request");
+    assert_eq!(reused.code(), Code::FailedPrecondition);
+    assert!(reused.message().contains("k-update"), "{reused:?}");
+
+    // Keys are the caller's: another method's key of the same name is refused, not replayed.
+    let across = client
+        .add_order(keyed(order("", "keyed"), "k-batch"))
+        .await
+        .expect_err("a key of addOrders for addOrder");
+    assert_eq!(across.code(), Code::FailedPrecondition);
+
+    let bad = client
+        .add_order(keyed(order("", "x"), "has space"))
+        .await
+        .expect_err("not a key");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+}
+
+/// A key whose first call is still running gets `ABORTED` (retry later), and the retry after it
+/// ended gets its answer.
+#[tokio::test]
+async fn a_key_still_in_progress_is_aborted() {
+    let (server, store, db) = start(Config::for_tests(), Db::Sqlite).await;
+    let lock = WriteLock::take(&db.url).await;
+    let mut client = server.native().await;
+    let mut first_client = client.clone();
+    let first = tokio::spawn(async move {
+        first_client
+            .add_order(keyed(order("", "slow"), "k-slow"))
+            .await
+    });
+    // The first call is running (waiting for the lock).
+    tokio::time::timeout(LIMIT, store.writes_in_flight().wait_for(|&n| n == 1))
+        .await
+        .expect("the first call runs")
+        .unwrap();
+    let status = client
+        .add_order(keyed(order("", "slow"), "k-slow"))
+        .await
+        .expect_err("in progress");
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    lock.release().await;
+    let id = first
+        .await
+        .unwrap()
+        .expect("the first call succeeds")
+        .into_inner();
+    settled(&store).await;
+    let retried = client
+        .add_order(keyed(order("", "slow"), "k-slow"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried, id);
+}
+
+/// Over gRPC-Web the key is the same HTTP header.
+#[tokio::test]
+async fn the_key_works_over_grpc_web() {
+    let (server, _store, _db) = start(Config::for_tests(), Db::Sqlite).await;
+    let mut web = server.grpc_web();
+    let first = web
+        .add_order(keyed(order("", "web"), "k-web"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = web
+        .add_order(keyed(order("", "web"), "k-web"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first, again);
+}
+
+/// A key older than `--idempotency-ttl` is forgotten: the same request is a new write.
+#[rstest]
+#[tokio::test]
+async fn an_expired_key_is_forgotten(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    let mut config = Config::for_tests();
+    config.idempotency_ttl = Duration::from_secs(3600);
+    let (server, store, db) = start(config, db).await;
+    let mut client = server.native().await;
+    let first = client
+        .add_order(keyed(order("", "ttl"), "k-ttl"))
+        .await
+        .unwrap()
+        .into_inner();
+    // Two hours pass for the key.
+    let age = "UPDATE idempotency_keys SET created = created - 7200000";
+    match db.url.starts_with("sqlite:") {
+        true => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query(age).execute(&mut conn).await.unwrap();
+        }
+        false => {
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query(age).execute(&mut conn).await.unwrap();
+        }
+    }
+    let second = client
+        .add_order(keyed(order("", "ttl"), "k-ttl"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(first, second, "an expired key was replayed");
+    // The second write stored the key anew; the pruning forgets nothing younger than the TTL.
+    assert_eq!(store.forget_expired_keys().await.unwrap(), 0);
+    let third = client
+        .add_order(keyed(order("", "ttl"), "k-ttl"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second, third);
+}
