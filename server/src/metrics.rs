@@ -9,6 +9,7 @@
 //!   `rate(msg_sent) / rate(started)` is the messages per stream.
 //!
 //! And for the server: `order_server_open_connections`, `order_server_open_streams`,
+//! `order_server_writes_in_flight`,
 //! `order_server_database_connections{state="idle"|"in_use"}`,
 //! `order_server_database_connections_max`, `order_server_log_lines_dropped_total`.
 //!
@@ -109,6 +110,7 @@ struct MethodMetrics {
 struct ServerGauges {
     connections: IntGauge,
     streams: IntGauge,
+    writes: IntGauge,
     pool: IntGaugeVec,
     pool_max: IntGauge,
     /// A counter set from the logger's own count; the lock keeps two scrapes from adding the
@@ -194,6 +196,10 @@ impl Metrics {
         let gauges = ServerGauges {
             connections: gauge("order_server_open_connections", "client connections open"),
             streams: gauge("order_server_open_streams", "server response streams open"),
+            writes: gauge(
+                "order_server_writes_in_flight",
+                "database writes running, whether or not their caller still waits",
+            ),
             pool: registered(
                 &registry,
                 IntGaugeVec::new(
@@ -245,6 +251,9 @@ impl Metrics {
         gauges
             .streams
             .set(saturating_i64(self.open_streams.count()));
+        gauges
+            .writes
+            .set(saturating_i64(*self.store.writes_in_flight().borrow()));
         let pool = self.store.pool_use();
         gauges
             .pool
