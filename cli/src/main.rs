@@ -9,6 +9,11 @@
 //! order-client update '{"id":"102","items":["Pixel 9"],"destination":"Mountain View, CA","price":999}'
 //! order-client process 102 103 104 105 106
 //! ```
+//!
+//! Every write (`add`, `update`, `import`) carries an idempotency key, fresh for each command
+//! (or `--idempotency-key`), and is retried with the same key when its outcome is unknown
+//! (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `ABORTED`, `UNKNOWN`): the server applies it once, however
+//! many attempts reach it.
 
 use std::{io::BufRead, process::ExitCode, time::Duration};
 
@@ -63,6 +68,18 @@ struct Cli {
     /// Deadline of each call, in seconds (sent to the server as grpc-timeout).
     #[arg(long, env = "ORDER_TIMEOUT", default_value_t = 5.0)]
     timeout: f64,
+
+    /// How many times a write is tried again when its outcome is unknown (UNAVAILABLE,
+    /// DEADLINE_EXCEEDED, ABORTED, UNKNOWN), with the same idempotency key, after waits that
+    /// double from 100 ms up to 2 s (with jitter). 0: never.
+    #[arg(long, env = "ORDER_RETRIES", default_value_t = 4)]
+    retries: u32,
+
+    /// The idempotency key of a write (add, update, import): the same key and request again, even
+    /// from another run of this command, is answered from the first, never applied twice. A fresh
+    /// random key by default.
+    #[arg(long, env = "ORDER_IDEMPOTENCY_KEY")]
+    idempotency_key: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -178,6 +195,17 @@ async fn execute(cli: Cli) -> Result<(), String> {
         )
     })?;
     let mut client = OrderManagementClient::with_interceptor(channel, Token(token));
+    let key = match cli.idempotency_key {
+        Some(key) => key,
+        None => new_key(),
+    };
+    let key: MetadataValue<Ascii> = key
+        .parse()
+        .map_err(|_| format!("--idempotency-key {key:?} has characters a key cannot have"))?;
+    let writes = Retries {
+        key,
+        retries: cli.retries,
+    };
     match cli.command {
         Command::Get { id } => {
             let order = client.get_order(id).await.map_err(status_text)?;
@@ -197,29 +225,118 @@ async fn execute(cli: Cli) -> Result<(), String> {
                 price,
                 destination,
             };
-            let id = client.add_order(order).await.map_err(status_text)?;
-            println!("added order {}", id.into_inner());
+            let id = writes
+                .run(|keyed| {
+                    let (mut client, request) = (client.clone(), keyed(order.clone()));
+                    async move { client.add_order(request).await }
+                })
+                .await?;
+            println!("added order {id}");
         }
         Command::Search { text } => search(&mut client, text).await?,
         Command::Update { .. } => {
             let orders = orders_given.unwrap_or_default();
-            let summary = client
-                .update_orders(futures::stream::iter(orders))
-                .await
-                .map_err(status_text)?;
-            println!("{}", summary.into_inner());
+            let summary = writes
+                .run(|keyed| {
+                    let request = keyed(futures::stream::iter(orders.clone()));
+                    let mut client = client.clone();
+                    async move { client.update_orders(request).await }
+                })
+                .await?;
+            println!("{summary}");
         }
         Command::Import { .. } => {
             let orders = orders_given.unwrap_or_default();
-            let summary = client
-                .add_orders(futures::stream::iter(orders))
-                .await
-                .map_err(status_text)?;
-            println!("{}", summary.into_inner());
+            let summary = writes
+                .run(|keyed| {
+                    let request = keyed(futures::stream::iter(orders.clone()));
+                    let mut client = client.clone();
+                    async move { client.add_orders(request).await }
+                })
+                .await?;
+            println!("{summary}");
         }
         Command::Process { ids } => process(&mut client, ids).await?,
     }
     Ok(())
+}
+
+/// How a write is sent: with its idempotency key, tried again while its outcome is unknown.
+struct Retries {
+    key: MetadataValue<Ascii>,
+    retries: u32,
+}
+
+/// Shortest and longest wait before a retry.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+impl Retries {
+    /// Runs `call` (given a function that makes its request carry the key) until it succeeds,
+    /// fails for good, or the retries run out.
+    async fn run<T, R, F>(
+        &self,
+        mut call: impl FnMut(&dyn Fn(R) -> tonic::Request<R>) -> F,
+    ) -> Result<T, String>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let keyed = |message: R| {
+            let mut request = tonic::Request::new(message);
+            request
+                .metadata_mut()
+                .insert("idempotency-key", self.key.clone());
+            request
+        };
+        let mut attempt = 0;
+        loop {
+            match call(&keyed).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if attempt < self.retries && outcome_unknown(status.code()) => {
+                    attempt += 1;
+                    let wait = backoff(attempt);
+                    eprintln!(
+                        "{}; trying again in {} ms with the same idempotency key (retry {attempt} of {})",
+                        status_text(status),
+                        wait.as_millis(),
+                        self.retries
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                Err(status) => return Err(status_text(status)),
+            }
+        }
+    }
+}
+
+/// Codes after which a write may or may not have been applied, or was not and may be tried
+/// again: with its key, a retry is safe.
+fn outcome_unknown(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(code, Unavailable | DeadlineExceeded | Aborted | Unknown)
+}
+
+/// The wait before retry `attempt` (1, 2, …): "full jitter", a random time up to 100 ms doubled
+/// each attempt, at most 2 s, so that clients that failed together do not retry together.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = FIRST_BACKOFF
+        .saturating_mul(1 << (attempt - 1).min(16))
+        .min(MAX_BACKOFF);
+    ceiling.mul_f64(fastrand::f64().max(0.1))
+}
+
+/// A new random idempotency key, in the UUID format (version 4).
+fn new_key() -> String {
+    let bits = (fastrand::u128(..) & !(0xf000 << 64) & !(0xc << 60)) | (0x4000 << 64) | (0x8 << 60);
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 async fn search(client: &mut Client, text: String) -> Result<(), String> {
@@ -328,4 +445,27 @@ fn format_shipment(shipment: &CombinedShipment) -> String {
         shipment.status,
         ids.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_fresh_uuids() {
+        let (a, b) = (new_key(), new_key());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4", "{a}");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+    }
+
+    #[test]
+    fn backoff_grows_to_its_ceiling() {
+        for attempt in 1..40 {
+            let wait = backoff(attempt);
+            let ceiling = (FIRST_BACKOFF * 2u32.pow((attempt - 1).min(10))).min(MAX_BACKOFF);
+            assert!(wait <= ceiling, "retry {attempt}: {wait:?}");
+        }
+    }
 }

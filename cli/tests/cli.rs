@@ -341,3 +341,112 @@ fn client_imports_json_lines_from_standard_input_all_or_nothing() {
     assert_eq!(stdout(&imported).trim(), "added 2 orders: 107, L-2");
     assert!(stdout(&client(&server, &["get", "L-2"])).contains("Imported desk"));
 }
+
+/// The count `grpc_server_handled_total` of `method` ending with `code`, from `/metrics`.
+fn handled(server: &LiveServer, method: &str, code: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(server.addr).unwrap();
+    write!(
+        socket,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    socket.read_to_string(&mut text).unwrap();
+    let series = format!("grpc_method=\"{method}\"");
+    let code = format!("grpc_code=\"{code}\"");
+    text.lines()
+        .filter(|line| line.starts_with("grpc_server_handled_total{"))
+        .filter(|line| line.contains(&series) && line.contains(&code))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_write_whose_outcome_is_unknown_is_retried_with_its_key_and_applied_once() {
+    let data = tempfile::tempdir().unwrap();
+    let database = format!("sqlite:{}", data.path().join("orders.db").display());
+    let server = LiveServer::start_with(&["--database-timeout", "0.3"], data);
+    // Serving: the database exists.
+    assert!(client(&server, &["get", "106"]).status.success());
+    // Another process holds SQLite's write lock: the first attempts get UNAVAILABLE.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut lock = runtime.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&database).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn
+    });
+    let add = Command::new(env!("CARGO_BIN_EXE_order-client"))
+        .args([
+            "--addr",
+            &format!("http://{}", server.addr),
+            "--retries",
+            "30",
+        ])
+        .args([
+            "add",
+            "--item",
+            "retried mug",
+            "--destination",
+            "Jaffna",
+            "--price",
+            "4",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while handled(&server, "addOrder", "Unavailable") < 1.0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "no attempt failed"
+        );
+        std::thread::yield_now();
+    }
+    runtime.block_on(async {
+        sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    });
+    let added = add.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&added.stderr);
+    assert!(added.status.success(), "{added:?}");
+    assert!(stderr.contains("Unavailable"), "{stderr}");
+    assert!(stderr.contains("same idempotency key"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&added.stdout);
+    assert_eq!(stdout.trim(), "added order 107");
+    let found = client(&server, &["search", "retried mug"]);
+    let found = String::from_utf8_lossy(&found.stdout);
+    assert_eq!(found.matches("Order ").count(), 1, "{found}");
+}
+
+#[test]
+fn the_same_idempotency_key_from_another_run_gets_the_first_answer() {
+    let server = LiveServer::start();
+    let add = |key: &str| {
+        let args = [
+            "--idempotency-key",
+            key,
+            "add",
+            "--item",
+            "mug",
+            "--destination",
+            "Jaffna",
+            "--price",
+            "4",
+        ];
+        let output = client(&server, &args);
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    assert_eq!(add("run-1"), "added order 107");
+    assert_eq!(
+        add("run-1"),
+        "added order 107",
+        "the second run was applied"
+    );
+    assert_eq!(add("run-2"), "added order 108");
+}
