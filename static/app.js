@@ -183,9 +183,18 @@ function showFieldErrors(violations) {
 
 const capitalize = (word) => word.charAt(0).toUpperCase() + word.slice(1);
 
+// One idempotency key per order as typed: sending the same order again (a second click while
+// the first is on its way, a retry after a network error) can never store it twice; an order
+// that changed gets a new key, and so does the next one after a success.
+let pendingAdd = null; // { text, key }
+let adding = false;
+const newKey = () =>
+  globalThis.crypto.randomUUID?.() ??
+  Array.from(crypto.getRandomValues(new Uint32Array(4)), (n) => n.toString(16).padStart(8, "0")).join("");
+
 addForm.addEventListener("submit", async (event) => {
   event.preventDefault();
-  if (!client) return;
+  if (!client || adding) return;
   clearFieldErrors();
   addStatus.hidden = true;
   addStatus.classList.remove("error");
@@ -197,9 +206,13 @@ addForm.addEventListener("submit", async (event) => {
     price: priceText === "" ? NaN : Number(priceText),
     destination: $("add-destination").value.trim(),
   };
+  const text = JSON.stringify(order);
+  if (pendingAdd?.text !== text) pendingAdd = { text, key: newKey() };
   addButton.disabled = true;
+  adding = true;
   try {
-    const id = await client.addOrder(order);
+    const id = await client.addOrder(order, pendingAdd.key);
+    pendingAdd = null;
     addForm.reset();
     addStatus.replaceChildren("Added order ", Object.assign(document.createElement("a"), {
       href: `?id=${encodeURIComponent(id)}`,
@@ -216,6 +229,7 @@ addForm.addEventListener("submit", async (event) => {
     addStatus.classList.add("error");
     addStatus.hidden = false;
   } finally {
+    adding = false;
     addButton.disabled = !canWrite();
   }
 });

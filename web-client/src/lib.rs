@@ -28,6 +28,14 @@
 //! tokens, `new OrderClient(url, timeoutMs, token)` or `client.setToken(token)` sends
 //! `authorization: Bearer <token>` with every call; a refusal rejects with `codeName`
 //! `"Unauthenticated"` or `"PermissionDenied"` and the server's reason as `message`.
+//!
+//! Writes are safe to retry: `addOrder`, `addOrders` and `updateOrders` each send an
+//! `idempotency-key` (a fresh random one per call, or the one the page passes) and, when the
+//! outcome is unknown (`Unavailable`, `DeadlineExceeded`, `Aborted`, `Unknown`: the network failed,
+//! the server restarted), try again with the same key up to `retries` times (3 by default), after
+//! waits of up to 100 ms, 200 ms, 400 ms…: the server applies the write once. A client stream is
+//! retried only when its source is an array; a generator or other iterator cannot be replayed, so
+//! it is sent once.
 
 mod js;
 mod upload;
@@ -113,7 +121,12 @@ pub struct OrderClient {
     authorization: RefCell<Option<MetadataValue<Ascii>>>,
     /// How client streams are sent to this server from this browser.
     uploads: Uploads,
+    /// How many times a write whose outcome is unknown is tried again.
+    retries: std::cell::Cell<u32>,
 }
+
+/// How many times a write is tried again by default.
+const DEFAULT_RETRIES: u32 = 3;
 
 #[wasm_bindgen]
 impl OrderClient {
@@ -144,6 +157,7 @@ impl OrderClient {
             uploads: Uploads::for_server(&base_url),
             base_url,
             authorization: RefCell::new(None),
+            retries: std::cell::Cell::new(DEFAULT_RETRIES),
         };
         client.set_token(token)?;
         Ok(client)
@@ -167,6 +181,19 @@ impl OrderClient {
         Ok(())
     }
 
+    /// How many times a write (`addOrder`, `addOrders` and `updateOrders` from an array) is tried
+    /// again, with the same idempotency key, when its outcome is unknown; 0 for never.
+    #[wasm_bindgen(getter)]
+    pub fn retries(&self) -> u32 {
+        self.retries.get()
+    }
+
+    /// Sets `retries`.
+    #[wasm_bindgen(setter)]
+    pub fn set_retries(&self, retries: u32) {
+        self.retries.set(retries);
+    }
+
     /// The server this client calls.
     #[wasm_bindgen(getter, js_name = baseUrl)]
     pub fn base_url(&self) -> String {
@@ -185,20 +212,21 @@ impl OrderClient {
         }
     }
 
-    /// `await client.addOrder({ id?, items, description?, price, destination })`: stores a new
-    /// order and resolves to its ID (assigned by the server when `id` is empty or missing). An
-    /// invalid order rejects with `codeName: "InvalidArgument"` and `fieldViolations`.
+    /// `await client.addOrder({ id?, items, description?, price, destination }, idempotencyKey?)`:
+    /// stores a new order and resolves to its ID (assigned by the server when `id` is empty or
+    /// missing). An invalid order rejects with `codeName: "InvalidArgument"` and
+    /// `fieldViolations`. The call is sent with `idempotencyKey` (a fresh one if none) and retried
+    /// with it while its outcome is unknown: the same key again, even from a second call, gets
+    /// the first answer instead of a second order (`FailedPrecondition` if the order differs).
     #[wasm_bindgen(js_name = addOrder)]
     pub async fn add_order(
         &self,
         #[wasm_bindgen(unchecked_param_type = "OrderInput")] order: JsValue,
+        #[wasm_bindgen(js_name = idempotencyKey)] idempotency_key: Option<String>,
     ) -> Result<String, JsValue> {
         let order = js::order_from_js(&order, "addOrder()'s order")?;
-        let mut grpc = self.grpc.clone();
-        match grpc.add_order(self.request(order)).await {
-            Ok(response) => Ok(response.into_inner()),
-            Err(status) => Err(self.error(&status)),
-        }
+        self.write(Write::One(order), &JsValue::UNDEFINED, idempotency_key)
+            .await
     }
 
     /// `await client.searchOrders(text, onOrder)`: calls `onOrder(order)` for each order with an
@@ -243,41 +271,29 @@ impl OrderClient {
     /// an iterable or an async iterable of orders, each sent as soon as it is produced (see
     /// `streamsUploads`). An unknown ID rejects with `NotFound`, a bad order with
     /// `InvalidArgument` and `fieldViolations` naming it (`orders[3].price`); a source that
-    /// throws rejects with that error, and nothing is applied either way.
+    /// throws rejects with that error, and nothing is applied either way. Sent with
+    /// `idempotencyKey` (a fresh one if none) and, from an array, retried as `addOrder` is.
     #[wasm_bindgen(js_name = updateOrders)]
     pub async fn update_orders(
         &self,
         #[wasm_bindgen(unchecked_param_type = "Source<OrderInput>")] orders: JsValue,
+        #[wasm_bindgen(js_name = idempotencyKey)] idempotency_key: Option<String>,
     ) -> Result<String, JsValue> {
-        let answer = self
-            .upload(
-                &orders,
-                "updateOrders' orders",
-                order_of,
-                |mut grpc, request| async move { grpc.update_orders(request).await },
-            )
-            .await?;
-        Ok(answer.into_inner())
+        self.write(Write::Update, &orders, idempotency_key).await
     }
 
     /// `await client.addOrders(orders)`: stores new orders, all or nothing, and resolves to the
     /// server's summary (`"added 2 orders: 107, A-1"`). IDs are assigned as by `addOrder`.
     /// `orders` as for `updateOrders`; an ID taken rejects with `AlreadyExists`, a bad order with
-    /// `InvalidArgument` and `fieldViolations`, and nothing is stored.
+    /// `InvalidArgument` and `fieldViolations`, and nothing is stored. Keyed and retried as
+    /// `updateOrders`.
     #[wasm_bindgen(js_name = addOrders)]
     pub async fn add_orders(
         &self,
         #[wasm_bindgen(unchecked_param_type = "Source<OrderInput>")] orders: JsValue,
+        #[wasm_bindgen(js_name = idempotencyKey)] idempotency_key: Option<String>,
     ) -> Result<String, JsValue> {
-        let answer = self
-            .upload(
-                &orders,
-                "addOrders' orders",
-                order_of,
-                |mut grpc, request| async move { grpc.add_orders(request).await },
-            )
-            .await?;
-        Ok(answer.into_inner())
+        self.write(Write::Add, &orders, idempotency_key).await
     }
 
     /// `await client.processOrders(ids, onShipment)`: sends the order IDs (an array, an iterable
@@ -306,7 +322,11 @@ impl OrderClient {
                 id_of,
                 |mut grpc, request| async move { grpc.process_orders(request).await },
             )
-            .await?
+            .await
+            .map_err(|failure| match failure {
+                Failure::Status(status) => self.error(&status),
+                Failure::Source(error) => error,
+            })?
             .into_inner();
         let mut count = 0;
         while let Some(shipment) = shipments
@@ -325,7 +345,124 @@ fn order_of(value: JsValue) -> Result<order_api::pb::Order, JsValue> {
     js::order_from_js(&value, "each order")
 }
 
+/// Which write [`OrderClient::write`] sends.
+enum Write {
+    /// `addOrder` of this order.
+    One(order_api::pb::Order),
+    /// `addOrders` of a source's orders.
+    Add,
+    /// `updateOrders` of a source's orders.
+    Update,
+}
+
+/// The metadata (HTTP header) a write's idempotency key goes in.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The key the page gave, or a fresh one.
+fn idempotency(key: Option<String>) -> Result<MetadataValue<Ascii>, JsValue> {
+    key.filter(|key| !key.is_empty())
+        .unwrap_or_else(new_key)
+        .parse()
+        .map_err(|_| {
+            js_sys::Error::new("the idempotency key has characters a key cannot have").into()
+        })
+}
+
+/// A fresh random key: `crypto.randomUUID()` where the page is a secure context, 128 bits of
+/// `Math.random()` otherwise.
+fn new_key() -> String {
+    let crypto = js_sys::Reflect::get(&js_sys::global(), &"crypto".into()).unwrap_or_default();
+    let uuid = js_sys::Reflect::get(&crypto, &"randomUUID".into())
+        .ok()
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+        .and_then(|f| f.call0(&crypto).ok())
+        .and_then(|uuid| uuid.as_string());
+    uuid.unwrap_or_else(|| {
+        // Two 53-bit random numbers: 106 bits, as integers (no float formatting in the module).
+        let random = || (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64;
+        format!("{}-{}", random(), random())
+    })
+}
+
+/// Waits before retry `attempt` (1, 2, …): a random time up to 100 ms doubled each attempt, at
+/// most 2 s, so that pages that failed together do not retry together.
+async fn pause(attempt: u32) {
+    let ceiling = (100u32 << (attempt - 1).min(5)).min(2_000);
+    let ms = (js_sys::Math::random() * f64::from(ceiling)) as i32;
+    let wait = js_sys::Promise::new(&mut |resolve, _| {
+        if let Some(window) = web_sys::window() {
+            let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+        } else {
+            let _ = resolve.call0(&JsValue::NULL);
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(wait).await;
+}
+
 impl OrderClient {
+    /// True when a write that failed with `status` after `attempt` retries is tried again: its
+    /// outcome is unknown, and it carries a key.
+    fn may_retry(&self, status: &tonic::Status, attempt: u32) -> bool {
+        use tonic::Code::*;
+        attempt < self.retries.get()
+            && matches!(
+                status.code(),
+                Unavailable | DeadlineExceeded | Aborted | Unknown
+            )
+    }
+
+    /// A write with an idempotency key, retried while its outcome is unknown: `addOrder`, or a
+    /// client stream of `source`'s orders, which is retried only when `source` is an array
+    /// (anything else cannot be read twice). One function for the three, so that their retry
+    /// and upload code is compiled once (the module's size).
+    async fn write(
+        &self,
+        write: Write,
+        source: &JsValue,
+        key: Option<String>,
+    ) -> Result<String, JsValue> {
+        let key = idempotency(key)?;
+        let replayable = matches!(write, Write::One(_)) || js_sys::Array::is_array(source);
+        let mut attempt = 0;
+        loop {
+            let mut grpc = self.grpc.clone();
+            let answer = match &write {
+                Write::One(order) => {
+                    let mut request = self.request(order.clone());
+                    request.metadata_mut().insert(IDEMPOTENCY_KEY, key.clone());
+                    grpc.add_order(request).await.map_err(Failure::Status)
+                }
+                Write::Add | Write::Update => {
+                    let what = match write {
+                        Write::Add => "addOrders' orders",
+                        _ => "updateOrders' orders",
+                    };
+                    let add = matches!(write, Write::Add);
+                    let call = |mut grpc: OrderManagementClient<Transport>,
+                                mut request: tonic::Request<_>| {
+                        request.metadata_mut().insert(IDEMPOTENCY_KEY, key.clone());
+                        async move {
+                            match add {
+                                true => grpc.add_orders(request).await,
+                                false => grpc.update_orders(request).await,
+                            }
+                        }
+                    };
+                    self.upload(source, what, order_of, call).await
+                }
+            };
+            match answer {
+                Ok(answer) => return Ok(answer.into_inner()),
+                Err(Failure::Status(status)) if replayable && self.may_retry(&status, attempt) => {
+                    attempt += 1;
+                    pause(attempt).await;
+                }
+                Err(Failure::Status(status)) => return Err(self.error(&status)),
+                Err(Failure::Source(error)) => return Err(error),
+            }
+        }
+    }
+
     /// Sends the values of `source`, each converted by `convert`, as the request stream of
     /// `call` (see [`upload`]).
     async fn upload<M, T, Fut>(
@@ -337,12 +474,12 @@ impl OrderClient {
             OrderManagementClient<Transport>,
             tonic::Request<BoxStream<'static, M>>,
         ) -> Fut,
-    ) -> Result<T, JsValue>
+    ) -> Result<T, Failure>
     where
         M: prost::Message + Send + 'static,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        let values = Values::of(source, what)?;
+        let values = Values::of(source, what).map_err(Failure::Source)?;
         let grpc = self.grpc.clone();
         upload::send(
             self.uploads,
@@ -352,10 +489,6 @@ impl OrderClient {
             |request| call(grpc, request),
         )
         .await
-        .map_err(|failure| match failure {
-            Failure::Status(status) => self.error(&status),
-            Failure::Source(error) => error,
-        })
     }
 
     /// `message` as a call, with the token if there is one.

@@ -145,7 +145,7 @@ fn plain_order(items: &[&str], price: f64, destination: &str) -> JsValue {
 async fn add_order_resolves_to_the_new_id() {
     let client = client(SERVER);
     let id = client
-        .add_order(plain_order(&["Wasm mug"], 12.5, "Portland, OR"))
+        .add_order(plain_order(&["Wasm mug"], 12.5, "Portland, OR"), None)
         .await
         .expect("added");
     let stored = client.get_order(id.clone()).await.expect("stored");
@@ -154,9 +154,49 @@ async fn add_order_resolves_to_the_new_id() {
 }
 
 #[wasm_bindgen_test]
+async fn the_same_idempotency_key_gets_the_first_answer() {
+    let client = client(SERVER);
+    let key = format!("wasm-{}", js_sys::Math::random());
+    let order = || plain_order(&["Wasm keyed mug"], 9.0, "Portland, OR");
+    let first = client
+        .add_order(order(), Some(key.clone()))
+        .await
+        .expect("added");
+    let again = client
+        .add_order(order(), Some(key.clone()))
+        .await
+        .expect("answered");
+    assert_eq!(first, again, "a second order was stored");
+    let other = rejection(
+        client
+            .add_order(plain_order(&["Other"], 1.0, "Reno, NV"), Some(key))
+            .await
+            .map(JsValue::from),
+    )
+    .await;
+    assert_eq!(get(&other, "codeName"), "FailedPrecondition");
+
+    let key = format!("wasm-batch-{}", js_sys::Math::random());
+    let batch = || {
+        let orders = js_sys::Array::new();
+        orders.push(&plain_order(&["Wasm keyed batch"], 2.0, "Reno, NV"));
+        JsValue::from(orders)
+    };
+    let added = client
+        .add_orders(batch(), Some(key.clone()))
+        .await
+        .expect("added");
+    let replayed = client
+        .add_orders(batch(), Some(key))
+        .await
+        .expect("answered");
+    assert_eq!(added, replayed);
+}
+
+#[wasm_bindgen_test]
 async fn a_rejected_add_exposes_its_field_violations() {
     let bad = plain_order(&["ok", ""], -3.0, "");
-    let error = rejection(client(SERVER).add_order(bad).await.map(JsValue::from)).await;
+    let error = rejection(client(SERVER).add_order(bad, None).await.map(JsValue::from)).await;
     assert_eq!(get(&error, "codeName"), "InvalidArgument");
     assert_eq!(get(&error, "code").as_f64(), Some(3.0));
     let fields: Vec<String> = js_sys::Array::from(&get(&error, "fieldViolations"))
@@ -188,13 +228,19 @@ async fn a_token_is_sent_with_every_call_and_refusals_say_why() {
     assert_eq!(get(&order, "id"), "106");
     let new_order =
         js_sys::JSON::parse(r#"{"items":["Lamp"],"price":20,"destination":"Denver, CO"}"#).unwrap();
-    let denied = rejection(reader.add_order(new_order.clone()).await.map(JsValue::from)).await;
+    let denied = rejection(
+        reader
+            .add_order(new_order.clone(), None)
+            .await
+            .map(JsValue::from),
+    )
+    .await;
     assert_eq!(get(&denied, "codeName"), "PermissionDenied");
     assert!(String::from(denied.message()).contains("orders:write"));
 
     reader.set_token(Some(WRITE_TOKEN.into())).unwrap();
     let id = reader
-        .add_order(new_order)
+        .add_order(new_order, None)
         .await
         .expect("write with a write token");
     assert!(!id.is_empty());
@@ -265,7 +311,7 @@ async fn update_orders_is_all_or_nothing_and_names_the_bad_order() {
     Reflect::set(&bad, &"id".into(), &"103".into()).unwrap();
     let error = rejection(
         client
-            .update_orders(array(&[kept.clone(), bad]))
+            .update_orders(array(&[kept.clone(), bad]), None)
             .await
             .map(JsValue::from),
     )
@@ -275,13 +321,16 @@ async fn update_orders_is_all_or_nothing_and_names_the_bad_order() {
     assert_eq!(get(&first, "field"), "orders[1].price");
 
     // The same order as it is: a valid update, resolving to the server's summary.
-    let summary = client.update_orders(array(&[kept])).await.expect("updated");
+    let summary = client
+        .update_orders(array(&[kept]), None)
+        .await
+        .expect("updated");
     assert_eq!(summary, "updated 1 order: 105");
     let unknown = plain_order(&["Ghost"], 1.0, "Nowhere, NV");
     Reflect::set(&unknown, &"id".into(), &"no-such-order".into()).unwrap();
     let error = rejection(
         client
-            .update_orders(array(&[unknown]))
+            .update_orders(array(&[unknown]), None)
             .await
             .map(JsValue::from),
     )
@@ -339,7 +388,7 @@ async fn over_https_uploads_stream_from_an_async_iterable() {
         "Chromium streams uploads to an https:// server"
     );
     let summary = client
-        .add_orders(generated_orders(300, "wasm streamed"))
+        .add_orders(generated_orders(300, "wasm streamed"), None)
         .await
         .expect("added");
     assert!(summary.starts_with("added 300 orders: "), "{summary}");
@@ -347,7 +396,7 @@ async fn over_https_uploads_stream_from_an_async_iterable() {
 
     // Larger than one buffered request may be: streamed, it is just an upload.
     let summary = client
-        .add_orders(large_orders(2_500, "wasm large streamed"))
+        .add_orders(large_orders(2_500, "wasm large streamed"), None)
         .await
         .expect("a 5 MB upload streams");
     assert!(summary.starts_with("added 2500 orders"), "{summary}");
@@ -364,7 +413,13 @@ async fn a_streamed_upload_the_server_refuses_early_rejects_with_the_servers_rea
         Reflect::set(&order, &"id".into(), &format!("R-{n}").into()).unwrap();
     }
     rest.unshift(&unknown);
-    let error = rejection(client.update_orders(rest.into()).await.map(JsValue::from)).await;
+    let error = rejection(
+        client
+            .update_orders(rest.into(), None)
+            .await
+            .map(JsValue::from),
+    )
+    .await;
     assert_eq!(
         get(&error, "codeName"),
         "NotFound",
@@ -379,7 +434,7 @@ async fn a_source_that_fails_mid_upload_rejects_and_stores_nothing() {
     for server in [TLS_SERVER, SERVER] {
         let client = client(server);
         let error = client
-            .add_orders(failing_orders("wasm failing"))
+            .add_orders(failing_orders("wasm failing"), None)
             .await
             .expect_err("the source threw");
         let error: js_sys::Error = error.dyn_into().expect("the source's Error");
@@ -396,14 +451,14 @@ async fn over_http_small_uploads_are_sent_whole_and_large_ones_refused_with_the_
         "no streamed uploads over http://"
     );
     let summary = client
-        .add_orders(generated_orders(3, "wasm buffered"))
+        .add_orders(generated_orders(3, "wasm buffered"), None)
         .await
         .expect("a small upload goes as one request");
     assert!(summary.starts_with("added 3 orders"), "{summary}");
 
     let error = rejection(
         client
-            .add_orders(large_orders(2_500, "wasm too large"))
+            .add_orders(large_orders(2_500, "wasm too large"), None)
             .await
             .map(JsValue::from),
     )
@@ -418,7 +473,7 @@ async fn over_http_small_uploads_are_sent_whole_and_large_ones_refused_with_the_
 
     let error = rejection(
         client
-            .add_orders("not orders".into())
+            .add_orders("not orders".into(), None)
             .await
             .map(JsValue::from),
     )
