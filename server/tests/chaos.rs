@@ -465,14 +465,18 @@ async fn chaos(db: Db) {
     assert_eq!(duplicates, 0, "orders stored more than once");
 
     // getOrder (the cache, on SQLite) agrees with the database for every order.
-    let mut client = server.client().await;
-    for (id, items) in &orders {
-        let served = client.get_order(id.clone()).await.unwrap().into_inner();
-        assert_eq!(
-            &served.items, items,
-            "getOrder {id} disagrees with the database"
-        );
-    }
+    let client = server.client().await;
+    let checks = futures::stream::iter(&orders).map(|(id, items)| {
+        let mut client = client.clone();
+        async move {
+            let served = client.get_order(id.clone()).await.unwrap().into_inner();
+            assert_eq!(
+                &served.items, items,
+                "getOrder {id} disagrees with the database"
+            );
+        }
+    });
+    checks.buffer_unordered(16).collect::<()>().await;
 
     let c = &counts;
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
