@@ -32,7 +32,7 @@
 //! Writes are safe to retry: `addOrder`, `addOrders` and `updateOrders` each send an
 //! `idempotency-key` (a fresh random one per call, or the one the page passes) and, when the
 //! outcome is unknown (`Unavailable`, `DeadlineExceeded`, `Aborted`, `Unknown`: the network failed,
-//! the server restarted), try again with the same key up to `retries` times (3 by default), after
+//! the server restarted), try again with the same key up to 3 times, after
 //! waits of up to 100 ms, 200 ms, 400 ms…: the server applies the write once. A client stream is
 //! retried only when its source is an array; a generator or other iterator cannot be replayed, so
 //! it is sent once.
@@ -121,12 +121,10 @@ pub struct OrderClient {
     authorization: RefCell<Option<MetadataValue<Ascii>>>,
     /// How client streams are sent to this server from this browser.
     uploads: Uploads,
-    /// How many times a write whose outcome is unknown is tried again.
-    retries: std::cell::Cell<u32>,
 }
 
-/// How many times a write is tried again by default.
-const DEFAULT_RETRIES: u32 = 3;
+/// How many times a write whose outcome is unknown is tried again.
+const RETRIES: u32 = 3;
 
 #[wasm_bindgen]
 impl OrderClient {
@@ -157,7 +155,6 @@ impl OrderClient {
             uploads: Uploads::for_server(&base_url),
             base_url,
             authorization: RefCell::new(None),
-            retries: std::cell::Cell::new(DEFAULT_RETRIES),
         };
         client.set_token(token)?;
         Ok(client)
@@ -181,19 +178,6 @@ impl OrderClient {
         Ok(())
     }
 
-    /// How many times a write (`addOrder`, `addOrders` and `updateOrders` from an array) is tried
-    /// again, with the same idempotency key, when its outcome is unknown; 0 for never.
-    #[wasm_bindgen(getter)]
-    pub fn retries(&self) -> u32 {
-        self.retries.get()
-    }
-
-    /// Sets `retries`.
-    #[wasm_bindgen(setter)]
-    pub fn set_retries(&self, retries: u32) {
-        self.retries.set(retries);
-    }
-
     /// The server this client calls.
     #[wasm_bindgen(getter, js_name = baseUrl)]
     pub fn base_url(&self) -> String {
@@ -212,20 +196,18 @@ impl OrderClient {
         }
     }
 
-    /// `await client.addOrder({ id?, items, description?, price, destination }, idempotencyKey?)`:
-    /// stores a new order and resolves to its ID (assigned by the server when `id` is empty or
-    /// missing). An invalid order rejects with `codeName: "InvalidArgument"` and
-    /// `fieldViolations`. The call is sent with `idempotencyKey` (a fresh one if none) and retried
-    /// with it while its outcome is unknown: the same key again, even from a second call, gets
-    /// the first answer instead of a second order (`FailedPrecondition` if the order differs).
+    /// `await client.addOrder({ id?, items, description?, price, destination }, key?)`: stores a
+    /// new order and resolves to its ID (assigned by the server when `id` is empty or missing).
+    /// An invalid order rejects with `codeName: "InvalidArgument"` and `fieldViolations`. Sent
+    /// with idempotency key `key` (or a new one), retried with it while the outcome is unknown.
     #[wasm_bindgen(js_name = addOrder)]
     pub async fn add_order(
         &self,
         #[wasm_bindgen(unchecked_param_type = "OrderInput")] order: JsValue,
-        #[wasm_bindgen(js_name = idempotencyKey)] idempotency_key: Option<String>,
+        key: Option<String>,
     ) -> Result<String, JsValue> {
         let order = js::order_from_js(&order, "addOrder()'s order")?;
-        self.write(Write::One(order), &JsValue::UNDEFINED, idempotency_key)
+        self.write(Write::One(order), &JsValue::UNDEFINED, key)
             .await
     }
 
@@ -271,29 +253,28 @@ impl OrderClient {
     /// an iterable or an async iterable of orders, each sent as soon as it is produced (see
     /// `streamsUploads`). An unknown ID rejects with `NotFound`, a bad order with
     /// `InvalidArgument` and `fieldViolations` naming it (`orders[3].price`); a source that
-    /// throws rejects with that error, and nothing is applied either way. Sent with
-    /// `idempotencyKey` (a fresh one if none) and, from an array, retried as `addOrder` is.
+    /// throws rejects with that error, and nothing is applied either way. Keyed as `addOrder`;
+    /// retried only from an array.
     #[wasm_bindgen(js_name = updateOrders)]
     pub async fn update_orders(
         &self,
         #[wasm_bindgen(unchecked_param_type = "Source<OrderInput>")] orders: JsValue,
-        #[wasm_bindgen(js_name = idempotencyKey)] idempotency_key: Option<String>,
+        key: Option<String>,
     ) -> Result<String, JsValue> {
-        self.write(Write::Update, &orders, idempotency_key).await
+        self.write(Write::Update, &orders, key).await
     }
 
     /// `await client.addOrders(orders)`: stores new orders, all or nothing, and resolves to the
     /// server's summary (`"added 2 orders: 107, A-1"`). IDs are assigned as by `addOrder`.
     /// `orders` as for `updateOrders`; an ID taken rejects with `AlreadyExists`, a bad order with
-    /// `InvalidArgument` and `fieldViolations`, and nothing is stored. Keyed and retried as
-    /// `updateOrders`.
+    /// `InvalidArgument` and `fieldViolations`, and nothing is stored. Keyed as `updateOrders`.
     #[wasm_bindgen(js_name = addOrders)]
     pub async fn add_orders(
         &self,
         #[wasm_bindgen(unchecked_param_type = "Source<OrderInput>")] orders: JsValue,
-        #[wasm_bindgen(js_name = idempotencyKey)] idempotency_key: Option<String>,
+        key: Option<String>,
     ) -> Result<String, JsValue> {
-        self.write(Write::Add, &orders, idempotency_key).await
+        self.write(Write::Add, &orders, key).await
     }
 
     /// `await client.processOrders(ids, onShipment)`: sends the order IDs (an array, an iterable
@@ -368,17 +349,10 @@ fn idempotency(key: Option<String>) -> Result<MetadataValue<Ascii>, JsValue> {
         })
 }
 
-/// A fresh random key: `crypto.randomUUID()` where the page is a secure context, 128 bits of
-/// `Math.random()` otherwise.
+/// A fresh random key: `crypto.randomUUID()` where the page is a secure context, two 53-bit
+/// random numbers otherwise (as integers: no float formatting in the module).
 fn new_key() -> String {
-    let crypto = js_sys::Reflect::get(&js_sys::global(), &"crypto".into()).unwrap_or_default();
-    let uuid = js_sys::Reflect::get(&crypto, &"randomUUID".into())
-        .ok()
-        .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
-        .and_then(|f| f.call0(&crypto).ok())
-        .and_then(|uuid| uuid.as_string());
-    uuid.unwrap_or_else(|| {
-        // Two 53-bit random numbers: 106 bits, as integers (no float formatting in the module).
+    random_uuid().unwrap_or_else(|_| {
         let random = || (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64;
         format!("{}-{}", random(), random())
     })
@@ -390,13 +364,18 @@ async fn pause(attempt: u32) {
     let ceiling = (100u32 << (attempt - 1).min(5)).min(2_000);
     let ms = (js_sys::Math::random() * f64::from(ceiling)) as i32;
     let wait = js_sys::Promise::new(&mut |resolve, _| {
-        if let Some(window) = web_sys::window() {
-            let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
-        } else {
-            let _ = resolve.call0(&JsValue::NULL);
-        }
+        let _ = set_timeout(&resolve, ms);
     });
     let _ = wasm_bindgen_futures::JsFuture::from(wait).await;
+}
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(handler: &js_sys::Function, ms: i32) -> JsValue;
+    /// `crypto.randomUUID()`, which only secure contexts (https:, localhost) have.
+    #[wasm_bindgen(catch, js_namespace = crypto, js_name = randomUUID)]
+    fn random_uuid() -> Result<String, JsValue>;
 }
 
 impl OrderClient {
@@ -404,7 +383,7 @@ impl OrderClient {
     /// outcome is unknown, and it carries a key.
     fn may_retry(&self, status: &tonic::Status, attempt: u32) -> bool {
         use tonic::Code::*;
-        attempt < self.retries.get()
+        attempt < RETRIES
             && matches!(
                 status.code(),
                 Unavailable | DeadlineExceeded | Aborted | Unknown

@@ -26,8 +26,6 @@ export async function example(file: File): Promise<void> {
   const id: string = await client.addOrder(input);
   // The same key again: the first answer, never a second order.
   const again: string = await client.addOrder(input, "7c4a8d09-ca37-4f0e-9a3b-1d2e3f4a5b6c");
-  client.retries = 5;
-  const retries: number = client.retries;
   // @ts-expect-error the key is a string
   await client.addOrder(input, 42);
   // @ts-expect-error price is a number
@@ -66,5 +64,5 @@ export async function example(file: File): Promise<void> {
     // @ts-expect-error not a gRPC code name
     if (error.codeName === "Missing") console.log(error.message);
   }
-  console.log(id, again, retries, found, streamed, updated, added, shipped);
+  console.log(id, again, found, streamed, updated, added, shipped);
 }
