@@ -1,8 +1,13 @@
 //! `processOrders`, all of it: the stream of IDs in, orders batched by destination, each full
 //! batch numbered from the database's shipment sequence and sent at once, the rest when the
-//! client's stream ends.
+//! client's stream ends. At most [`crate::service::MAX_ORDERS_PER_CALL`] IDs a call; a client
+//! silent for `--stream-idle-timeout` ends it. With an idempotency key, a retry gets the same
+//! shipment numbers ([`Keyed`]).
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    time::Duration,
+};
 
 use futures::Stream;
 use order_api::pb::{CombinedShipment, Order};
@@ -12,8 +17,54 @@ use tracing::info;
 use crate::{
     error::{Echo, Error},
     metrics::Messages,
-    store::Store,
+    store::{Claim, Digest, Key, Store},
 };
+
+/// The RPC, as idempotency keys record it.
+const METHOD: &str = "processOrders";
+
+/// A `processOrders` call's idempotency key: its only writes are the shipment numbers it takes,
+/// so what is stored with the key is the numbers, in order. The same request again with the key
+/// gets the same shipments with the same numbers; another request, `FAILED_PRECONDITION`.
+pub(crate) struct Keyed {
+    key: Key,
+    _claim: Claim,
+    /// The numbers of the first call with this key, when this is a retry.
+    replay: Option<(Vec<u8>, VecDeque<i64>)>,
+}
+
+impl Keyed {
+    /// The key of a call, claimed, with what was stored under it, if anything.
+    pub(crate) async fn of(store: &Store, key: Option<Key>) -> Result<Option<Self>, Error> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let claim = store.claim(Some(&key))?;
+        let replay = match store.stored_answer(&key).await? {
+            Some(stored) if stored.method == METHOD => {
+                let numbers = stored
+                    .answer
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .filter_map(|n| n.parse().ok())
+                    .collect();
+                Some((stored.digest, numbers))
+            }
+            Some(stored) => {
+                return Err(Error::KeyReused {
+                    key: key.key,
+                    method: stored.method,
+                })
+            }
+            None => None,
+        };
+        Ok(Some(Self {
+            key,
+            _claim: claim,
+            replay,
+        }))
+    }
+}
 
 /// What a shipment's `status` says once it is assembled.
 pub const SHIPMENT_STATUS: &str = "Processed";
@@ -27,18 +78,107 @@ pub(crate) fn shipments(
     mut ids: Streaming<String>,
     subject: String,
     messages: Messages,
+    idle: Duration,
+    keyed: Option<Keyed>,
 ) -> impl Stream<Item = Result<CombinedShipment, Status>> + Send + 'static {
     async_stream::try_stream! {
         let mut batcher = Batcher::new(batch_size);
-        while let Some(id) = ids.message().await? {
+        let mut numbers = Numbers::new(keyed);
+        loop {
+            let Ok(id) = tokio::time::timeout(idle, ids.message()).await else {
+                Err(Error::Idle(idle))?
+            };
+            let Some(id) = id? else { break };
             messages.received();
+            numbers.digest(&id);
+            if numbers.ids == crate::service::MAX_ORDERS_PER_CALL {
+                Err(Error::TooMany(crate::service::MAX_ORDERS_PER_CALL))?;
+            }
+            numbers.ids += 1;
             let order = store.get(&id).await?;
             if let Some(full) = batcher.push(order)? {
-                yield ship(&store, full, &subject).await?;
+                yield ship(&store, &mut numbers, full, &subject).await?;
             }
         }
         for group in batcher.finish() {
-            yield ship(&store, group, &subject).await?;
+            yield ship(&store, &mut numbers, group, &subject).await?;
+        }
+        numbers.finish(&store).await?;
+    }
+}
+
+/// Where a call's shipment numbers come from: the database's sequence, or the numbers stored
+/// with its idempotency key.
+struct Numbers {
+    keyed: Option<(Keyed, Digest)>,
+    /// The numbers this call took, to store with its key.
+    taken: Vec<i64>,
+    /// How many IDs came.
+    ids: usize,
+}
+
+impl Numbers {
+    fn new(keyed: Option<Keyed>) -> Self {
+        Self {
+            keyed: keyed.map(|keyed| (keyed, Digest::new(METHOD))),
+            taken: Vec::new(),
+            ids: 0,
+        }
+    }
+
+    fn digest(&mut self, id: &str) {
+        if let Some((_, digest)) = &mut self.keyed {
+            digest.update_bytes(id.as_bytes());
+        }
+    }
+
+    /// The next shipment number.
+    async fn next(&mut self, store: &Store) -> Result<i64, Error> {
+        if let Some((
+            Keyed {
+                replay: Some((_, stored)),
+                key,
+                ..
+            },
+            _,
+        )) = &mut self.keyed
+        {
+            // A retry: the first call's numbers, in order; more shipments than it had is
+            // another request.
+            return stored.pop_front().ok_or_else(|| Error::KeyReused {
+                key: key.key.clone(),
+                method: METHOD.to_owned(),
+            });
+        }
+        let number = store.next_shipment().await?;
+        if self.keyed.is_some() {
+            self.taken.push(number);
+        }
+        Ok(number)
+    }
+
+    /// At the end of the call: stores the numbers with the key, or checks that a retry was the
+    /// same request.
+    async fn finish(self, store: &Store) -> Result<(), Error> {
+        let Some((keyed, digest)) = self.keyed else {
+            return Ok(());
+        };
+        let record = keyed.key.clone().record(METHOD, digest);
+        match keyed.replay {
+            Some((stored, _)) if stored == record.digest => Ok(()),
+            Some(_) => Err(Error::KeyReused {
+                key: keyed.key.key,
+                method: METHOD.to_owned(),
+            }),
+            None => {
+                let answer = self
+                    .taken
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                store.remember(record, answer).await
+            }
         }
     }
 }
@@ -47,10 +187,11 @@ pub(crate) fn shipments(
 /// server sharing the database.
 async fn ship(
     store: &Store,
+    numbers: &mut Numbers,
     (destination, orders): Group,
     subject: &str,
 ) -> Result<CombinedShipment, Error> {
-    let number = store.next_shipment().await?;
+    let number = numbers.next(store).await?;
     info!(shipment = number, destination = %Echo(&destination), orders = orders.len(), sub = %Echo(subject), "shipment assembled");
     Ok(CombinedShipment {
         id: format!("shipment-{number}"),

@@ -245,12 +245,15 @@ impl OrderManagement for OrderService {
         let deadline = deadline(&request);
         let sub = subject(&request);
         let messages = Messages::of(&request);
+        let keyed = process::Keyed::of(&self.store, idempotency_key(&request)?).await?;
         let shipments = process::shipments(
             self.store.clone(),
             self.batch_size.get(),
             request.into_inner(),
             sub,
             messages.clone(),
+            self.stream_idle_timeout,
+            keyed,
         )
         .inspect_ok(move |_| messages.sent());
         Ok(self.respond(shipments, deadline))

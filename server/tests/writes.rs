@@ -572,3 +572,111 @@ async fn an_expired_key_is_forgotten(#[values(Db::Sqlite, Db::Postgres)] db: Db)
         .into_inner();
     assert_eq!(second, third);
 }
+
+/// processOrders' only writes are the shipment numbers it takes: the same request with the same
+/// key gets the same shipments, numbers included; another request is refused.
+#[rstest]
+#[tokio::test]
+async fn a_keyed_process_gets_the_same_shipment_numbers(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    let (server, _store, _db) = start(Config::for_tests(), db).await;
+    let mut client = server.native().await;
+    let process = |ids: &[&str], key: &str| {
+        let ids: Vec<String> = ids.iter().map(|&id| id.to_owned()).collect();
+        keyed(futures::stream::iter(ids), key)
+    };
+    let shipments = |mut client: order_api::pb::order_management_client::OrderManagementClient<
+        tonic::transport::Channel,
+    >,
+                     request| async move {
+        let mut stream = client.process_orders(request).await?.into_inner();
+        let mut ids = Vec::new();
+        while let Some(shipment) = stream.message().await? {
+            ids.push(shipment.id);
+        }
+        Ok::<_, tonic::Status>(ids)
+    };
+    let all = ["102", "103", "104", "105", "106"];
+    let first = shipments(client.clone(), process(&all, "k-process"))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2, "{first:?}");
+    let again = shipments(client.clone(), process(&all, "k-process"))
+        .await
+        .unwrap();
+    assert_eq!(first, again, "a retry took new shipment numbers");
+    let unkeyed = client
+        .process_orders(futures::stream::iter(vec!["102".to_owned()]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!first.contains(&unkeyed.id));
+    let other = shipments(client.clone(), process(&["102", "103"], "k-process"))
+        .await
+        .expect_err("the key with another request");
+    assert_eq!(other.code(), Code::FailedPrecondition, "{other:?}");
+    // A key of another method is refused at once.
+    client
+        .add_order(keyed(order("", "k"), "k-add-first"))
+        .await
+        .unwrap();
+    let across = shipments(client.clone(), process(&all, "k-add-first"))
+        .await
+        .expect_err("a key of addOrder");
+    assert_eq!(across.code(), Code::FailedPrecondition);
+}
+
+/// processOrders has the limit of the other client streams, and its idle timeout.
+#[tokio::test]
+async fn process_orders_is_bounded_like_the_other_client_streams() {
+    let mut config = Config::for_tests();
+    config.stream_idle_timeout = Duration::from_millis(300);
+    // One shipment at the end: the limit comes first.
+    config.batch_size = std::num::NonZeroUsize::new(1_000_000).unwrap();
+    let (server, _store, _db) = start(config, Db::Sqlite).await;
+    let mut client = server.native().await;
+    let new = |n: usize| order(&format!("p{n}"), "limit");
+    client
+        .add_orders(futures::stream::iter((0..10_000).map(new)))
+        .await
+        .unwrap();
+    client.add_order(new(10_000)).await.unwrap();
+    let ids = (0..=10_000).map(|n| format!("p{n}"));
+    let mut shipments = client
+        .process_orders(futures::stream::iter(ids))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = loop {
+        match shipments.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("10 001 IDs were taken"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("at most 10000"), "{status:?}");
+
+    let (mut ids, stream) = mpsc::unbounded::<String>();
+    ids.send("102".into()).await.unwrap();
+    let mut shipments = client.process_orders(stream).await.unwrap().into_inner();
+    let status = tokio::time::timeout(LIMIT, async {
+        loop {
+            match shipments.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("ended without an error"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("ended by the idle timeout");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("--stream-idle-timeout"));
+    drop(ids);
+}

@@ -47,7 +47,7 @@ impl Key {
     }
 
     /// The record stored with the write of `method` whose request hashed to `digest`.
-    pub(super) fn record(self, method: &'static str, digest: Digest) -> KeyRecord {
+    pub(crate) fn record(self, method: &'static str, digest: Digest) -> KeyRecord {
         KeyRecord {
             key: self,
             method,
@@ -61,7 +61,7 @@ impl Key {
 pub(crate) struct KeyRecord {
     pub(super) key: Key,
     pub(super) method: &'static str,
-    pub(super) digest: Vec<u8>,
+    pub(crate) digest: Vec<u8>,
 }
 
 impl KeyRecord {
@@ -72,7 +72,7 @@ impl KeyRecord {
     /// What to answer given the row stored under this key, if any (found with
     /// [`Stored`]): `None` to go on and write, the stored answer for the same request, an error
     /// for another one.
-    pub(super) fn replay(&self, stored: Option<Stored>) -> Result<Option<String>, Error> {
+    pub(crate) fn replay(&self, stored: Option<Stored>) -> Result<Option<String>, Error> {
         match stored {
             None => Ok(None),
             Some(stored) if stored.method == self.method && stored.digest == self.digest => {
@@ -88,26 +88,30 @@ impl KeyRecord {
 
 /// A key's row as stored.
 #[derive(Debug, sqlx::FromRow)]
-pub(super) struct Stored {
-    pub(super) method: String,
-    pub(super) digest: Vec<u8>,
-    pub(super) answer: String,
+pub(crate) struct Stored {
+    pub(crate) method: String,
+    pub(crate) digest: Vec<u8>,
+    pub(crate) answer: String,
 }
 
-/// A SHA-256 of a request: its method, then each order's length and protobuf encoding.
-pub(super) struct Digest(Sha256);
+/// A SHA-256 of a request: its method, then each message's length and protobuf encoding.
+pub(crate) struct Digest(Sha256);
 
 impl Digest {
-    pub(super) fn new(method: &str) -> Self {
+    pub(crate) fn new(method: &str) -> Self {
         let mut hash = Sha256::new();
         hash.update(method.as_bytes());
         Self(hash)
     }
 
-    pub(super) fn update(&mut self, order: &Order) {
-        let bytes = order.encode_to_vec();
+    pub(crate) fn update(&mut self, order: &Order) {
+        self.update_bytes(&order.encode_to_vec());
+    }
+
+    /// Adds one message of the request, as its length and bytes.
+    pub(crate) fn update_bytes(&mut self, bytes: &[u8]) {
         self.0.update((bytes.len() as u64).to_le_bytes());
-        self.0.update(&bytes);
+        self.0.update(bytes);
     }
 
     fn finish(self) -> Vec<u8> {
@@ -135,7 +139,7 @@ impl Registry {
 }
 
 /// See [`Registry::claim`].
-pub(super) struct Claim(Option<(std::sync::Arc<Registry>, Key)>);
+pub(crate) struct Claim(Option<(std::sync::Arc<Registry>, Key)>);
 
 impl Drop for Claim {
     fn drop(&mut self) {

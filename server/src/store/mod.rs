@@ -28,10 +28,11 @@ use crate::{error::Error, order::ValidOrder};
 
 use self::{
     cache::ReadCache,
-    keys::{KeyRecord, Registry},
+    keys::Registry,
     write::{Commit, Gate, InFlight},
 };
 
+pub(crate) use self::keys::{Claim, Digest, KeyRecord, Stored};
 pub use self::keys::{Key, MAX_KEY_CHARS};
 
 /// How many bytes of a client stream's orders a call keeps in memory before it stages them in
@@ -279,6 +280,11 @@ trait Backend: Send + Sync + fmt::Debug {
     /// Forgets up to `limit` idempotency keys stored before `before` (Unix milliseconds);
     /// returns how many it forgot.
     async fn forget_keys(&self, before: i64, limit: i64) -> Result<u64, Error>;
+    /// The row stored under `key`, unless it was stored before `expired_before`.
+    async fn stored_key(&self, key: &Key, expired_before: i64) -> Result<Option<Stored>, Error>;
+    /// Stores the commit's key with `answer`, in a transaction of its own: for a call whose
+    /// writes are done (`processOrders`' shipment numbers).
+    async fn remember_key(&self, commit: Commit, answer: String) -> Result<(), Error>;
     /// Succeeds when the database answers.
     async fn ping(&self) -> Result<(), Error>;
     /// How the connection pool is used right now.
@@ -573,6 +579,30 @@ impl Store {
             // Only when the runtime shuts down.
             Err(_) => Err(Error::Database(sqlx::Error::PoolClosed)),
         }
+    }
+
+    /// Marks `key` as in use by a running call until the claim is dropped: `ABORTED` if another
+    /// call has it.
+    pub(crate) fn claim(&self, key: Option<&Key>) -> Result<Claim, Error> {
+        self.running.claim(key)
+    }
+
+    /// The answer stored with `key`, unless it expired.
+    pub(crate) async fn stored_answer(&self, key: &Key) -> Result<Option<Stored>, Error> {
+        let expired_before = keys::unix_millis()
+            .saturating_sub(i64::try_from(self.key_ttl.as_millis()).unwrap_or(i64::MAX));
+        self.bounded(self.backend.stored_key(key, expired_before))
+            .await
+    }
+
+    /// Stores `key` with `answer` for a call whose writes are done.
+    pub(crate) async fn remember(&self, key: KeyRecord, answer: String) -> Result<(), Error> {
+        let commit = self.commit(Some(key), false);
+        let backend = self.backend.clone();
+        self.outcome(commit.gate.clone(), commit.deadline, async move {
+            backend.remember_key(commit, answer).await
+        })
+        .await
     }
 
     /// How many writes are running on tasks of their own right now, to watch (tests wait for 0

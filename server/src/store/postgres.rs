@@ -382,6 +382,22 @@ impl Backend for Postgres {
         }))
     }
 
+    async fn stored_key(&self, key: &Key, expired_before: i64) -> Result<Option<Stored>, Error> {
+        let mut conn = self.pool.acquire().await?;
+        stored(&mut conn, key, expired_before).await
+    }
+
+    async fn remember_key(&self, commit: Commit, answer: String) -> Result<(), Error> {
+        let Some(key) = &commit.key else {
+            return Ok(());
+        };
+        commit.still_wanted()?;
+        let mut tx = self.pool.begin().await?;
+        remember(&mut tx, key, &answer, &commit).await?;
+        let _committing = commit.begin()?;
+        tx.commit().await.map_err(in_doubt)
+    }
+
     async fn forget_keys(&self, before: i64, limit: i64) -> Result<u64, Error> {
         Ok(sqlx::query(
             "DELETE FROM idempotency_keys WHERE ctid IN

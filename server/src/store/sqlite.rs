@@ -202,13 +202,22 @@ async fn stored(
     key: &KeyRecord,
     commit: &Commit,
 ) -> Result<Option<Stored>, Error> {
+    stored_row(conn, &key.key, commit.keys_expired_before).await
+}
+
+/// The row stored under `key`, unless it was stored before `expired_before`.
+async fn stored_row(
+    conn: &mut SqliteConnection,
+    key: &Key,
+    expired_before: i64,
+) -> Result<Option<Stored>, Error> {
     Ok(sqlx::query_as(
         "SELECT method, digest, answer FROM idempotency_keys
          WHERE caller = ?1 AND key = ?2 AND created >= ?3",
     )
-    .bind(&key.key.caller)
-    .bind(&key.key.key)
-    .bind(commit.keys_expired_before)
+    .bind(&key.caller)
+    .bind(&key.key)
+    .bind(expired_before)
     .fetch_optional(conn)
     .await?)
 }
@@ -597,6 +606,22 @@ impl Backend for Sqlite {
         deadline: Instant,
     ) -> Result<Box<dyn Staging>, Error> {
         Ok(Box::new(self.staging(kind, deadline).await?))
+    }
+
+    async fn stored_key(&self, key: &Key, expired_before: i64) -> Result<Option<Stored>, Error> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(stored_row(&mut conn, key, expired_before).await?)
+    }
+
+    async fn remember_key(&self, commit: Commit, answer: String) -> Result<(), Error> {
+        let Some(key) = &commit.key else {
+            return Ok(());
+        };
+        commit.still_wanted()?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        remember(&mut tx, key, &answer, &commit).await?;
+        let _committing = commit.begin()?;
+        tx.commit().await.map_err(in_doubt)
     }
 
     async fn forget_keys(&self, before: i64, limit: i64) -> Result<u64, Error> {
