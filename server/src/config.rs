@@ -36,7 +36,7 @@ pub struct Config {
 
     /// A host name (as in the `Host` header or URL, without port) this server answers for, such
     /// as orders.example.com. Repeat the flag (or separate with commas in the env var) for several.
-    /// Listening on a loopback address, only localhost, 127.0.0.1 and [::1] are answered
+    /// Listening on a loopback address, only localhost, 127.0.0.1 and `[::1]` are answered
     /// otherwise (a defence against DNS rebinding); on any other address, every host is answered
     /// unless this flag restricts it. Others get 421 for the page and PERMISSION_DENIED for gRPC.
     #[arg(

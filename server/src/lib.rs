@@ -12,11 +12,14 @@
 //!   `edge`, which checks every call in order with `metrics` (counted and timed), `host` (DNS
 //!   rebinding: which `Host`s are answered), `auth` (JWT bearer tokens and scopes) and
 //!   `deadline` (`grpc-timeout` and the server's ceiling on every call, streams included);
-//! - `body`: unary gRPC-Web answers sent whole; `files`: the static page;
+//! - `body`: unary gRPC-Web answers sent whole, request bodies whose reset is an error (never a
+//!   clean end of a client stream); `files`: the static page;
 //! - `service`: the `OrderManagement` RPCs ([`OrderService`]); `process`: all of
 //!   `processOrders`; `order`: validation of the orders clients send; `streams`: the count of
 //!   open response streams;
-//! - `store`: the orders in a database, embedded SQLite or PostgreSQL ([`Store`]);
+//! - `store`: the orders in a database, embedded SQLite or PostgreSQL ([`Store`]); every write
+//!   on a task of its own that commits only while its call still wants it, with its idempotency
+//!   key ([`Key`]) in the same transaction;
 //! - `error`: the service's errors and their gRPC statuses;
 //! - `telemetry`: logging through `tracing`.
 //!
@@ -55,6 +58,6 @@ pub use crate::{
     error::RunError,
     server::{run, run_with_reload, serve, serve_with_reload},
     service::OrderService,
-    store::{OpenError, Store, StoreOptions},
+    store::{Answer, Key, OpenError, Store, StoreOptions, MAX_KEY_CHARS},
     tls::TlsError,
 };
