@@ -274,6 +274,36 @@ def measure_adds(server, body_file, args):
     }
 
 
+def measure_keyed_adds(server, args):
+    """Durable addOrder calls per second from a tonic client (bench-adds, 4 connections x 4
+    streams, as the h2load cell), without and with an idempotency key on every call, the two
+    taking turns round by round on the same server."""
+    runs = {"no key": [], "keys": []}
+    for _ in range(args.rounds):
+        for variant, calls in runs.items():
+            command = ["taskset", "-c", str(args.load_cpu), args.bench_adds, server.url,
+                       str(args.duration), "4", "4", *(["--keys"] if variant == "keys" else [])]
+            before = cpu_ticks(server.process.pid)
+            out = subprocess.run(command, capture_output=True, text=True, timeout=args.duration + 60)
+            ticks = cpu_ticks(server.process.pid) - before
+            fields = dict(field.split("=") for field in out.stdout.split())
+            if "done" not in fields:
+                raise RuntimeError(f"bench-adds failed: {out.stderr[-500:]}")
+            done = int(fields["done"])
+            calls.append({"rps": float(fields["rps"]), "done": done, "failed": int(fields["failed"]),
+                          "cpu_us": ticks / CLK_TCK * 1e6 / max(done, 1)})
+    return {
+        variant: {
+            "rps": statistics.median(r["rps"] for r in calls),
+            "cpu_us": statistics.median(r["cpu_us"] for r in calls),
+            "done": sum(r["done"] for r in calls),
+            "failed": sum(r["failed"] for r in calls),
+            "rounds": [round(r["rps"]) for r in calls],
+        }
+        for variant, calls in runs.items()
+    }
+
+
 def check_answers(server, cell, body_file):
     """Order 106 with grpc-status 0, asked the way the load generator asks."""
     headers = ["-H", "content-type: application/grpc-web+proto"] if cell == "web" else [
@@ -296,6 +326,7 @@ def main():
     parser.add_argument("--ceiling", default=str(ROOT / "target/release/bench-ceiling"))
     parser.add_argument("--tonic", default=str(ROOT / "target/release/bench-tonic"))
     parser.add_argument("--go-server", default=str(ROOT / "target/bench/go/tutorial-server"))
+    parser.add_argument("--bench-adds", default=str(ROOT / "target/release/bench-adds"))
     args = parser.parse_args()
 
     body_file = ROOT / "target/bench/get106.bin"
@@ -391,11 +422,20 @@ def main():
             try:
                 print(f"  measuring addOrder on {store} ...", file=sys.stderr, flush=True)
                 adds = measure_adds(server, add_file, args)
+                kept = count_bench_orders(url, postgres if store == "postgres" else None)
+                adds["failed"] += max(adds["done"] - kept, 0)
+                print(f"  measuring addOrder on {store}, tonic client without and with keys ...",
+                      file=sys.stderr, flush=True)
+                keyed = measure_keyed_adds(server, args)
             finally:
                 server.stop()
-            kept = count_bench_orders(url, postgres if store == "postgres" else None)
-            adds["failed"] += max(adds["done"] - kept, 0)
+            # Every call a client saw succeed must have left its order: none lost.
+            added = keyed["no key"]["done"] + keyed["keys"]["done"]
+            lost = max(kept + added - count_bench_orders(url, postgres if store == "postgres" else None), 0)
+            keyed["keys"]["failed"] += lost
             stores[f"{store} add"] = adds
+            stores[f"{store} add, no key"] = keyed["no key"]
+            stores[f"{store} add, keys"] = keyed["keys"]
     finally:
         postgres.stop()
         shutil.rmtree(data, ignore_errors=True)
@@ -467,11 +507,20 @@ def main():
     rows = [
         ("getOrder on PostgreSQL, native, 16 conns x 16 streams", "postgres get"),
         ("addOrder on SQLite (default), durable writes", "sqlite add"),
+        ("  same, tonic client (bench-adds), no key", "sqlite add, no key"),
+        ("  same, tonic client, a key on every call", "sqlite add, keys"),
         ("addOrder on PostgreSQL, durable writes", "postgres add"),
+        ("  same, tonic client (bench-adds), no key", "postgres add, no key"),
+        ("  same, tonic client, a key on every call", "postgres add, keys"),
     ]
     for title, key in rows:
         r = stores[key]
         print(f"{title:<52} {r['rps']:>9.0f} {r['cpu_us']:>11.1f} {r['failed']:>7}")
+    for store in ("sqlite", "postgres"):
+        plain, keyed = stores[f"{store} add, no key"], stores[f"{store} add, keys"]
+        print(f"  addOrder on {store}: a key on every call = {keyed['rps'] / plain['rps']:.2f}x the calls "
+              f"per second without ({keyed['cpu_us'] - plain['cpu_us']:+.1f} µs CPU per call); "
+              f"failed or lost (an OK not in the database): {keyed['failed'] + plain['failed']}")
     sqlite_get = results[("order-server", "native")]["rps"]
     print(f"  getOrder: PostgreSQL / SQLite (cached) = {stores['postgres get']['rps'] / sqlite_get:.2f}x")
 
