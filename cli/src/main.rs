@@ -234,24 +234,19 @@ async fn execute(cli: Cli) -> Result<(), String> {
             println!("added order {id}");
         }
         Command::Search { text } => search(&mut client, text).await?,
-        Command::Update { .. } => {
+        Command::Update { .. } | Command::Import { .. } => {
+            let update = matches!(cli.command, Command::Update { .. });
             let orders = orders_given.unwrap_or_default();
             let summary = writes
                 .run(|keyed| {
                     let request = keyed(futures::stream::iter(orders.clone()));
                     let mut client = client.clone();
-                    async move { client.update_orders(request).await }
-                })
-                .await?;
-            println!("{summary}");
-        }
-        Command::Import { .. } => {
-            let orders = orders_given.unwrap_or_default();
-            let summary = writes
-                .run(|keyed| {
-                    let request = keyed(futures::stream::iter(orders.clone()));
-                    let mut client = client.clone();
-                    async move { client.add_orders(request).await }
+                    async move {
+                        match update {
+                            true => client.update_orders(request).await,
+                            false => client.add_orders(request).await,
+                        }
+                    }
                 })
                 .await?;
             println!("{summary}");

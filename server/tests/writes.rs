@@ -37,38 +37,26 @@ async fn start(mut config: Config, db: Db) -> (TestServer, Store, TestDb) {
     (TestServer::start_service(orders, config).await, store, db)
 }
 
-/// Waits (on the metrics) until the server has begun `n` calls of `method`.
-async fn started(server: &TestServer, method: &str, n: f64) {
+/// Waits (on the metrics) until the counter `series` of `method` reaches `n`.
+async fn counted(server: &TestServer, series: &str, method: &str, n: f64) {
     let labels = [("grpc_method", method)];
     tokio::time::timeout(LIMIT, async {
-        while server
-            .metrics()
-            .await
-            .value("grpc_server_started_total", &labels)
-            < n
-        {
+        while server.metrics().await.value(series, &labels) < n {
             tokio::task::yield_now().await;
         }
     })
     .await
-    .expect("the calls begin");
+    .unwrap_or_else(|_| panic!("{series} of {method} never reached {n}"));
 }
 
-/// Waits (on the metrics) until the server has counted `n` messages received by `method`.
+/// Waits until the server has begun `n` calls of `method`.
+async fn started(server: &TestServer, method: &str, n: f64) {
+    counted(server, "grpc_server_started_total", method, n).await;
+}
+
+/// Waits until the server has received `n` messages of `method`.
 async fn received(server: &TestServer, method: &str, n: f64) {
-    let labels = [("grpc_method", method)];
-    tokio::time::timeout(LIMIT, async {
-        while server
-            .metrics()
-            .await
-            .value("grpc_server_msg_received_total", &labels)
-            < n
-        {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the messages arrive");
+    counted(server, "grpc_server_msg_received_total", method, n).await;
 }
 
 /// Waits until `method` has ended a call with one of `codes` (Prometheus code names), then until

@@ -12,7 +12,7 @@ use sqlx::{
 use tokio::time::Instant;
 
 use super::{
-    keys::{Key, KeyRecord, Stored},
+    keys::{remember, stored, Key, KeyRecord, Stored},
     last_sample_id, redact, sample_orders, uncancelled, until,
     write::{in_doubt, Commit},
     Added, Applied, Backend, Kind, OpenError, Staging, StoreOptions, Written,
@@ -154,55 +154,6 @@ fn exhausted(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("2200H"))
 }
 
-/// The row stored under `key`, unless it expired.
-async fn stored(
-    conn: &mut PgConnection,
-    key: &Key,
-    expired_before: i64,
-) -> Result<Option<Stored>, Error> {
-    Ok(sqlx::query_as(
-        "SELECT method, digest, answer FROM idempotency_keys
-         WHERE caller = $1 AND key = $2 AND created >= $3",
-    )
-    .bind(&key.caller)
-    .bind(&key.key)
-    .bind(expired_before)
-    .fetch_optional(conn)
-    .await?)
-}
-
-/// Stores `key` with the write's `answer`, replacing an expired row of the same key. Another
-/// server's transaction storing the same key makes this one wait for it, then find it there:
-/// `ABORTED`, and the retry gets the stored answer.
-async fn remember(
-    conn: &mut PgConnection,
-    key: &KeyRecord,
-    answer: &str,
-    commit: &Commit,
-) -> Result<(), Error> {
-    let stored = sqlx::query(
-        "INSERT INTO idempotency_keys (caller, key, method, digest, answer, created)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (caller, key) DO UPDATE SET method = excluded.method,
-             digest = excluded.digest, answer = excluded.answer, created = excluded.created
-         WHERE idempotency_keys.created < $7",
-    )
-    .bind(&key.key.caller)
-    .bind(&key.key.key)
-    .bind(key.method)
-    .bind(&key.digest)
-    .bind(answer)
-    .bind(commit.now)
-    .bind(commit.keys_expired_before)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    match stored {
-        1 => Ok(()),
-        _ => Err(Error::KeyInProgress(key.key.key.clone())),
-    }
-}
-
 /// A client stream's orders written as they arrive inside one transaction, which commits only
 /// when the stream has ended well and its caller still wants it; dropped, it rolls back. Row
 /// locks are held on the updated orders only.
@@ -237,7 +188,7 @@ impl Staging for PgStaging {
             let answer = self.written.to_string();
             until(
                 commit.deadline,
-                remember(&mut self.tx, key, &answer, &commit),
+                remember(&mut *self.tx, key, &answer, &commit),
             )
             .await?;
         }
@@ -288,7 +239,7 @@ async fn add_keyed(
 ) -> Result<Applied<Added>, Error> {
     let mut tx = pool.begin().await?;
     if let Some(answer) =
-        key.replay(stored(&mut tx, &key.key, commit.keys_expired_before).await?)?
+        key.replay(stored(&mut *tx, &key.key, commit.keys_expired_before).await?)?
     {
         return Ok(Applied::Replayed(answer));
     }
@@ -299,7 +250,7 @@ async fn add_keyed(
     } else {
         return Ok(Applied::Done(Added::Taken));
     };
-    remember(&mut tx, key, &id, commit).await?;
+    remember(&mut *tx, key, &id, commit).await?;
     let _committing = commit.begin()?;
     tx.commit().await.map_err(in_doubt)?;
     Ok(Applied::Done(Added::Id(id)))
@@ -366,7 +317,7 @@ impl Backend for Postgres {
         let replay = match key {
             Some(key) => {
                 let expired_before = super::keys::unix_millis().saturating_sub(self.key_ttl_ms);
-                until(deadline, stored(&mut tx, key, expired_before)).await?
+                until(deadline, stored(&mut *tx, key, expired_before)).await?
             }
             None => None,
         };
@@ -383,8 +334,7 @@ impl Backend for Postgres {
     }
 
     async fn stored_key(&self, key: &Key, expired_before: i64) -> Result<Option<Stored>, Error> {
-        let mut conn = self.pool.acquire().await?;
-        stored(&mut conn, key, expired_before).await
+        stored(&self.pool, key, expired_before).await
     }
 
     async fn remember_key(&self, commit: Commit, answer: String) -> Result<(), Error> {
@@ -393,7 +343,7 @@ impl Backend for Postgres {
         };
         commit.still_wanted()?;
         let mut tx = self.pool.begin().await?;
-        remember(&mut tx, key, &answer, &commit).await?;
+        remember(&mut *tx, key, &answer, &commit).await?;
         let _committing = commit.begin()?;
         tx.commit().await.map_err(in_doubt)
     }

@@ -16,7 +16,7 @@ use sqlx::{
 use tokio::time::Instant;
 
 use super::{
-    keys::{Key, KeyRecord, Stored},
+    keys::{remember, stored as stored_row, Key, KeyRecord, Stored},
     last_sample_id, redact, sample_orders, until,
     write::{in_doubt, Commit},
     Added, Applied, Backend, Kind, OpenError, Staging, StoreOptions, Written, SUMMARY_IDS,
@@ -189,7 +189,7 @@ async fn add(pool: SqlitePool, new: Order, commit: Commit) -> Result<Applied<Add
         return Ok(Applied::Done(Added::Taken));
     };
     if let Some(key) = &commit.key {
-        remember(&mut tx, key, &id, &commit).await?;
+        remember(&mut *tx, key, &id, &commit).await?;
     }
     let _committing = commit.begin()?;
     tx.commit().await.map_err(in_doubt)?;
@@ -203,54 +203,6 @@ async fn stored(
     commit: &Commit,
 ) -> Result<Option<Stored>, Error> {
     stored_row(conn, &key.key, commit.keys_expired_before).await
-}
-
-/// The row stored under `key`, unless it was stored before `expired_before`.
-async fn stored_row(
-    conn: &mut SqliteConnection,
-    key: &Key,
-    expired_before: i64,
-) -> Result<Option<Stored>, Error> {
-    Ok(sqlx::query_as(
-        "SELECT method, digest, answer FROM idempotency_keys
-         WHERE caller = ?1 AND key = ?2 AND created >= ?3",
-    )
-    .bind(&key.caller)
-    .bind(&key.key)
-    .bind(expired_before)
-    .fetch_optional(conn)
-    .await?)
-}
-
-/// Stores `key` with the write's `answer`, replacing an expired row of the same key.
-async fn remember(
-    conn: &mut SqliteConnection,
-    key: &KeyRecord,
-    answer: &str,
-    commit: &Commit,
-) -> Result<(), Error> {
-    let stored = sqlx::query(
-        "INSERT INTO idempotency_keys (caller, key, method, digest, answer, created)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (caller, key) DO UPDATE SET method = excluded.method,
-             digest = excluded.digest, answer = excluded.answer, created = excluded.created
-         WHERE idempotency_keys.created < ?7",
-    )
-    .bind(&key.key.caller)
-    .bind(&key.key.key)
-    .bind(key.method)
-    .bind(&key.digest)
-    .bind(answer)
-    .bind(commit.now)
-    .bind(commit.keys_expired_before)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    match stored {
-        1 => Ok(()),
-        // Stored meanwhile by a call that began after this one looked.
-        _ => Err(Error::KeyInProgress(key.key.key.clone())),
-    }
 }
 
 /// A client stream's orders staged in a temporary table of one pooled connection, which takes no
@@ -477,12 +429,7 @@ async fn apply_staged_adds(
     .execute(&mut *tx)
     .await?;
     let written = staged_summary(&mut tx, "added", "staged_adds", "coalesce(id, assigned)").await?;
-    if let Some(key) = &commit.key {
-        remember(&mut tx, key, &written.to_string(), commit).await?;
-    }
-    let _committing = commit.begin()?;
-    tx.commit().await.map_err(in_doubt)?;
-    Ok(Applied::Done(written))
+    commit_staged(tx, commit, written).await
 }
 
 /// Applies the updates staged on `conn`, all or nothing: an ID no order has fails it.
@@ -512,8 +459,17 @@ async fn apply_staged_updates(
     .execute(&mut *tx)
     .await?;
     let written = staged_summary(&mut tx, "updated", "staged_updates", "id").await?;
+    commit_staged(tx, commit, written).await
+}
+
+/// Stores the call's key with `written` as its answer and commits, if the call still wants it.
+async fn commit_staged(
+    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    commit: &Commit,
+    written: Written,
+) -> Result<Applied<Written>, Error> {
     if let Some(key) = &commit.key {
-        remember(&mut tx, key, &written.to_string(), commit).await?;
+        remember(&mut *tx, key, &written.to_string(), commit).await?;
     }
     let _committing = commit.begin()?;
     tx.commit().await.map_err(in_doubt)?;
@@ -609,8 +565,7 @@ impl Backend for Sqlite {
     }
 
     async fn stored_key(&self, key: &Key, expired_before: i64) -> Result<Option<Stored>, Error> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(stored_row(&mut conn, key, expired_before).await?)
+        stored_row(&self.pool, key, expired_before).await
     }
 
     async fn remember_key(&self, commit: Commit, answer: String) -> Result<(), Error> {
@@ -619,7 +574,7 @@ impl Backend for Sqlite {
         };
         commit.still_wanted()?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        remember(&mut tx, key, &answer, &commit).await?;
+        remember(&mut *tx, key, &answer, &commit).await?;
         let _committing = commit.begin()?;
         tx.commit().await.map_err(in_doubt)
     }
