@@ -9,3 +9,12 @@ command -v wasm-opt >/dev/null || { echo "wasm-opt missing: run make setup" >&2;
 cd "$root/web-client"
 # The wasm-release profile (Cargo.toml) optimizes every crate in the module for size.
 with_wasm_toolchain wasm-pack build --profile wasm-release --target web --no-pack --out-dir "$root/static/pkg" "$@"
+# The JS glue minified (terser, from npm like wasm-opt): wasm-bindgen writes it with every exported
+# method's doc comment, which the page never reads (TypeScript users read them in the .d.ts, kept
+# whole): 8.7 -> 5.6 KB gzipped. A source map beside it serves the browser's developer tools.
+command -v terser >/dev/null || { echo "terser missing: run make setup" >&2; exit 1; }
+glue="$root/static/pkg/order_web_client.js"
+terser "$glue" --module --compress --mangle \
+  --source-map "url='order_web_client.js.map',filename='order_web_client.js'" -o "$glue.min"
+mv "$glue.min" "$glue"
+mv "$glue.min.map" "$glue.map"

@@ -198,8 +198,11 @@ impl OrderClient {
 
     /// `await client.addOrder({ id?, items, description?, price, destination }, key?)`: stores a
     /// new order and resolves to its ID (assigned by the server when `id` is empty or missing).
-    /// An invalid order rejects with `codeName: "InvalidArgument"` and `fieldViolations`. Sent
-    /// with idempotency key `key` (or a new one), retried with it while the outcome is unknown.
+    /// An invalid order rejects with `codeName: "InvalidArgument"` and `fieldViolations`. The call
+    /// carries the idempotency key `key` (a fresh one if none) and is tried again with it, up to 3
+    /// times, while its outcome is unknown (`Unavailable`, `DeadlineExceeded`, `Aborted`,
+    /// `Unknown`): the server stores the order once. The same key again, even from another call,
+    /// gets the first answer (`FailedPrecondition` if the order differs).
     #[wasm_bindgen(js_name = addOrder)]
     pub async fn add_order(
         &self,
@@ -253,8 +256,10 @@ impl OrderClient {
     /// an iterable or an async iterable of orders, each sent as soon as it is produced (see
     /// `streamsUploads`). An unknown ID rejects with `NotFound`, a bad order with
     /// `InvalidArgument` and `fieldViolations` naming it (`orders[3].price`); a source that
-    /// throws rejects with that error, and nothing is applied either way. Keyed as `addOrder`;
-    /// retried only from an array.
+    /// throws rejects with that error, and nothing is applied either way. Sent with the
+    /// idempotency key `key` (a fresh one if none); from an array, tried again as `addOrder` is.
+    /// A generator or other iterator cannot be replayed: it is sent once (retry it yourself with
+    /// the same key).
     #[wasm_bindgen(js_name = updateOrders)]
     pub async fn update_orders(
         &self,
@@ -267,7 +272,8 @@ impl OrderClient {
     /// `await client.addOrders(orders)`: stores new orders, all or nothing, and resolves to the
     /// server's summary (`"added 2 orders: 107, A-1"`). IDs are assigned as by `addOrder`.
     /// `orders` as for `updateOrders`; an ID taken rejects with `AlreadyExists`, a bad order with
-    /// `InvalidArgument` and `fieldViolations`, and nothing is stored. Keyed as `updateOrders`.
+    /// `InvalidArgument` and `fieldViolations`, and nothing is stored. Keyed and retried as
+    /// `updateOrders`.
     #[wasm_bindgen(js_name = addOrders)]
     pub async fn add_orders(
         &self,
