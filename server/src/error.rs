@@ -155,8 +155,9 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
                 .is_some()
             {
                 // 08: connection exceptions; 57P: shutting down or starting up; 53: out of
-                // resources (too many connections).
-                ["08", "57P", "53"]
+                // resources (too many connections); 55P03: a lock not granted within
+                // `lock_timeout` (`--database-timeout`).
+                ["08", "57P", "53", "55P03"]
                     .iter()
                     .any(|class| code.starts_with(class))
             } else {

@@ -232,6 +232,38 @@ async fn unavailable_means_the_write_was_not_applied() {
         .expect("stored now");
 }
 
+/// Finding 3 on PostgreSQL: another transaction holds a lock every insert waits for; the call
+/// is told `UNAVAILABLE` and its order is not stored when the lock comes free.
+#[tokio::test]
+async fn unavailable_means_not_applied_on_postgres_too() {
+    let mut config = Config::for_tests();
+    config.database_timeout = Duration::from_millis(400);
+    let (server, store, db) = start(config, Db::Postgres).await;
+    let mut client = server.native().await;
+    for keyed_call in [false, true] {
+        let mut lock = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+        sqlx::query("LOCK TABLE orders IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut lock)
+            .await
+            .unwrap();
+        let id = format!("pg-u-{keyed_call}");
+        let status = match keyed_call {
+            false => client.add_order(order(&id, "unavailable")).await,
+            true => {
+                client
+                    .add_order(keyed(order(&id, "unavailable"), &id))
+                    .await
+            }
+        }
+        .expect_err("the lock is held");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+        settled(&store).await;
+        missing(&store, &[&id]).await;
+    }
+}
+
 /// Finding 2: a call that timed out while its commit waited for the lock left `getOrder`
 /// answering from the cache what the database no longer held. Whatever the call's fate, the
 /// cache and the database agree.

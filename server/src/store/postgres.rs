@@ -37,7 +37,13 @@ impl Postgres {
                 url: redact(url),
                 source,
             })?
-            .application_name("order-server");
+            .application_name("order-server")
+            // A write waits for another transaction's lock at most as long as the store waits
+            // for anything (`--database-timeout`), then fails, not applied: UNAVAILABLE.
+            .options([(
+                "lock_timeout",
+                format!("{}ms", options.timeout.as_millis().max(1)),
+            )]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.timeout)
@@ -285,7 +291,11 @@ impl Backend for Postgres {
         };
         match added {
             Ok(added) => Ok(Applied::Done(added)),
-            Err(Error::Database(error)) => Err(in_doubt(error)),
+            // The connection failed while the statement was on its way: it may have committed.
+            // An error the server answered with (a lock timeout, say) means it did not.
+            Err(Error::Database(error)) if !matches!(error, sqlx::Error::Database(_)) => {
+                Err(in_doubt(error))
+            }
             Err(other) => Err(other),
         }
     }
