@@ -80,6 +80,9 @@ struct Claims {
     sub: String,
     #[serde(default)]
     scope: String,
+    /// Read to check that it is one string (jsonwebtoken also accepts an array of issuers).
+    #[serde(default)]
+    iss: Option<serde_json::Value>,
 }
 
 /// How tokens are checked.
@@ -87,6 +90,8 @@ struct Claims {
 pub(crate) struct Auth {
     key: DecodingKey,
     validation: Validation,
+    /// `--auth-issuer` is set: `iss` must be one string.
+    issuer: bool,
     public_reads: bool,
 }
 
@@ -97,6 +102,8 @@ pub(crate) struct AuthConfig {
     pub(crate) public_key: Option<PathBuf>,
     pub(crate) issuer: Option<String>,
     pub(crate) audience: Option<String>,
+    /// Clock difference allowed for `exp` and `nbf`.
+    pub(crate) leeway: Duration,
     pub(crate) public_reads: bool,
 }
 
@@ -148,17 +155,27 @@ impl Auth {
         };
         let mut validation = Validation::new(algorithm);
         validation.validate_nbf = true;
+        validation.leeway = config.leeway.as_secs();
+        // jsonwebtoken checks `iss` and `aud` only when a token has them, unless they are
+        // required: a configured issuer or audience is required.
+        let mut required = vec!["exp"];
         match &config.audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(issuer) = &config.issuer {
             validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         Ok(Some((
             Self {
                 key,
                 validation,
+                issuer: config.issuer.is_some(),
                 public_reads: config.public_reads,
             },
             algorithm,
@@ -194,6 +211,16 @@ impl Auth {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|error| Status::unauthenticated(refusal(error.kind())))?
             .claims;
+        if self.issuer
+            && !claims
+                .iss
+                .as_ref()
+                .is_some_and(serde_json::Value::is_string)
+        {
+            return Err(Status::unauthenticated(
+                "the token's issuer (iss) must be one string",
+            ));
+        }
         let scopes: Vec<&str> = claims.scope.split_whitespace().collect();
         let allowed =
             scopes.contains(&WRITE_SCOPE) || (need == Need::Read && scopes.contains(&READ_SCOPE));

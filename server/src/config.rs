@@ -84,13 +84,20 @@ pub struct Config {
     #[arg(long, env = "ORDER_AUTH_PUBLIC_KEY")]
     pub auth_public_key: Option<PathBuf>,
 
-    /// With authentication: the issuer (`iss`) every token must name.
+    /// With authentication: the issuer (`iss`, one string) every token must name; a token
+    /// without one is refused.
     #[arg(long, env = "ORDER_AUTH_ISSUER")]
     pub auth_issuer: Option<String>,
 
-    /// With authentication: the audience (`aud`) every token must name.
+    /// With authentication: the audience (`aud`) every token must name; a token without one is
+    /// refused.
     #[arg(long, env = "ORDER_AUTH_AUDIENCE")]
     pub auth_audience: Option<String>,
+
+    /// With authentication: seconds of clock difference allowed when checking a token's expiry
+    /// (`exp`) and start (`nbf`).
+    #[arg(long, env = "ORDER_AUTH_LEEWAY", default_value = "5", value_parser = parse_seconds)]
+    pub auth_leeway: Duration,
 
     /// With authentication: let callers without a token read orders (getOrder, searchOrders).
     #[arg(long, env = "ORDER_PUBLIC_READS")]
@@ -110,7 +117,7 @@ pub struct Config {
 
     /// How long one database operation may take, connecting included, in seconds. A call that
     /// needs a database that does not answer in time gets UNAVAILABLE.
-    #[arg(long, env = "ORDER_DATABASE_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
+    #[arg(long, env = "ORDER_DATABASE_TIMEOUT", default_value = "5", value_parser = parse_positive_seconds)]
     pub database_timeout: Duration,
 
     /// Most connections to the database this server opens.
@@ -133,7 +140,7 @@ pub struct Config {
 
     /// How often the database is checked for the health service, in seconds: while it cannot be
     /// reached, grpc.health.v1 reports NOT_SERVING.
-    #[arg(long, env = "ORDER_HEALTH_INTERVAL", default_value = "2", value_parser = parse_seconds)]
+    #[arg(long, env = "ORDER_HEALTH_INTERVAL", default_value = "2", value_parser = parse_positive_seconds)]
     pub health_interval: Duration,
 
     /// Serve through an axum `Router` at the top instead of the hand-written top-level service
@@ -146,13 +153,13 @@ pub struct Config {
     /// half-way through a request head, or sits idle between HTTP/1.1 requests is closed after
     /// this (checked every quarter of it, so within 1.25 times this). An HTTP/2 connection that
     /// has made a call is left open while idle; its keep-alive pings tell when the peer is gone.
-    #[arg(long, env = "ORDER_HEADER_READ_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    #[arg(long, env = "ORDER_HEADER_READ_TIMEOUT", default_value = "30", value_parser = parse_positive_seconds)]
     pub header_read_timeout: Duration,
 
     /// Seconds between HTTP/2 keep-alive pings on a connection; a peer that does not answer one
     /// within the same time is disconnected (a dead or stalled HTTP/2 client is gone within twice
     /// this).
-    #[arg(long, env = "ORDER_HTTP2_KEEPALIVE", default_value = "20", value_parser = parse_seconds)]
+    #[arg(long, env = "ORDER_HTTP2_KEEPALIVE", default_value = "20", value_parser = parse_positive_seconds)]
     pub http2_keepalive: Duration,
 
     /// Longest a gRPC call may run, in seconds, streams included, whatever the client's
@@ -266,6 +273,7 @@ impl Config {
             public_key: self.auth_public_key.clone(),
             issuer: self.auth_issuer.clone(),
             audience: self.auth_audience.clone(),
+            leeway: self.auth_leeway,
             public_reads: self.public_reads,
         }
     }
@@ -328,19 +336,57 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     if duration.is_zero() {
         return Err(format!("{s:?}: must be more than 0"));
     }
+    if duration > MAX_DURATION {
+        return Err(format!("{s:?}: at most a year"));
+    }
     Ok(duration)
 }
 
+/// The longest duration any flag takes: a year. Longer ones are mistakes, and would overflow the
+/// clock's arithmetic.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// A number of seconds from 0 to a year.
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a number of seconds"))
+    let duration = Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "{s:?}: at most a year ({} seconds)",
+            MAX_DURATION.as_secs()
+        ));
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_or_absurd_durations_are_refused_naming_the_flag() {
+        for (flag, value) in [
+            ("--health-interval", "0"),
+            ("--database-timeout", "0"),
+            ("--header-read-timeout", "0"),
+            ("--http2-keepalive", "0"),
+            ("--stream-idle-timeout", "0"),
+            ("--max-call-duration", "1e12"),
+            ("--idempotency-ttl", "0s"),
+            ("--idempotency-ttl", "200years"),
+        ] {
+            let error = Config::try_parse_from(["order-server", flag, value])
+                .expect_err(&format!("{flag} {value}"))
+                .to_string();
+            assert!(error.contains(flag), "{flag} {value}: {error}");
+        }
+        // 0 still means "none" where the flag says so.
+        let config = Config::try_parse_from(["order-server", "--max-call-duration", "0"]).unwrap();
+        assert_eq!(config.max_call_duration(), None);
+    }
 
     #[test]
     fn defaults_match_the_tutorial() {

@@ -51,8 +51,14 @@ impl Hosts {
         let Some(allowed) = &self.0 else {
             return Ok(());
         };
-        let Some(authority) = authority_of(request) else {
-            return Ok(());
+        let authority = match authority_of(request) {
+            Authority::Absent => return Ok(()),
+            Authority::Name(authority) => authority,
+            // A `Host` that is not ASCII text names no host this server could answer for (a
+            // name outside ASCII travels as punycode): refused, never taken for an absent one.
+            Authority::Unreadable(bytes) => {
+                return Err(String::from_utf8_lossy(bytes).chars().take(64).collect())
+            }
         };
         if allowed.usual.iter().any(|usual| *usual == authority) {
             return Ok(());
@@ -72,12 +78,27 @@ impl Hosts {
     }
 }
 
+/// What a request says of its authority.
+enum Authority<'a> {
+    /// No authority and no `Host`: not a browser.
+    Absent,
+    Name(&'a str),
+    /// A `Host` header that is not visible ASCII.
+    Unreadable(&'a [u8]),
+}
+
 /// The request's authority: from the URI (HTTP/2's `:authority`, or an absolute-form HTTP/1.1
 /// request) or the `Host` header.
-fn authority_of<B>(request: &Request<B>) -> Option<&str> {
-    match request.uri().authority() {
-        Some(authority) => Some(authority.as_str()),
-        None => request.headers().get(header::HOST)?.to_str().ok(),
+fn authority_of<B>(request: &Request<B>) -> Authority<'_> {
+    if let Some(authority) = request.uri().authority() {
+        return Authority::Name(authority.as_str());
+    }
+    match request.headers().get(header::HOST) {
+        None => Authority::Absent,
+        Some(host) => match host.to_str() {
+            Ok(host) => Authority::Name(host),
+            Err(_) => Authority::Unreadable(host.as_bytes()),
+        },
     }
 }
 
@@ -165,6 +186,14 @@ mod tests {
         assert_eq!(hosts.check(&h2), Err("rebind.attacker.example".to_string()));
         // No Host at all: not a browser.
         assert_eq!(hosts.check(&Request::get("/").body(()).unwrap()), Ok(()));
+        // A Host that is not ASCII text is refused, not taken for an absent one.
+        for bytes in [&b"localhost\xff"[..], "l\u{f6}calhost".as_bytes()] {
+            let request = Request::get("/")
+                .header(header::HOST, http::HeaderValue::from_bytes(bytes).unwrap())
+                .body(())
+                .unwrap();
+            assert!(hosts.check(&request).is_err(), "{bytes:?}");
+        }
     }
 
     #[test]

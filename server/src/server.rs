@@ -391,7 +391,7 @@ async fn forget_expired_keys(store: Store, ttl: Duration) {
 /// `UNAVAILABLE` if it cannot.
 async fn watch_database(store: Store, reporter: HealthReporter, interval: Duration) {
     let mut reachable = true;
-    let mut ticks = tokio::time::interval(interval);
+    let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(1)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;

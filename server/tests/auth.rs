@@ -65,6 +65,12 @@ fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
     request
 }
 
+/// `claims` without `claim`.
+fn without(mut claims: serde_json::Value, claim: &str) -> serde_json::Value {
+    claims.as_object_mut().unwrap().remove(claim);
+    claims
+}
+
 async fn get(server: &TestServer, token: Option<&str>) -> Result<Order, tonic::Status> {
     let mut client = server.native().await;
     Ok(client
@@ -142,6 +148,34 @@ async fn every_bad_token_is_unauthenticated_and_the_message_says_why() {
                 SECRET,
             )),
             "audience",
+        ),
+        // jsonwebtoken checks iss and aud only when a token has them, unless required.
+        (
+            "no audience",
+            Some(hs256(&without(good(serde_json::json!({})), "aud"), SECRET)),
+            "no aud claim",
+        ),
+        (
+            "no issuer",
+            Some(hs256(&without(good(serde_json::json!({})), "iss"), SECRET)),
+            "no iss claim",
+        ),
+        (
+            "issuer as an array naming the right one",
+            Some(hs256(
+                &good(serde_json::json!({ "iss": ["https://evil.test", "https://issuer.test"] })),
+                SECRET,
+            )),
+            "one string",
+        ),
+        // Past the 5 s leeway (jsonwebtoken's own default is 60 s).
+        (
+            "expired 30 s ago",
+            Some(hs256(
+                &good(serde_json::json!({ "exp": now() - 30 })),
+                SECRET,
+            )),
+            "expired",
         ),
     ];
     for (case, token, why) in cases {
