@@ -391,6 +391,62 @@ if __name__ == "__main__":
     unittest.main()
 
 
+class TokensFromPyJWT(unittest.TestCase):
+    """Tokens signed by PyJWT, not by the server's own library: the claims the flags name are
+    required, `iss` is one string, and expiry has a 5 s leeway."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="order-interop-jwt-")
+        cls.secret = "pyjwt interop secret"
+        Path(f"{cls.dir}/secret").write_text(cls.secret + "\n")
+        cls.server = LiveServer("--auth-secret-file", f"{cls.dir}/secret",
+                                "--auth-issuer", "https://issuer.test",
+                                "--auth-audience", "orders").__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.__exit__(None, None, None)
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def call(self, claims):
+        import time
+        import jwt
+
+        now = int(time.time())
+        full = {"sub": "pyjwt", "scope": "orders:read", "exp": now + 600,
+                "iss": "https://issuer.test", "aud": "orders", **claims}
+        full = {key: value for key, value in full.items() if value is not None}
+        token = jwt.encode(full, self.secret, algorithm="HS256")
+        channel = grpc.insecure_channel(self.server.address)
+        self.addCleanup(channel.close)
+        stub = pb_grpc.OrderManagementStub(channel)
+        return stub.getOrder(wrappers.StringValue(value="106"),
+                             metadata=(("authorization", f"Bearer {token}"),), timeout=5)
+
+    def refused(self, claims, why):
+        with self.assertRaises(grpc.RpcError) as raised:
+            self.call(claims)
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        self.assertIn(why, raised.exception.details())
+
+    def test_a_good_token_passes(self):
+        self.assertEqual(self.call({}).id, "106")
+
+    def test_a_token_without_the_configured_claims_is_refused(self):
+        self.refused({"aud": None}, "no aud claim")
+        self.refused({"iss": None}, "no iss claim")
+        self.refused({"exp": None}, "no exp claim")
+
+    def test_an_issuer_array_is_refused_even_naming_the_right_one(self):
+        self.refused({"iss": ["https://evil.test", "https://issuer.test"]}, "one string")
+
+    def test_a_token_expired_30_s_ago_is_refused(self):
+        import time
+
+        self.refused({"exp": int(time.time()) - 30}, "expired")
+
+
 class OverTlsWithTokens(unittest.TestCase):
     """A server that speaks TLS only and checks tokens, called by grpcio and buf curl."""
 
