@@ -324,6 +324,22 @@ class WriteGuarantees(unittest.TestCase):
         self.assertEqual(order.id, "106")
         channel.close()
 
+    def test_ten_thousand_tiny_orders_from_grpc_go(self):
+        # The tutorial's own client stack, grpc-go (Debian's), one DATA frame per message too.
+        out = ROOT / "target" / "interop-go"
+        subprocess.run([str(ROOT / "interop" / "go" / "build.sh"), str(out)], check=True,
+                       capture_output=True, timeout=600)
+        for run in range(3):
+            done = subprocess.run([str(out / "tiny-orders"), SERVER.address, "10000"],
+                                  capture_output=True, text=True, timeout=120)
+            self.assertEqual(done.returncode, 0, f"run {run}: {done.stdout}{done.stderr}")
+            self.assertTrue(done.stdout.startswith("added 10000 orders"), done.stdout)
+        over = subprocess.run([str(out / "tiny-orders"), SERVER.address, "10001"],
+                              capture_output=True, text=True, timeout=120)
+        # The limit error, and the connection still answered getOrder afterwards.
+        self.assertIn("error ResourceExhausted: too many messages in one call: at most 10000", over.stdout)
+        self.assertNotIn("error after", over.stdout)
+
     def test_a_retry_with_the_same_key_is_answered_not_applied(self):
         import uuid
 

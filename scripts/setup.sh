@@ -47,9 +47,13 @@ if ! dpkg-query -W -f='${Status}' postgresql 2>/dev/null | grep -q "install ok i
 fi
 apt_install postgresql
 
+# Go and grpc-go, the tutorial's own stack: its server for the benchmark, and a client for the
+# interop tests (Debian's packages, built offline in GOPATH mode).
+apt_install golang-go golang-google-grpc-dev golang-google-protobuf-dev \
+  golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc protobuf-compiler
+
 if [ "${1:-}" = "bench" ]; then
-  apt_install nghttp2-client golang-go golang-google-grpc-dev golang-google-protobuf-dev \
-    golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc protobuf-compiler util-linux
+  apt_install nghttp2-client util-linux
 fi
 
 # The wasm32 standard library ---------------------------------------------------------------------
