@@ -83,10 +83,10 @@ impl OrderService {
 
 /// Who made the call, as its token says (`anonymous` with authentication off).
 fn subject<T>(request: &Request<T>) -> String {
-    request
-        .extensions()
-        .get::<Caller>()
-        .map_or_else(|| "anonymous".to_owned(), |caller| caller.subject.clone())
+    request.extensions().get::<Caller>().map_or_else(
+        || "anonymous".to_owned(),
+        |caller| caller.subject.to_string(),
+    )
 }
 
 /// The call's idempotency key, if it sent one; a value that is no key is refused.
