@@ -17,7 +17,8 @@ use tracing::info;
 use crate::{
     error::{Echo, Error},
     metrics::Messages,
-    store::{Claim, Digest, Key, Store},
+    service::next_within,
+    store::{Claim, Digest, Key, Store, Stored},
 };
 
 /// The RPC, as idempotency keys record it.
@@ -29,8 +30,9 @@ const METHOD: &str = "processOrders";
 pub(crate) struct Keyed {
     key: Key,
     _claim: Claim,
-    /// The numbers of the first call with this key, when this is a retry.
-    replay: Option<(Vec<u8>, VecDeque<i64>)>,
+    /// When this is a retry: what the first call with this key stored, and its numbers, in the
+    /// order they are given again.
+    replay: Option<(Stored, VecDeque<i64>)>,
 }
 
 impl Keyed {
@@ -48,7 +50,7 @@ impl Keyed {
                     .filter(|n| !n.is_empty())
                     .filter_map(|n| n.parse().ok())
                     .collect();
-                Some((stored.digest, numbers))
+                Some((stored, numbers))
             }
             Some(stored) => {
                 return Err(Error::KeyReused {
@@ -85,10 +87,7 @@ pub(crate) fn shipments(
         let mut batcher = Batcher::new(batch_size);
         let mut numbers = Numbers::new(keyed);
         loop {
-            let Ok(id) = tokio::time::timeout(idle, ids.message()).await else {
-                Err(Error::Idle(idle))?
-            };
-            let Some(id) = id? else { break };
+            let Some(id) = next_within(idle, ids.message()).await?? else { break };
             messages.received();
             numbers.digest(&id);
             if numbers.ids == crate::service::MAX_ORDERS_PER_CALL {
@@ -163,13 +162,10 @@ impl Numbers {
         let Some((keyed, digest)) = self.keyed else {
             return Ok(());
         };
-        let record = keyed.key.clone().record(METHOD, digest);
+        let record = keyed.key.record(METHOD, digest);
         match keyed.replay {
-            Some((stored, _)) if stored == record.digest => Ok(()),
-            Some(_) => Err(Error::KeyReused {
-                key: keyed.key.key,
-                method: METHOD.to_owned(),
-            }),
+            // A retry: the same request, or another one under the same key.
+            Some((stored, _)) => record.replay(Some(stored)).map(drop),
             None => {
                 let answer = self
                     .taken

@@ -124,11 +124,14 @@ fn checked(
         let mut invalid: Option<(String, Vec<FieldViolation>)> = None;
         let mut index = 0;
         loop {
-            let Ok(order) = tokio::time::timeout(idle, orders.next()).await else {
-                yield Err(Error::Idle(idle));
-                return;
+            let order = match next_within(idle, orders.next()).await {
+                Ok(Some(order)) => order,
+                Ok(None) => break,
+                Err(idle) => {
+                    yield Err(idle);
+                    return;
+                }
             };
-            let Some(order) = order else { break };
             let order = match order {
                 Ok(order) => order,
                 Err(status) => {
@@ -161,6 +164,17 @@ fn checked(
             yield Err(Error::InvalidOrder { id, violations });
         }
     })
+}
+
+/// The client stream's next message (`next`), or [`Error::Idle`] if the client sends nothing for
+/// `idle` (`--stream-idle-timeout`).
+pub(crate) async fn next_within<F: std::future::Future>(
+    idle: Duration,
+    next: F,
+) -> Result<F::Output, Error> {
+    tokio::time::timeout(idle, next)
+        .await
+        .map_err(|_| Error::Idle(idle))
 }
 
 // The stream types are named after the tutorial's lowerCamel RPC names.

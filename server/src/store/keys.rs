@@ -240,6 +240,11 @@ impl RowsAffected for sqlx::postgres::PgQueryResult {
     }
 }
 
+/// Keys stored before this (Unix milliseconds) are older than `ttl`: expired.
+pub(super) fn expired_before(ttl: std::time::Duration) -> i64 {
+    unix_millis().saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Now, in milliseconds since the Unix epoch.
 pub(super) fn unix_millis() -> i64 {
     SystemTime::now()

@@ -136,32 +136,26 @@ enum Added {
     Taken,
 }
 
-/// What a write call answers: what it wrote, or the answer stored with its idempotency key when
-/// the same request came with that key before.
+/// What a write did: done now (and its idempotency key, if any, stored with its answer), or
+/// nothing, because the same request came with the same key before: then the stored answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    /// Written by this call.
-    Written(Written),
+pub enum Applied<T> {
+    /// Done by this call.
+    Done(T),
     /// The stored answer of the earlier call with the same key; nothing was written now.
     Replayed(String),
 }
 
+/// What `updateOrders` and `addOrders` answer.
+pub type Answer = Applied<Written>;
+
 impl fmt::Display for Answer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Answer::Written(written) => written.fmt(f),
-            Answer::Replayed(answer) => f.write_str(answer),
+            Applied::Done(written) => written.fmt(f),
+            Applied::Replayed(answer) => f.write_str(answer),
         }
     }
-}
-
-/// What a backend did with a write that may carry an idempotency key.
-#[derive(Debug)]
-enum Applied<T> {
-    /// Done now (and the key, if any, stored with its answer).
-    Done(T),
-    /// The key was there with the same request: this stored answer, nothing written.
-    Replayed(String),
 }
 
 /// What `updateOrders` or `addOrders` wrote.
@@ -268,11 +262,13 @@ trait Backend: Send + Sync + fmt::Debug {
     /// Up to `limit` orders after `after` in ID order ("" for the first page).
     async fn page(&self, after: &str, limit: i64) -> Result<Vec<Order>, Error>;
     /// Begins staging a client stream's orders (a connection, or a transaction, of its own),
-    /// waiting for the database until `deadline`. `key` is the call's idempotency key, if any.
+    /// waiting for the database until `deadline`. `key` is the call's idempotency key, if any;
+    /// a key stored before `keys_expired_before` (Unix milliseconds) counts as absent.
     async fn stage(
         &self,
         kind: Kind,
         key: Option<&Key>,
+        keys_expired_before: i64,
         deadline: Instant,
     ) -> Result<Box<dyn Staging>, Error>;
     /// The next number of the shipment ID sequence.
@@ -400,7 +396,7 @@ impl Store {
         let order = order.into_inner();
         let claim = self.running.claim(key.as_ref())?;
         let key = key.map(|key| {
-            let mut digest = keys::Digest::new("addOrder");
+            let mut digest = Digest::new("addOrder");
             digest.update(&order);
             key.record("addOrder", digest)
         });
@@ -479,7 +475,7 @@ impl Store {
         key: Option<Key>,
     ) -> Result<Answer, Error> {
         let claim = self.running.claim(key.as_ref())?;
-        let mut digest = key.as_ref().map(|_| keys::Digest::new(kind.method()));
+        let mut digest = key.as_ref().map(|_| Digest::new(kind.method()));
         let mut batch = Vec::new();
         let mut batch_bytes = 0;
         let mut staged: Option<(Box<dyn Staging>, tokio::sync::OwnedSemaphorePermit)> = None;
@@ -499,8 +495,9 @@ impl Store {
                         .await
                         .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
                     let deadline = Instant::now() + self.timeout;
-                    let staging = self.backend.stage(kind, key.as_ref(), deadline).await?;
-                    staged = Some((staging, permit));
+                    let expired = keys::expired_before(self.key_ttl);
+                    let staging = self.backend.stage(kind, key.as_ref(), expired, deadline);
+                    staged = Some((staging.await?, permit));
                 }
                 if let Some((staging, _)) = &mut staged {
                     let deadline = Instant::now() + self.timeout;
@@ -514,26 +511,25 @@ impl Store {
             .map(|(key, digest)| key.record(kind.method(), digest));
         let commit = self.commit(key, kind == Kind::Update);
         let backend = self.backend.clone();
-        let written = self
-            .outcome(commit.gate.clone(), commit.deadline, async move {
-                let _claim = claim;
-                let (mut staging, _permit) = match staged {
-                    Some((staging, permit)) => (staging, Some(permit)),
-                    None => {
-                        let key = commit.key.as_ref().map(KeyRecord::key);
-                        (backend.stage(kind, key, commit.deadline).await?, None)
-                    }
-                };
-                if !batch.is_empty() {
-                    staging.push(batch, commit.deadline).await?;
+        self.outcome(commit.gate.clone(), commit.deadline, async move {
+            let _claim = claim;
+            let (mut staging, _permit) = match staged {
+                Some((staging, permit)) => (staging, Some(permit)),
+                None => {
+                    let key = commit.key.as_ref().map(KeyRecord::key);
+                    let expired = commit.keys_expired_before;
+                    (
+                        backend.stage(kind, key, expired, commit.deadline).await?,
+                        None,
+                    )
                 }
-                staging.apply(commit).await
-            })
-            .await?;
-        Ok(match written {
-            Applied::Done(written) => Answer::Written(written),
-            Applied::Replayed(answer) => Answer::Replayed(answer),
+            };
+            if !batch.is_empty() {
+                staging.push(batch, commit.deadline).await?;
+            }
+            staging.apply(commit).await
         })
+        .await
     }
 
     /// What a write commits with: its key, a new gate, the deadline for the database (the store's
@@ -563,21 +559,15 @@ impl Store {
     ) -> Result<T, Error> {
         let _abandon = gate.abandon_on_drop();
         let mut task = tokio::spawn(self.in_flight.track(work));
-        let joined = tokio::select! {
-            joined = &mut task => joined,
+        tokio::select! {
+            joined = &mut task => outcome_of(joined),
             () = tokio::time::sleep_until(deadline) => {
                 if gate.abandon() {
                     return Err(Error::Timeout(self.timeout));
                 }
                 // The commit has begun: its outcome, whatever it is, is the answer.
-                task.await
+                outcome_of(task.await)
             }
-        };
-        match joined {
-            Ok(result) => result,
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            // Only when the runtime shuts down.
-            Err(_) => Err(Error::Database(sqlx::Error::PoolClosed)),
         }
     }
 
@@ -589,8 +579,7 @@ impl Store {
 
     /// The answer stored with `key`, unless it expired.
     pub(crate) async fn stored_answer(&self, key: &Key) -> Result<Option<Stored>, Error> {
-        let expired_before = keys::unix_millis()
-            .saturating_sub(i64::try_from(self.key_ttl.as_millis()).unwrap_or(i64::MAX));
+        let expired_before = keys::expired_before(self.key_ttl);
         self.bounded(self.backend.stored_key(key, expired_before))
             .await
     }
@@ -614,8 +603,7 @@ impl Store {
     /// Forgets the idempotency keys older than the TTL, a few hundred per transaction so that no
     /// write waits long behind it. Returns how many were forgotten.
     pub async fn forget_expired_keys(&self) -> Result<u64, Error> {
-        let before =
-            keys::unix_millis() - i64::try_from(self.key_ttl.as_millis()).unwrap_or(i64::MAX);
+        let before = keys::expired_before(self.key_ttl);
         let mut forgotten = 0;
         loop {
             let batch = self.bounded(self.backend.forget_keys(before, 500)).await?;
@@ -642,7 +630,7 @@ impl Store {
     }
 
     async fn bounded<T>(&self, work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
-        within(self.timeout, work).await
+        until(Instant::now() + self.timeout, work).await
     }
 }
 
@@ -655,7 +643,12 @@ impl Store {
 async fn uncancelled<T: Send + 'static>(
     work: impl Future<Output = Result<T, Error>> + Send + 'static,
 ) -> Result<T, Error> {
-    match tokio::spawn(work).await {
+    outcome_of(tokio::spawn(work).await)
+}
+
+/// The result of work run on a task of its own: its own, or its panic resumed here.
+fn outcome_of<T>(joined: Result<Result<T, Error>, tokio::task::JoinError>) -> Result<T, Error> {
+    match joined {
         Ok(result) => result,
         Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
         // Only when the runtime shuts down.
@@ -672,16 +665,6 @@ async fn until<T>(
     tokio::time::timeout_at(deadline, work)
         .await
         .unwrap_or(Err(Error::Timeout(left)))
-}
-
-/// `work`, or [`Error::Timeout`] if it takes longer than `timeout`.
-async fn within<T>(
-    timeout: Duration,
-    work: impl Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    tokio::time::timeout(timeout, work)
-        .await
-        .unwrap_or(Err(Error::Timeout(timeout)))
 }
 
 /// The URL with its password (if any) replaced by `***`, for logs and errors.

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::{
     keys::{remember, stored, Key, KeyRecord, Stored},
     last_sample_id, redact, sample_orders, uncancelled, until,
-    write::{in_doubt, Commit},
+    write::Commit,
     Added, Applied, Backend, Kind, OpenError, Staging, StoreOptions, Written,
 };
 use crate::error::Error;
@@ -25,8 +25,6 @@ const COLUMNS: &str = "id, items, description, price, destination";
 #[derive(Debug)]
 pub(super) struct Postgres {
     pool: PgPool,
-    /// `--idempotency-ttl` in milliseconds.
-    key_ttl_ms: i64,
 }
 
 impl Postgres {
@@ -64,10 +62,7 @@ impl Postgres {
                 url: redact(url),
                 source,
             })?;
-        let store = Self {
-            pool,
-            key_ttl_ms: i64::try_from(options.idempotency_ttl.as_millis()).unwrap_or(i64::MAX),
-        };
+        let store = Self { pool };
         store
             .set_up(options.sample_data)
             .await
@@ -198,9 +193,7 @@ impl Staging for PgStaging {
             )
             .await?;
         }
-        commit.still_wanted()?;
-        let _committing = commit.begin()?;
-        self.tx.commit().await.map_err(in_doubt)?;
+        commit.commit(self.tx).await?;
         Ok(Applied::Done(self.written))
     }
 }
@@ -257,8 +250,7 @@ async fn add_keyed(
         return Ok(Applied::Done(Added::Taken));
     };
     remember(&mut *tx, key, &id, commit).await?;
-    let _committing = commit.begin()?;
-    tx.commit().await.map_err(in_doubt)?;
+    commit.commit(tx).await?;
     Ok(Applied::Done(Added::Id(id)))
 }
 
@@ -294,7 +286,7 @@ impl Backend for Postgres {
             // The connection failed while the statement was on its way: it may have committed.
             // An error the server answered with (a lock timeout, say) means it did not.
             Err(Error::Database(error)) if !matches!(error, sqlx::Error::Database(_)) => {
-                Err(in_doubt(error))
+                Err(Error::InDoubt(error))
             }
             Err(other) => Err(other),
         }
@@ -317,6 +309,7 @@ impl Backend for Postgres {
         &self,
         kind: Kind,
         key: Option<&Key>,
+        keys_expired_before: i64,
         deadline: Instant,
     ) -> Result<Box<dyn Staging>, Error> {
         // Begun on a task of its own (see `uncancelled`); the rest may be cancelled safely: a
@@ -325,10 +318,7 @@ impl Backend for Postgres {
         let begin = uncancelled(async move { Ok(pool.begin().await?) });
         let mut tx = until(deadline, begin).await?;
         let replay = match key {
-            Some(key) => {
-                let expired_before = super::keys::unix_millis().saturating_sub(self.key_ttl_ms);
-                until(deadline, stored(&mut *tx, key, expired_before)).await?
-            }
+            Some(key) => until(deadline, stored(&mut *tx, key, keys_expired_before)).await?,
             None => None,
         };
         Ok(Box::new(PgStaging {
@@ -354,8 +344,7 @@ impl Backend for Postgres {
         commit.still_wanted()?;
         let mut tx = self.pool.begin().await?;
         remember(&mut *tx, key, &answer, &commit).await?;
-        let _committing = commit.begin()?;
-        tx.commit().await.map_err(in_doubt)
+        commit.commit(tx).await
     }
 
     async fn forget_keys(&self, before: i64, limit: i64) -> Result<u64, Error> {

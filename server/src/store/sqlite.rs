@@ -16,9 +16,9 @@ use sqlx::{
 use tokio::time::Instant;
 
 use super::{
-    keys::{remember, stored as stored_row, Key, KeyRecord, Stored},
+    keys::{remember, stored as stored_row, Key, Stored},
     last_sample_id, redact, sample_orders, until,
-    write::{in_doubt, Commit},
+    write::Commit,
     Added, Applied, Backend, Kind, OpenError, Staging, StoreOptions, Written, SUMMARY_IDS,
 };
 use crate::error::Error;
@@ -173,14 +173,11 @@ fn lock(url: &str, database: &Path) -> Result<File, OpenError> {
 /// number of the ID sequence when `new` has no ID. Runs on a task of its own, to its end.
 async fn add(pool: SqlitePool, new: Order, commit: Commit) -> Result<Applied<Added>, Error> {
     commit.still_wanted()?;
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    // The lock may have taken a while.
-    commit.still_wanted()?;
-    if let Some(key) = &commit.key {
-        if let Some(answer) = key.replay(stored(&mut tx, key, &commit).await?)? {
-            return Ok(Applied::Replayed(answer));
-        }
-    }
+    let mut conn = pool.acquire().await?;
+    let mut tx = match begin_keyed(&mut conn, &commit).await? {
+        Ok(tx) => tx,
+        Err(answer) => return Ok(Applied::Replayed(answer)),
+    };
     let id = if new.id.is_empty() {
         insert_numbered(&mut tx, &new).await?
     } else if insert(&mut tx, &new.id, &new).await? {
@@ -188,21 +185,8 @@ async fn add(pool: SqlitePool, new: Order, commit: Commit) -> Result<Applied<Add
     } else {
         return Ok(Applied::Done(Added::Taken));
     };
-    if let Some(key) = &commit.key {
-        remember(&mut *tx, key, &id, &commit).await?;
-    }
-    let _committing = commit.begin()?;
-    tx.commit().await.map_err(in_doubt)?;
+    commit_keyed(tx, &commit, &id).await?;
     Ok(Applied::Done(Added::Id(id)))
-}
-
-/// The row stored under `key`, unless it expired.
-async fn stored(
-    conn: &mut SqliteConnection,
-    key: &KeyRecord,
-    commit: &Commit,
-) -> Result<Option<Stored>, Error> {
-    stored_row(conn, &key.key, commit.keys_expired_before).await
 }
 
 /// A client stream's orders staged in a temporary table of one pooled connection, which takes no
@@ -216,11 +200,7 @@ impl Sqlite {
     /// A connection with an empty staging table for `kind`.
     async fn staging(&self, kind: Kind, deadline: Instant) -> Result<SqliteStaging, Error> {
         let mut conn = until(deadline, async { Ok(self.pool.acquire().await?) }).await?;
-        let (table, id_columns) = match kind {
-            Kind::Update => ("staged_updates", "id TEXT NOT NULL UNIQUE"),
-            // An empty ID is staged as NULL: only the IDs the client gave must be unique.
-            Kind::Add => ("staged_adds", "id TEXT UNIQUE, assigned TEXT"),
-        };
+        let (table, id_columns) = staging_table(kind);
         until(deadline, async {
             sqlx::query(&format!(
                 "CREATE TEMP TABLE IF NOT EXISTS {table} (
@@ -239,12 +219,12 @@ impl Sqlite {
     }
 }
 
-impl SqliteStaging {
-    fn table(&self) -> &'static str {
-        match self.kind {
-            Kind::Update => "staged_updates",
-            Kind::Add => "staged_adds",
-        }
+/// The staging table of `kind` and its ID columns.
+fn staging_table(kind: Kind) -> (&'static str, &'static str) {
+    match kind {
+        Kind::Update => ("staged_updates", "id TEXT NOT NULL UNIQUE"),
+        // An empty ID is staged as NULL: only the IDs the client gave must be unique.
+        Kind::Add => ("staged_adds", "id TEXT UNIQUE, assigned TEXT"),
     }
 }
 
@@ -309,7 +289,7 @@ impl Staging for SqliteStaging {
             Kind::Update => apply_staged_updates(&mut self.conn, &commit).await,
             Kind::Add => apply_staged_adds(&mut self.conn, &commit).await,
         };
-        let table = self.table();
+        let (table, _) = staging_table(self.kind);
         let _ = sqlx::query(&format!("DELETE FROM temp.{table}"))
             .execute(&mut *self.conn)
             .await;
@@ -337,10 +317,10 @@ async fn staged_summary(
     Ok(Written::summary(verb, count as usize, first_ids))
 }
 
-/// Begins the `BEGIN IMMEDIATE` transaction of a staged write, unless its caller has given up
-/// (before or while it waited for the lock); `Ok(Err(answer))` when its key names the same
-/// request done before.
-async fn begin_staged<'c>(
+/// Begins the `BEGIN IMMEDIATE` transaction of a write, unless its caller has given up (before or
+/// while it waited for the lock); `Ok(Err(answer))` when its key names the same request done
+/// before.
+async fn begin_keyed<'c>(
     conn: &'c mut SqliteConnection,
     commit: &Commit,
 ) -> Result<Result<sqlx::Transaction<'c, sqlx::Sqlite>, String>, Error> {
@@ -348,7 +328,8 @@ async fn begin_staged<'c>(
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     commit.still_wanted()?;
     if let Some(key) = &commit.key {
-        if let Some(answer) = key.replay(stored(&mut tx, key, commit).await?)? {
+        let stored = stored_row(&mut *tx, &key.key, commit.keys_expired_before).await?;
+        if let Some(answer) = key.replay(stored)? {
             return Ok(Err(answer));
         }
     }
@@ -363,7 +344,7 @@ async fn apply_staged_adds(
     conn: &mut SqliteConnection,
     commit: &Commit,
 ) -> Result<Applied<Written>, Error> {
-    let mut tx = match begin_staged(conn, commit).await? {
+    let mut tx = match begin_keyed(conn, commit).await? {
         Ok(tx) => tx,
         Err(answer) => return Ok(Applied::Replayed(answer)),
     };
@@ -429,7 +410,8 @@ async fn apply_staged_adds(
     .execute(&mut *tx)
     .await?;
     let written = staged_summary(&mut tx, "added", "staged_adds", "coalesce(id, assigned)").await?;
-    commit_staged(tx, commit, written).await
+    commit_keyed(tx, commit, &written.to_string()).await?;
+    Ok(Applied::Done(written))
 }
 
 /// Applies the updates staged on `conn`, all or nothing: an ID no order has fails it.
@@ -437,7 +419,7 @@ async fn apply_staged_updates(
     conn: &mut SqliteConnection,
     commit: &Commit,
 ) -> Result<Applied<Written>, Error> {
-    let mut tx = match begin_staged(conn, commit).await? {
+    let mut tx = match begin_keyed(conn, commit).await? {
         Ok(tx) => tx,
         Err(answer) => return Ok(Applied::Replayed(answer)),
     };
@@ -459,21 +441,20 @@ async fn apply_staged_updates(
     .execute(&mut *tx)
     .await?;
     let written = staged_summary(&mut tx, "updated", "staged_updates", "id").await?;
-    commit_staged(tx, commit, written).await
+    commit_keyed(tx, commit, &written.to_string()).await?;
+    Ok(Applied::Done(written))
 }
 
-/// Stores the call's key with `written` as its answer and commits, if the call still wants it.
-async fn commit_staged(
+/// Stores the call's key, if any, with `answer`, and commits, if the call still wants it.
+async fn commit_keyed(
     mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
     commit: &Commit,
-    written: Written,
-) -> Result<Applied<Written>, Error> {
+    answer: &str,
+) -> Result<(), Error> {
     if let Some(key) = &commit.key {
-        remember(&mut *tx, key, &written.to_string(), commit).await?;
+        remember(&mut *tx, key, answer, commit).await?;
     }
-    let _committing = commit.begin()?;
-    tx.commit().await.map_err(in_doubt)?;
-    Ok(Applied::Done(written))
+    commit.commit(tx).await
 }
 
 /// Inserts `order` under the next free number of the ID sequence, which it returns.
@@ -555,10 +536,12 @@ impl Backend for Sqlite {
         Ok(rows.iter().map(order).collect::<Result<_, _>>()?)
     }
 
+    /// The key is looked up when the staged orders are applied, in their transaction.
     async fn stage(
         &self,
         kind: Kind,
         _key: Option<&Key>,
+        _keys_expired_before: i64,
         deadline: Instant,
     ) -> Result<Box<dyn Staging>, Error> {
         Ok(Box::new(self.staging(kind, deadline).await?))
@@ -569,14 +552,12 @@ impl Backend for Sqlite {
     }
 
     async fn remember_key(&self, commit: Commit, answer: String) -> Result<(), Error> {
-        let Some(key) = &commit.key else {
+        if commit.key.is_none() {
             return Ok(());
-        };
+        }
         commit.still_wanted()?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        remember(&mut *tx, key, &answer, &commit).await?;
-        let _committing = commit.begin()?;
-        tx.commit().await.map_err(in_doubt)
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        commit_keyed(tx, &commit, &answer).await
     }
 
     async fn forget_keys(&self, before: i64, limit: i64) -> Result<u64, Error> {

@@ -92,14 +92,12 @@ impl Commit {
         key_ttl: Duration,
         cache: Option<Arc<ReadCache>>,
     ) -> Self {
-        let now = super::keys::unix_millis();
         Self {
             key,
             gate: Gate::default(),
             deadline,
-            keys_expired_before: now
-                .saturating_sub(i64::try_from(key_ttl.as_millis()).unwrap_or(i64::MAX)),
-            now,
+            keys_expired_before: super::keys::expired_before(key_ttl),
+            now: super::keys::unix_millis(),
             cache,
         }
     }
@@ -127,6 +125,16 @@ impl Commit {
         }
         Ok(Committing(self.cache.clone()))
     }
+
+    /// Commits `tx` through [`Self::begin`]: not at all if the caller has given up (dropped,
+    /// `tx` rolls back); a `COMMIT` that fails is in doubt, it may or may not have been applied.
+    pub(super) async fn commit<DB: sqlx::Database>(
+        &self,
+        tx: sqlx::Transaction<'_, DB>,
+    ) -> Result<(), Error> {
+        let _committing = self.begin()?;
+        tx.commit().await.map_err(Error::InDoubt)
+    }
 }
 
 /// A commit under way: see [`Commit::begin`].
@@ -139,11 +147,6 @@ impl Drop for Committing {
             cache.end_write();
         }
     }
-}
-
-/// An error of the `COMMIT` itself: the transaction may or may not have been applied.
-pub(super) fn in_doubt(error: sqlx::Error) -> Error {
-    Error::InDoubt(error)
 }
 
 /// How many writes run on tasks of their own. Cloning gives another handle to the same count.
