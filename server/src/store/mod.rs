@@ -38,7 +38,7 @@ pub use self::keys::{Key, MAX_KEY_CHARS};
 /// How many bytes of a client stream's orders a call keeps in memory before it stages them in
 /// the database: a stream that ends within this (nearly every one) holds no database connection
 /// while it waits for its client.
-pub const PREFETCH_BYTES: usize = 4 * 1024 * 1024;
+pub const PREFETCH_BYTES: usize = 1024 * 1024;
 
 /// How many orders `search` reads from the database at a time: what it holds in memory, however
 /// many orders there are.
