@@ -8,7 +8,7 @@ cd "$root"
 
 echo "building order-server, tonic alone and the hyper ceiling (release), the tutorial's Go server, the web client..." >&2
 cargo build --release -q -p order-server -p bench-ceiling --bins
-bench/tutorial-go/build.sh target/bench/go
+scripts/build-go.sh target/bench/go tutorial-server bench/tutorial-go/server bench/tutorial-go/order_management.proto
 scripts/build-wasm.sh >/dev/null 2>&1 || scripts/build-wasm.sh
 
 if [ "$(nproc)" -lt 2 ]; then

@@ -327,8 +327,9 @@ class WriteGuarantees(unittest.TestCase):
     def test_ten_thousand_tiny_orders_from_grpc_go(self):
         # The tutorial's own client stack, grpc-go (Debian's), one DATA frame per message too.
         out = ROOT / "target" / "interop-go"
-        subprocess.run([str(ROOT / "interop" / "go" / "build.sh"), str(out)], check=True,
-                       capture_output=True, timeout=600)
+        subprocess.run([str(ROOT / "scripts" / "build-go.sh"), str(out), "tiny-orders",
+                        str(ROOT / "interop" / "go"), str(ROOT / "proto" / "order_management.proto")],
+                       check=True, capture_output=True, timeout=600)
         for run in range(3):
             done = subprocess.run([str(out / "tiny-orders"), SERVER.address, "10000"],
                                   capture_output=True, text=True, timeout=120)

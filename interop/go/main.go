@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 	wrapper "google.golang.org/protobuf/types/known/wrapperspb"
-	pb "service/order_management" // the go_package of proto/order_management.proto
+	pb "order_management"
 )
 
 func main() {
