@@ -16,7 +16,7 @@
 //!   clean end of a client stream); `files`: the static page;
 //! - `service`: the `OrderManagement` RPCs ([`OrderService`]); `process`: all of
 //!   `processOrders`; `order`: validation of the orders clients send; `streams`: the count of
-//!   open response streams;
+//!   open response streams and of running writes;
 //! - `store`: the orders in a database, embedded SQLite or PostgreSQL ([`Store`]); every write
 //!   on a task of its own that commits only while its call still wants it, with its idempotency
 //!   key ([`Key`]) in the same transaction;

@@ -253,7 +253,7 @@ impl Metrics {
             .set(saturating_i64(self.open_streams.count()));
         gauges
             .writes
-            .set(saturating_i64(*self.store.writes_in_flight().borrow()));
+            .set(saturating_i64(self.store.writes_running()));
         let pool = self.store.pool_use();
         gauges
             .pool

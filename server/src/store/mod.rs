@@ -24,12 +24,12 @@ use order_api::pb::Order;
 use prost::Message;
 use tokio::{sync::Semaphore, time::Instant};
 
-use crate::{error::Error, order::ValidOrder};
+use crate::{error::Error, order::ValidOrder, streams::Count};
 
 use self::{
     cache::ReadCache,
     keys::Registry,
-    write::{Commit, Gate, InFlight},
+    write::{Commit, Gate},
 };
 
 pub(crate) use self::keys::{Claim, Digest, KeyRecord, Stored};
@@ -336,7 +336,7 @@ pub struct Store {
     /// other calls.
     long_streams: Arc<Semaphore>,
     /// The writes running on tasks of their own.
-    in_flight: InFlight,
+    in_flight: Count,
 }
 
 impl Store {
@@ -362,7 +362,7 @@ impl Store {
             running: Arc::default(),
             key_ttl: options.idempotency_ttl,
             long_streams: Arc::new(Semaphore::new((options.max_connections / 2).max(1) as usize)),
-            in_flight: InFlight::default(),
+            in_flight: Count::default(),
         })
     }
 
@@ -558,7 +558,7 @@ impl Store {
         work: impl Future<Output = Result<T, Error>> + Send + 'static,
     ) -> Result<T, Error> {
         let _abandon = gate.abandon_on_drop();
-        let mut task = tokio::spawn(self.in_flight.track(work));
+        let mut task = tokio::spawn(self.in_flight.track_future(work));
         tokio::select! {
             joined = &mut task => outcome_of(joined),
             () = tokio::time::sleep_until(deadline) => {
@@ -598,6 +598,11 @@ impl Store {
     /// to know that a cancelled call left nothing running).
     pub fn writes_in_flight(&self) -> tokio::sync::watch::Receiver<usize> {
         self.in_flight.watch()
+    }
+
+    /// How many writes run on tasks of their own right now, for the metrics.
+    pub(crate) fn writes_running(&self) -> usize {
+        self.in_flight.count()
     }
 
     /// Forgets the idempotency keys older than the TTL, a few hundred per transaction so that no

@@ -1,6 +1,6 @@
 //! What keeps a write honest: it commits only while its caller still wants it ([`Gate`]), with
 //! the read cache invalidated around its commit by the work itself, never by a caller that may
-//! be gone ([`Commit::begin`]), and it is counted while it runs ([`InFlight`]).
+//! be gone ([`Commit::begin`]).
 
 use std::{
     sync::{
@@ -10,8 +10,7 @@ use std::{
     time::Duration,
 };
 
-use futures::Future;
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
 
 use super::{cache::ReadCache, keys::KeyRecord};
 use crate::error::Error;
@@ -146,40 +145,6 @@ impl Drop for Committing {
         if let Some(cache) = &self.0 {
             cache.end_write();
         }
-    }
-}
-
-/// How many writes run on tasks of their own. Cloning gives another handle to the same count.
-#[derive(Debug, Clone)]
-pub(super) struct InFlight(Arc<watch::Sender<usize>>);
-
-impl Default for InFlight {
-    fn default() -> Self {
-        Self(Arc::new(watch::Sender::new(0)))
-    }
-}
-
-impl InFlight {
-    /// `work`, counted from now until it ends.
-    pub(super) fn track<T>(&self, work: impl Future<Output = T>) -> impl Future<Output = T> {
-        self.0.send_modify(|n| *n += 1);
-        let counted = Counted(self.0.clone());
-        async move {
-            let _counted = counted;
-            work.await
-        }
-    }
-
-    pub(super) fn watch(&self) -> watch::Receiver<usize> {
-        self.0.subscribe()
-    }
-}
-
-struct Counted(Arc<watch::Sender<usize>>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
     }
 }
 
