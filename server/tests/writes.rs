@@ -360,6 +360,73 @@ async fn idle_client_streams_do_not_starve_the_pool(#[values(Db::Sqlite, Db::Pos
     }
 }
 
+/// Streams too long for memory (over 1 MiB of orders each) stage in the database under a permit:
+/// at most half the pool at once, so eight of them held open leave `getOrder` answering; cancelled
+/// half-way, none of them stores anything; and a long stream that ends cleanly is stored whole.
+#[rstest]
+#[tokio::test]
+async fn long_client_streams_hold_at_most_half_the_pool_and_cancelled_store_nothing(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    let mut config = Config::for_tests();
+    config.database_timeout = Duration::from_millis(500);
+    config.cache_mb = 0;
+    let (server, store, _db) = start(config, db).await;
+    // About 20 KB each: 80 of them are over the 1 MiB a stream holds in memory.
+    let big = |id: String| Order {
+        id,
+        items: (0..100).map(|_| "x".repeat(200)).collect(),
+        ..order("", "")
+    };
+    let mut senders = Vec::new();
+    let mut calls = Vec::new();
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        let (mut orders, stream) = mpsc::unbounded::<Order>();
+        for m in 0..80 {
+            let id = format!("long-{n}-{m}");
+            orders.send(big(id.clone())).await.unwrap();
+            ids.push(id);
+        }
+        senders.push(orders);
+        let mut client = server.native().await;
+        calls.push(tokio::spawn(async move { client.add_orders(stream).await }));
+    }
+    // Half the pool's worth of streams (4) get permits and all their orders read; the others
+    // wait for a permit, unread past their first 1 MiB.
+    received(&server, "addOrders", 4.0 * 80.0).await;
+    let mut client = server.native().await;
+    for id in ["102", "103", "104", "105", "106"] {
+        let answered =
+            tokio::time::timeout(Duration::from_millis(400), client.get_order(id.to_string()))
+                .await
+                .unwrap_or_else(|_| panic!("getOrder {id} waited behind the long streams"));
+        answered.unwrap_or_else(|status| panic!("getOrder {id}: {status:?}"));
+    }
+    // The clients cancel, their streams still open.
+    for call in &calls {
+        call.abort();
+    }
+    for call in calls {
+        let _ = call.await;
+    }
+    ended(&server, &store, "addOrders", &["Canceled", "Aborted"]).await;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    missing(&store, &ids).await;
+    drop(senders);
+    // A long stream that ends cleanly is stored whole.
+    let whole: Vec<Order> = (0..100).map(|m| big(format!("whole-{m}"))).collect();
+    let answer = client
+        .add_orders(futures::stream::iter(whole))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        answer.starts_with("added 100 orders: whole-0, whole-1"),
+        "{answer}"
+    );
+}
+
 /// A client stream that sends nothing ends after `--stream-idle-timeout`, nothing applied.
 #[tokio::test]
 async fn a_silent_client_stream_ends_with_a_clear_error() {
