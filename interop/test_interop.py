@@ -74,8 +74,8 @@ class LiveServer:
 
 
 def setUpModule():
-    global SERVER, pb, pb_grpc, wrappers
-    stubs = tempfile.mkdtemp(prefix="order-stubs-")
+    global SERVER, STUBS, pb, pb_grpc, wrappers
+    STUBS = stubs = tempfile.mkdtemp(prefix="order-stubs-")
     generate_python_stubs(stubs)
     import order_management_pb2 as pb  # noqa: E402
     import order_management_pb2_grpc as pb_grpc  # noqa: E402
@@ -86,6 +86,7 @@ def setUpModule():
 
 def tearDownModule():
     SERVER.__exit__(None, None, None)
+    shutil.rmtree(STUBS, ignore_errors=True)
 
 
 class PythonGrpcio(unittest.TestCase):
