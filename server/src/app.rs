@@ -78,6 +78,7 @@ pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
                 max: config.max_call_duration(),
                 streamed: MethodPaths::response_streams(),
             },
+            methods: MethodPaths::all(),
         })),
         cors: cors(config),
     };

@@ -3,9 +3,12 @@
 //! In order: metrics (the call is counted and timed, refusals included), the host check (DNS
 //! rebinding, [`crate::host`]), authentication (the caller's token and scope, [`crate::auth`]),
 //! deadlines (`grpc-timeout` and `--max-call-duration`, [`crate::deadline`]), then the service.
-//! A refused call never reaches the service: it is answered at once, trailers-only. A call's
-//! request body reaches the service as [`ResetIsError`]: a client stream reset half-way fails,
-//! rather than ending as if the client had sent all it meant to.
+//! A refused call (a host not served, no token or a bad one, a missing scope, a method this server
+//! does not have) never reaches the service: it is answered trailers-only, once the first few KiB
+//! of its request body have been read and thrown away ([`drain`]). Answered before the body, a
+//! client still sending it would see a reset stream (HTTP/2) or a closed socket (HTTP/1.1) instead
+//! of the refusal. A call's request body reaches the service as [`ResetIsError`]: a client stream
+//! reset half-way fails, rather than ending as if the client had sent all it meant to.
 //!
 //! One layer rather than four: each would move the request, clone its handles and nest its
 //! future around the next for every call, which cost about 5 % of a cached `getOrder`. Each
@@ -17,10 +20,12 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::{Request, Response};
+use http_body_util::BodyExt;
 use tonic::{body::Body as GrpcBody, Status};
 use tower::{Layer, Service};
 
@@ -30,6 +35,7 @@ use crate::{
     deadline::{Deadlines, Timer},
     host::{refusal, Hosts},
     metrics::{measured, Call, Metrics},
+    route::MethodPaths,
 };
 
 /// What every call is checked and measured against: made once, shared by every stack.
@@ -40,6 +46,8 @@ pub(crate) struct Edge {
     /// `None` when authentication is off.
     pub(crate) auth: Option<Auth>,
     pub(crate) deadlines: Deadlines,
+    /// Every method served, so that a call to any other is refused here, its body drained.
+    pub(crate) methods: MethodPaths,
 }
 
 /// Puts [`Edge`] in front of a gRPC service.
@@ -66,6 +74,7 @@ pub(crate) struct EdgeService<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for EdgeService<S>
 where
+    B: http_body::Body + Send + 'static,
     S: Service<Request<ResetIsError<B>>, Response = Response<ResBody>, Error = Infallible>,
     ResBody: http_body::Body<Data = Bytes> + Default + Send + 'static,
     ResBody::Error: Into<tonic::codegen::StdError>,
@@ -86,14 +95,22 @@ where
             .map(|metrics| metrics.begin(&mut request));
         if let Err(host) = edge.hosts.check(&request) {
             tracing::debug!(%host, path = request.uri().path(), "call for a host not served: refused");
-            return EdgeFuture::refused(Status::permission_denied(refusal(&host)), call);
+            let status = Status::permission_denied(refusal(&host));
+            return EdgeFuture::refused(status, request.into_body(), call);
+        }
+        if !edge.methods.contains(request.uri().path()) {
+            let status = Status::unimplemented(format!(
+                "this server has no method {}",
+                request.uri().path()
+            ));
+            return EdgeFuture::refused(status, request.into_body(), call);
         }
         if let Some(auth) = &edge.auth {
             match auth.check(request.headers(), Need::of(request.uri().path())) {
                 Ok(caller) => {
                     request.extensions_mut().insert(caller);
                 }
-                Err(status) => return EdgeFuture::refused(status, call),
+                Err(status) => return EdgeFuture::refused(status, request.into_body(), call),
             }
         }
         let timer = edge.deadlines.of(&mut request);
@@ -130,16 +147,57 @@ pin_project_lite::pin_project! {
     enum State<F> {
         /// Passed to the service, under its deadline.
         Called { #[pin] inner: F, timer: Timer },
-        /// Refused at the edge (taken when answered).
-        Refused { status: Option<Box<Status>> },
+        /// Refused at the edge (taken when answered), once its request body is drained.
+        Refused { status: Option<Box<Status>>, drain: Option<Drain> },
     }
 }
 
+/// Reading and throwing away the start of a refused call's request body.
+type Drain = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// How much of a refused call's request body is read before the refusal is sent: a unary call's
+/// message, or the start of a stream. A client that sends more sees its stream reset or its
+/// connection closed after the answer, as it would anywhere.
+const DRAIN_BYTES: usize = 16 * 1024;
+
+/// How long a refused call's request body is waited for at most.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Reads `body` to its end, or until [`DRAIN_BYTES`] or [`DRAIN_TIME`] is spent; `None` if it is
+/// already over (a call whose head ended its stream).
+fn drain<B>(body: B) -> Option<Drain>
+where
+    B: http_body::Body + Send + 'static,
+{
+    if body.is_end_stream() {
+        return None;
+    }
+    Some(Box::pin(async move {
+        let mut body = std::pin::pin!(body);
+        let mut read = 0;
+        let reading = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    read += data.remaining();
+                    if read > DRAIN_BYTES {
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_TIME, reading).await;
+    }))
+}
+
 impl<F> EdgeFuture<F> {
-    fn refused(status: Status, call: Option<Call>) -> Self {
+    fn refused<B>(status: Status, body: B, call: Option<Call>) -> Self
+    where
+        B: http_body::Body + Send + 'static,
+    {
         EdgeFuture {
             state: State::Refused {
                 status: Some(Box::new(status)),
+                drain: drain(body),
             },
             call,
         }
@@ -164,10 +222,18 @@ where
                     Poll::Pending => return Poll::Pending,
                 },
             },
-            StateProj::Refused { status } => status
-                .take()
-                .expect("an edge future is not polled after it is ready")
-                .into_http(),
+            StateProj::Refused { status, drain } => {
+                if let Some(reading) = drain {
+                    if reading.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    *drain = None;
+                }
+                status
+                    .take()
+                    .expect("an edge future is not polled after it is ready")
+                    .into_http()
+            }
         };
         Poll::Ready(Ok(measured(response, this.call.take())))
     }

@@ -6,8 +6,6 @@
 //! page request. The order service's name and which of its methods are unary come from the
 //! generated code and the embedded descriptor set, never from literals here.
 
-use std::collections::HashSet;
-
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Version};
 use order_api::pb::order_management_server::SERVICE_NAME;
 use prost::Message;
@@ -59,13 +57,30 @@ impl MethodPaths {
         Self::of(|kind| matches!(kind, Kind::ServerStream | Kind::BidiStream))
     }
 
+    /// Every method this server has: the order service's, health's and reflection's. A call to
+    /// any other is refused at the edge ([`crate::edge`]).
+    pub(crate) fn all() -> Self {
+        let mut paths = Self::of(|_| true);
+        for encoded in [
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ] {
+            let set = prost_types::FileDescriptorSet::decode(encoded)
+                .expect("the descriptor sets embedded at build time are valid");
+            paths.0.extend(methods(&set).iter().map(GrpcMethod::path));
+        }
+        paths
+    }
+
     fn of(wanted: impl Fn(Kind) -> bool) -> Self {
-        let paths: HashSet<String> = served_methods()
-            .into_iter()
-            .filter(|method| wanted(method.kind))
-            .map(|method| method.path())
-            .collect();
-        Self(paths.into_iter().collect())
+        // In the descriptor's order, so that `getOrder`, the first, is found first.
+        Self(
+            served_methods()
+                .into_iter()
+                .filter(|method| wanted(method.kind))
+                .map(|method| method.path())
+                .collect(),
+        )
     }
 
     pub(crate) fn contains(&self, path: &str) -> bool {

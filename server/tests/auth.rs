@@ -421,3 +421,106 @@ async fn browsers_are_told_why_they_were_refused() {
         "{body:?}"
     );
 }
+
+/// How long the slow client of the refusal tests waits between its request's head and its body:
+/// the network it stands for, not a wait for the server.
+const SLOW_NETWORK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What a gRPC-Web `getOrder("106")` carries: one frame of 10 bytes.
+const GET_106_FRAME: &[u8] = b"\0\0\0\0\x05\x0a\x03106";
+
+/// One refused call from a client that sends its body after its head, over HTTP/1.1 on its own
+/// connection (as Node's `http` does): the whole answer, or why it could not be read.
+async fn refused_over_http1(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/grpc-web+proto\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        GET_106_FRAME.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The body in two packets, as a slow link delivers it.
+    for part in GET_106_FRAME.chunks(5) {
+        tokio::time::sleep(SLOW_NETWORK).await;
+        stream
+            .write_all(part)
+            .await
+            .map_err(|error| format!("writing the body: {error}"))?;
+    }
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .await
+        .map_err(|error| format!("reading the answer: {error}"))?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// The same over HTTP/2 (prior knowledge): the status the answer carries, or the reset or error
+/// the client saw instead.
+async fn refused_over_http2(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    tokio::time::sleep(SLOW_NETWORK).await;
+    body.send_data(bytes::Bytes::from_static(GET_106_FRAME), true)
+        .map_err(|error| format!("sending the body: {error}"))?;
+    let response = response
+        .await
+        .map_err(|error| format!("reading the answer: {error}"))?;
+    let status = response.headers().get("grpc-status").cloned();
+    let mut answer = response.into_body();
+    while let Some(data) = answer.data().await {
+        data.map_err(|error| format!("reading the answer's body: {error}"))?;
+    }
+    let trailers = answer
+        .trailers()
+        .await
+        .map_err(|error| format!("reading the trailers: {error}"))?;
+    // The stream ended cleanly: the server did not reset it once it had answered.
+    if let std::task::Poll::Ready(reset) =
+        futures::poll!(std::future::poll_fn(|cx| body.poll_reset(cx)))
+    {
+        return Err(format!("the server reset the stream: {reset:?}"));
+    }
+    let status = status
+        .or_else(|| trailers.and_then(|t| t.get("grpc-status").cloned()))
+        .ok_or("no grpc-status")?;
+    Ok(status.to_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn a_client_that_sends_its_body_after_its_head_reads_every_refusal() {
+    let auth = start(|_| {}).await;
+    let addr = auth.server.addr;
+    // 50 at once over HTTP/1.1, each on its own connection: no token.
+    let answers = futures::future::join_all(
+        (0..50).map(|_| refused_over_http1(addr, "/OrderManagement/getOrder")),
+    )
+    .await;
+    for answer in answers {
+        let answer = answer.expect("the refusal is read");
+        assert!(answer.contains("grpc-status: 16"), "{answer}");
+        assert!(answer.contains("no%20token"), "{answer}");
+    }
+    // 50 at once over HTTP/2, on one connection each: no token, and an unknown method.
+    for path in ["/OrderManagement/getOrder", "/OrderManagement/noSuchMethod"] {
+        let answers =
+            futures::future::join_all((0..50).map(|_| refused_over_http2(addr, path))).await;
+        let expected = if path.ends_with("getOrder") {
+            "16"
+        } else {
+            "12"
+        };
+        for answer in answers {
+            assert_eq!(answer.as_deref(), Ok(expected), "{path}");
+        }
+    }
+}
