@@ -75,3 +75,38 @@ test("over TLS, a lookup without a token is refused with a reason, and works onc
   assert.equal(await page.isDisabled("#add"), false);
   await context.close();
 });
+
+test("signed in with a bad token, every lookup and import shows the refusal, never a network error", async () => {
+  // A well-formed token signed with another secret: the server refuses it at the edge, before it
+  // has read the call's body (an import streams its body after the call's head).
+  const other = path.join(dir, "other-secret");
+  writeFileSync(other, "not the server's secret\n");
+  const forged = execFileSync(bin, ["token", "--secret-file", other, "--scope", "orders:write",
+    "--subject", "mallory"]).toString().trim();
+  const file = path.join(dir, "orders.csv");
+  writeFileSync(file, "items,price,destination\n" + Array.from({ length: 40 },
+    (_, i) => `Lamp ${i},${i + 1},"Denver, CO"`).join("\n") + "\n");
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  const page = await context.newPage();
+  await page.goto(`${server.url}/`);
+  await page.getByLabel("Access token").fill(forged);
+  await page.click("#sign-in");
+  const error = page.locator("#error");
+  const imported = page.locator("#import-status");
+  for (let i = 1; i <= 20; i++) {
+    await page.getByLabel("Order ID", { exact: true }).fill(String(101 + (i % 5)));
+    await page.click("#lookup");
+    await page.waitForSelector("#lookup:not([disabled])");
+    await error.waitFor({ state: "visible" });
+    assert.match(await error.innerText(), /wants a valid access token.*signature/, `lookup ${i}`);
+
+    await page.setInputFiles("#import-file", file);
+    await page.click("#import");
+    await page.waitForFunction(() => {
+      const status = document.getElementById("import-status");
+      return !status.hidden && !/Importing/.test(status.textContent);
+    });
+    assert.match(await imported.innerText(), /valid access token.*signature/, `import ${i}`);
+  }
+  await context.close();
+});
