@@ -149,6 +149,13 @@ pub struct Config {
     #[arg(long, hide = true, env = "ORDER_AXUM_ROUTER")]
     pub axum_router: bool,
 
+    /// Seconds a new connection has to finish its TLS handshake and send its first complete
+    /// request head. Until it has, it is half-open: closed at this deadline, and the first to
+    /// make room when every connection slot is taken (see --max-connections), so sockets that
+    /// start a handshake or a request head and stop cannot keep real clients out.
+    #[arg(long, env = "ORDER_HANDSHAKE_TIMEOUT", default_value = "5", value_parser = parse_positive_seconds)]
+    pub handshake_timeout: Duration,
+
     /// Seconds a connection may go with no call in flight: a socket that sends nothing, stops
     /// half-way through a request head, or sits idle between HTTP/1.1 requests is closed after
     /// this (checked every quarter of it, so within 1.25 times this). An HTTP/2 connection that

@@ -2,8 +2,9 @@
 //! idle, and closing them all on shutdown.
 //!
 //! A connection is admitted with a [`Slot`]; when every slot is taken, an idle connection (no
-//! call in flight; one that never made a call first, such as a silent socket, then the oldest)
-//! is told to close and the new one takes its slot; when none is idle, the new
+//! call in flight; a half-open one first, that has made no call yet, such as a silent socket, a
+//! TLS handshake or a request head begun and stopped; then the oldest) is told to close and the
+//! new one takes its slot; when none is idle, the new
 //! connection is refused at once (closed), so clients fail fast instead of queueing unseen in the
 //! kernel's backlog. The default limit leaves a reserve of file descriptors for the database,
 //! the page's files and the logs, so connections alone never exhaust them.
@@ -11,9 +12,9 @@
 //! Each call on a connection counts as in flight from the moment it arrives until its response
 //! body has been sent or dropped ([`Counted`]), streams included.
 //!
-//! A connection with nothing in flight for too long is closed ([`Connection::close_when_quiet`]):
-//! a client that went silent, sends a request head too slowly, or keeps an HTTP/1.1 connection
-//! idle. One watcher task per connection checks a flag a few times per period, so a call costs
+//! A connection that has made no call by `--handshake-timeout` is closed, and so is one with
+//! nothing in flight for too long after that ([`Connection::close_when_quiet`]): a client that
+//! went silent, sends a request head too slowly, or keeps an HTTP/1.1 connection idle. One watcher task per connection checks a flag a few times per period, so a call costs
 //! one store, where a timer armed for every request head (hyper's `header_read_timeout`) cost
 //! about 1 400 instructions per HTTP/1.1 call.
 
@@ -33,8 +34,9 @@ use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-/// How long a new connection waits for the idle connection it displaced to close.
-const SHED_WAIT: Duration = Duration::from_secs(1);
+/// How long a new connection waits for the idle connection it displaced to close: a half-open
+/// one goes at once, an idle one within `QUIET_CLOSE_GRACE` (1 s, in `server.rs`).
+const SHED_WAIT: Duration = Duration::from_secs(2);
 
 /// The default `--max-connections` for a file-descriptor limit of `nofile`: all of it but a
 /// reserve of a quarter (at most 256) for everything else the server opens.
@@ -101,15 +103,33 @@ impl Connection {
         })
     }
 
-    /// Tells the connection to close once nothing has been in flight on it for `limit` (and it
-    /// has had no HTTP/2 call), from a task of its own that looks every quarter of `limit`: so
-    /// after between `limit` and 1.25 times `limit` of quiet. The task ends with the connection,
-    /// or at its first HTTP/2 call, after which it is never closed for quiet.
-    pub(crate) fn close_when_quiet(self: &Arc<Self>, limit: Duration) {
+    /// Tells the connection to close if it has had no call by `half_open_until` (a TLS handshake
+    /// or a first request head not done in time), and after that once nothing has been in flight
+    /// on it for `limit` (and it has had no HTTP/2 call), from a task of its own that looks every
+    /// quarter of `limit`: so after between `limit` and 1.25 times `limit` of quiet. The task ends
+    /// with the connection, or at its first HTTP/2 call, after which it is never closed for quiet.
+    pub(crate) fn close_when_quiet(
+        self: &Arc<Self>,
+        half_open_until: tokio::time::Instant,
+        limit: Duration,
+    ) {
         const LOOKS: u32 = 4;
         let connection = Arc::downgrade(self);
         let every = (limit / LOOKS).max(Duration::from_millis(1));
         tokio::spawn(async move {
+            tokio::time::sleep_until(half_open_until).await;
+            match connection.upgrade() {
+                None => return,
+                Some(connection) if !connection.used() => {
+                    tracing::debug!(
+                        "no TLS handshake and request head within --handshake-timeout: closing"
+                    );
+                    connection.quiet_too_long.store(true, Ordering::Release);
+                    connection.tell_to_close();
+                    return;
+                }
+                Some(_) => {}
+            }
             let mut looks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut quiet_looks = 0;
@@ -131,6 +151,16 @@ impl Connection {
                 }
             }
         });
+    }
+
+    /// Whether it has had a call: a complete request head. Until then it is half-open.
+    pub(crate) fn used(&self) -> bool {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Whether it has no call in flight.
+    pub(crate) fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
     }
 
     /// Whether [`Self::close_when_quiet`] closed it.

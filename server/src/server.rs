@@ -208,6 +208,8 @@ async fn accept<S, B>(
             connections.clone(),
         );
         let wait = config.header_read_timeout;
+        // The TLS handshake and the first request head must be done by then.
+        let handshake_deadline = tokio::time::Instant::now() + config.handshake_timeout;
         tokio::spawn(async move {
             let Some(slot) = connections.admit().await else {
                 debug!(
@@ -222,10 +224,12 @@ async fn accept<S, B>(
             };
             let told_to_close = slot.connection.told_to_close();
             let mut told_to_close = std::pin::pin!(told_to_close);
-            // The first byte tells TLS from plaintext; a client that sends nothing at all is
-            // not waited for longer than --header-read-timeout.
+            // Until its first request head, the connection is half-open: told to close at the
+            // handshake deadline, and the first to make room for a newcomer.
+            slot.connection.close_when_quiet(handshake_deadline, wait);
+            // The first byte tells TLS from plaintext.
             let first = tokio::select! {
-                first = first_byte(&stream, wait) => first,
+                first = first_byte(&stream) => first,
                 () = &mut told_to_close => None,
             };
             let Some(first) = first else {
@@ -236,12 +240,14 @@ async fn accept<S, B>(
             // (and inlined) once rather than once per kind of stream.
             let stream = match tls {
                 None => Either::Left(stream),
-                Some(tls) => match handshake(&tls, stream, first).await {
+                Some(tls) => match tokio::select! {
+                    stream = handshake(&tls, stream, first) => stream,
+                    () = &mut told_to_close => None,
+                } {
                     Some(stream) => Either::Right(stream),
                     None => return,
                 },
             };
-            slot.connection.close_when_quiet(wait);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let result = serve_until_told(connection, told_to_close, &slot.connection).await;
             if let Err(error) = result {
@@ -252,9 +258,9 @@ async fn accept<S, B>(
     }
 }
 
-/// How long a connection closed for quiet may take to go: an HTTP/2 one sends GOAWAY and an idle
-/// HTTP/1.1 one closes at once, but one stopped half-way through a request head would wait for
-/// the rest.
+/// How long a connection closed with nothing in flight (quiet, or making room for another) may
+/// take to go: an HTTP/2 one sends GOAWAY and an idle HTTP/1.1 one closes at once, but one stopped
+/// half-way through a request head would wait for the rest.
 const QUIET_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves `connection` to its end; once `told_to_close` completes, it finishes the calls in
@@ -280,8 +286,8 @@ where
         () = told_to_close => {}
     }
     connection.as_mut().graceful_shutdown();
-    if counted.quiet_too_long() {
-        debug!("nothing in flight for --header-read-timeout: closed");
+    if counted.quiet_too_long() || counted.idle() {
+        debug!("closed with nothing in flight (half-open, quiet, or making room)");
         return tokio::time::timeout(QUIET_CLOSE_GRACE, connection)
             .await
             .unwrap_or(Ok(()));
@@ -294,25 +300,22 @@ fn is_out_of_descriptors(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
-/// The first byte the client sends, once it sends one within `wait`.
-async fn first_byte(stream: &tokio::net::TcpStream, wait: Duration) -> Option<u8> {
+/// The first byte the client sends (`None`: it closed first).
+async fn first_byte(stream: &tokio::net::TcpStream) -> Option<u8> {
     let mut first = [0u8; 1];
-    match tokio::time::timeout(wait, stream.peek(&mut first)).await {
-        Ok(Ok(1)) => Some(first[0]),
+    match stream.peek(&mut first).await {
+        Ok(1) => Some(first[0]),
         _ => None,
     }
 }
-
-/// How long a client may take to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a plaintext HTTP client on the TLS port is told, instead of a silent close.
 const PLAINTEXT_REFUSED: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n\
 connection: close\r\ncontent-length: 49\r\n\r\nThis port speaks TLS only: use https:// instead.\n";
 
 /// The TLS side of a new connection: a plaintext client (its first byte is not a TLS handshake
-/// record) gets a plain 400 and the connection is closed; a handshake that fails or takes too
-/// long ends the connection.
+/// record) gets a plain 400 and the connection is closed; a handshake that fails ends the
+/// connection (one that takes too long is the caller's to end: `--handshake-timeout`).
 async fn handshake(
     tls: &Tls,
     stream: tokio::net::TcpStream,
@@ -326,14 +329,10 @@ async fn handshake(
         let _ = stream.shutdown().await;
         return None;
     }
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
-        Ok(Ok(stream)) => Some(stream),
-        Ok(Err(error)) => {
+    match tls.acceptor().accept(stream).await {
+        Ok(stream) => Some(stream),
+        Err(error) => {
             debug!(%error, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            debug!("TLS handshake timed out");
             None
         }
     }

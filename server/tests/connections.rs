@@ -195,3 +195,99 @@ fn out_of_file_descriptors_the_server_serves_its_clients_and_resumes_accepting()
         .count();
     assert_eq!(ran_out, 0, "said again while still out: {log:?}");
 }
+
+/// A socket that starts what a client starts, then stops.
+#[derive(Debug, Clone, Copy)]
+enum HalfOpen {
+    /// The first bytes of a TLS handshake record.
+    TlsHandshake,
+    /// An HTTP/1.1 request head cut half-way.
+    Http1Head,
+    /// The HTTP/2 connection preface, and nothing after it.
+    Http2Preface,
+}
+
+impl HalfOpen {
+    fn bytes(self) -> &'static [u8] {
+        match self {
+            HalfOpen::TlsHandshake => b"\x16\x03\x01",
+            HalfOpen::Http1Head => {
+                b"POST /OrderManagement/getOrder HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+            }
+            HalfOpen::Http2Preface => b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        }
+    }
+}
+
+#[tokio::test]
+async fn half_open_sockets_of_every_kind_are_shed_first_and_closed_at_the_handshake_deadline() {
+    for kind in [
+        HalfOpen::TlsHandshake,
+        HalfOpen::Http1Head,
+        HalfOpen::Http2Preface,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_tests();
+        config.max_connections = Some(4.try_into().unwrap());
+        config.handshake_timeout = Duration::from_secs(2);
+        // Not what closes them: the quiet watcher alone would take a minute.
+        config.header_read_timeout = Duration::from_secs(60);
+        let mut tls = None;
+        if let HalfOpen::TlsHandshake = kind {
+            let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+            std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+            std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+            config.tls_cert = Some(dir.path().join("cert.pem"));
+            config.tls_key = Some(dir.path().join("key.pem"));
+            tls = Some(cert.cert.pem());
+        }
+        let server = TestServer::start_with(config).await;
+
+        // Four half-open sockets take every slot.
+        let mut attackers = fill(&server.addr.to_string(), 4).await;
+        for socket in &mut attackers {
+            use tokio::io::AsyncWriteExt;
+            socket.write_all(kind.bytes()).await.unwrap();
+        }
+
+        // A real client is served all the same: a half-open socket makes room at once.
+        let channel = tokio::time::timeout(LIMIT, async {
+            match &tls {
+                None => connect(&server.url()).await,
+                Some(pem) => {
+                    let tls = tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+                        .domain_name("localhost");
+                    Endpoint::from_shared(format!("https://{}", server.addr))
+                        .unwrap()
+                        .tls_config(tls)
+                        .unwrap()
+                        .connect()
+                        .await
+                }
+            }
+        })
+        .await
+        .expect("connected in time")
+        .unwrap_or_else(|error| panic!("{kind:?}: a real client is kept out: {error:?}"));
+        let id = tokio::time::timeout(LIMIT, get_106(channel))
+            .await
+            .expect("answered in time");
+        assert_eq!(
+            id.map_err(|status| status.to_string()),
+            Ok("106".to_string()),
+            "{kind:?}"
+        );
+
+        // The rest are closed by the server at the handshake deadline, long before the quiet
+        // watcher would.
+        let closed = futures::future::join_all(attackers.iter_mut().map(|socket| async move {
+            let mut rest = Vec::new();
+            tokio::time::timeout(LIMIT, socket.read_to_end(&mut rest))
+                .await
+                .is_ok()
+        }))
+        .await;
+        assert!(closed.iter().all(|&closed| closed), "{kind:?}: {closed:?}");
+    }
+}
