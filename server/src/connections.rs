@@ -421,12 +421,42 @@ mod tests {
 
     const LIMIT: Duration = Duration::from_secs(8);
 
+    /// A connection that has made a call (its request head came in time), watched for quiet.
+    async fn used_and_watched(connections: &Arc<Connections>) -> Slot {
+        let slot = connections.admit().await.unwrap();
+        drop(InFlight::new(&slot.connection));
+        slot.connection
+            .close_when_quiet(tokio::time::Instant::now(), LIMIT);
+        slot
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_call_by_the_handshake_deadline_is_closed_then() {
+        let connections = Connections::new(4);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let half_open = connections.admit().await.unwrap();
+        half_open.connection.close_when_quiet(deadline, LIMIT);
+        let used = connections.admit().await.unwrap();
+        used.connection.close_when_quiet(deadline, LIMIT);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(!told(&half_open), "closed before its deadline");
+        drop(InFlight::new(&used.connection));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            told(&half_open),
+            "half-open after its deadline, and still open"
+        );
+        assert!(
+            !told(&used),
+            "a connection that made a call is not half-open"
+        );
+    }
+
     // Paused time: the watcher's looks come as the runtime idles, without waiting.
     #[tokio::test(start_paused = true)]
     async fn a_connection_with_nothing_in_flight_is_closed_after_its_limit() {
         let connections = Connections::new(4);
-        let slot = connections.admit().await.unwrap();
-        slot.connection.close_when_quiet(LIMIT);
+        let slot = used_and_watched(&connections).await;
         tokio::time::sleep(LIMIT - Duration::from_secs(1)).await;
         assert!(!told(&slot), "closed before its limit");
         tokio::time::sleep(LIMIT / 4 + Duration::from_secs(2)).await;
@@ -437,8 +467,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn calls_in_flight_or_just_ended_keep_a_connection_open() {
         let connections = Connections::new(4);
-        let slot = connections.admit().await.unwrap();
-        slot.connection.close_when_quiet(LIMIT);
+        let slot = used_and_watched(&connections).await;
         // A long call (a stream, a slow upload): in flight for many limits.
         let call = InFlight::new(&slot.connection);
         tokio::time::sleep(LIMIT * 5).await;
@@ -457,8 +486,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_http2_connection_that_had_a_call_is_not_closed_for_quiet() {
         let connections = Connections::new(4);
-        let slot = connections.admit().await.unwrap();
-        slot.connection.close_when_quiet(LIMIT);
+        let slot = used_and_watched(&connections).await;
         let counted = Counted {
             inner: hyper::service::service_fn(|_: Request<Empty<Bytes>>| async {
                 Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new()))
