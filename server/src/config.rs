@@ -138,6 +138,13 @@ pub struct Config {
     #[arg(long, env = "ORDER_CACHE_MB", default_value_t = 8)]
     pub cache_mb: u64,
 
+    /// Megabytes of orders that open searchOrders streams may hold between them, read from the
+    /// database but not yet sent. A search reads pages of up to 64 orders and 256 KiB while this
+    /// has room, one order at a time once it is spent (never waiting for it), so searches whose
+    /// clients do not read hold this and one order each, and never stop the others.
+    #[arg(long, env = "ORDER_SEARCH_MEMORY_MB", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub search_memory_mb: u64,
+
     /// How often the database is checked for the health service, in seconds: while it cannot be
     /// reached, grpc.health.v1 reports NOT_SERVING.
     #[arg(long, env = "ORDER_HEALTH_INTERVAL", default_value = "2", value_parser = parse_positive_seconds)]
@@ -299,6 +306,7 @@ impl Config {
             max_connections: self.database_connections,
             cache_bytes: self.cache_mb.saturating_mul(1024 * 1024),
             idempotency_ttl: self.idempotency_ttl,
+            search_memory_bytes: self.search_memory_mb.saturating_mul(1024 * 1024),
         }
     }
 

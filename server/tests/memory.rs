@@ -102,3 +102,102 @@ fn memory_stays_bounded_for_a_search_nobody_reads_and_a_long_update() {
         eprintln!("memory: {baseline} KiB with {ORDERS} big orders stored, peak {peak} KiB during the update");
     });
 }
+
+/// A native gRPC connection whose client grants the server only HTTP/2's initial 64 KiB window
+/// and never more: its streams are never read.
+async fn stingy_client(
+    addr: &str,
+) -> order_api::pb::order_management_client::OrderManagementClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    order_api::pb::order_management_client::OrderManagementClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+}
+
+/// Opens `count` searches matching every stored order on `client`'s connection, and reads none.
+async fn unread_searches(
+    client: &order_api::pb::order_management_client::OrderManagementClient<
+        tonic::transport::Channel,
+    >,
+    count: usize,
+) -> Vec<tonic::Streaming<Order>> {
+    futures::future::join_all((0..count).map(|_| {
+        let mut client = client.clone();
+        async move {
+            client
+                .search_orders("\u{1D11E}".to_string())
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    }))
+    .await
+}
+
+#[test]
+fn unread_searches_hold_a_bounded_amount_of_memory_and_other_calls_are_served() {
+    let db = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", db.path().join("orders.db").display());
+    let server = ServerProcess::start(&["--database", &url, "--cache-mb", "0"]);
+    let pid = server.child.id();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = server
+            .client()
+            .await
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        // 300 orders of about 82 KB.
+        let adds = futures::stream::iter(0..300)
+            .map(|n| {
+                let mut client = client.clone();
+                async move { client.add_order(big_order(n)).await.unwrap().into_inner() }
+            })
+            .buffer_unordered(8);
+        let ids: Vec<String> = adds.collect().await;
+        let mut warm = client.clone();
+        drop(warm.search_orders("\u{1D11E}".to_string()).await.unwrap());
+        let baseline = status_kib(pid, "VmRSS:");
+
+        // 30 unread searches on one connection.
+        let stingy = stingy_client(&server.addr).await;
+        let thirty = unread_searches(&stingy, 30).await;
+        // Every one has started: each has its answer's head.
+        assert_eq!(thirty.len(), 30);
+        let mut other = client.clone();
+        other.get_order(ids[0].clone()).await.unwrap();
+        let held = status_kib(pid, "VmRSS:").saturating_sub(baseline);
+        eprintln!("memory: 30 unread searches hold {held} KiB");
+        assert!(held < 50 * 1024, "30 unread searches hold {held} KiB");
+
+        // 1 000 of them: 10 connections of 100.
+        let mut thousand = Vec::new();
+        for _ in 0..10 {
+            let stingy = stingy_client(&server.addr).await;
+            thousand.push(unread_searches(&stingy, 100).await);
+        }
+        // Other calls are still served, a search among them.
+        other.get_order(ids[1].clone()).await.unwrap();
+        let mut reader = client.clone();
+        let mut found = reader
+            .search_orders("\u{1D11E}".to_string())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut read = 0;
+        while found.message().await.unwrap().is_some() {
+            read += 1;
+        }
+        assert_eq!(read, ids.len(), "a search read to its end");
+        let held = status_kib(pid, "VmRSS:").saturating_sub(baseline);
+        eprintln!("memory: 1 030 unread searches hold {held} KiB");
+        assert!(held < 150 * 1024, "1 030 unread searches hold {held} KiB");
+        drop(thousand);
+        drop(thirty);
+    });
+}

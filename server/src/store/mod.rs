@@ -19,7 +19,7 @@ mod write;
 
 use std::{fmt, future::Future, sync::Arc, time::Duration};
 
-use futures::{stream::BoxStream, StreamExt};
+use futures::{stream::BoxStream, StreamExt, TryStreamExt};
 use order_api::pb::Order;
 use prost::Message;
 use tokio::{sync::Semaphore, time::Instant};
@@ -40,9 +40,56 @@ pub use self::keys::{Key, MAX_KEY_CHARS};
 /// while it waits for its client.
 pub const PREFETCH_BYTES: usize = 1024 * 1024;
 
-/// How many orders `search` reads from the database at a time: what it holds in memory, however
-/// many orders there are.
+/// Most orders `search` reads from the database at a time.
 pub const SEARCH_PAGE: i64 = 64;
+
+/// Most bytes of orders (as sent) in one page of `search` beyond its first order: with orders as
+/// large as validation allows (about 82 KB), 64 of them would be 5 MB held by every search whose
+/// client does not read.
+pub const SEARCH_PAGE_BYTES: usize = 256 * 1024;
+
+/// One page of orders read for a search.
+pub(crate) struct Page {
+    pub(crate) orders: Vec<Order>,
+    /// Their size, by [`order_bytes`].
+    pub(crate) bytes: usize,
+    /// No order comes after these.
+    pub(crate) last: bool,
+}
+
+impl Page {
+    /// Takes orders from `rows` (in ID order, at most `limit`) until one brings the page to
+    /// `max_bytes`.
+    pub(crate) async fn read<R>(
+        mut rows: impl futures::Stream<Item = Result<R, sqlx::Error>> + Unpin,
+        limit: i64,
+        max_bytes: usize,
+        order: impl Fn(&R) -> Result<Order, sqlx::Error>,
+    ) -> Result<Page, Error> {
+        let mut page = Page {
+            orders: Vec::new(),
+            bytes: 0,
+            last: true,
+        };
+        while let Some(row) = rows.try_next().await? {
+            let order = order(&row)?;
+            page.bytes += order_bytes(&order);
+            page.orders.push(order);
+            if page.bytes >= max_bytes {
+                // Cut short by its size: more may come after it.
+                page.last = false;
+                return Ok(page);
+            }
+        }
+        page.last = (page.orders.len() as i64) < limit;
+        Ok(page)
+    }
+}
+
+/// What an order takes in a page, counted as it is sent.
+pub(crate) fn order_bytes(order: &Order) -> usize {
+    prost::Message::encoded_len(order)
+}
 
 /// How many written IDs the answer of `updateOrders` and `addOrders` names; the rest are counted.
 pub const SUMMARY_IDS: usize = 20;
@@ -63,6 +110,8 @@ pub struct StoreOptions {
     pub cache_bytes: u64,
     /// How long an idempotency key is remembered.
     pub idempotency_ttl: Duration,
+    /// Bytes of orders that open searches may hold between them, read but not yet sent.
+    pub search_memory_bytes: u64,
 }
 
 impl StoreOptions {
@@ -75,6 +124,7 @@ impl StoreOptions {
             max_connections: 8,
             cache_bytes: 8 * 1024 * 1024,
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
+            search_memory_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -259,8 +309,9 @@ trait Backend: Send + Sync + fmt::Debug {
     /// Stores `order` under its own ID, or under the next number of the ID sequence (skipping
     /// taken ones) when it has none, in one transaction with its idempotency key, if any.
     async fn add(&self, order: Order, commit: Commit) -> Result<Applied<Added>, Error>;
-    /// Up to `limit` orders after `after` in ID order ("" for the first page).
-    async fn page(&self, after: &str, limit: i64) -> Result<Vec<Order>, Error>;
+    /// Up to `limit` orders after `after` in ID order ("" for the first page), stopping at the
+    /// first order that brings the page to `max_bytes` (so one order at least).
+    async fn page(&self, after: &str, limit: i64, max_bytes: usize) -> Result<Page, Error>;
     /// Begins staging a client stream's orders (a connection, or a transaction, of its own),
     /// waiting for the database until `deadline`. `key` is the call's idempotency key, if any;
     /// a key stored before `keys_expired_before` (Unix milliseconds) counts as absent.
@@ -337,6 +388,8 @@ pub struct Store {
     long_streams: Arc<Semaphore>,
     /// The writes running on tasks of their own.
     in_flight: Count,
+    /// Bytes of orders open searches hold, read but not yet sent: one permit a byte.
+    search_memory: Arc<Semaphore>,
 }
 
 impl Store {
@@ -362,6 +415,11 @@ impl Store {
             running: Arc::default(),
             key_ttl: options.idempotency_ttl,
             long_streams: Arc::new(Semaphore::new((options.max_connections / 2).max(1) as usize)),
+            search_memory: Arc::new(Semaphore::new(
+                usize::try_from(options.search_memory_bytes)
+                    .unwrap_or(usize::MAX)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
             in_flight: Count::default(),
         })
     }
@@ -417,24 +475,52 @@ impl Store {
 
     /// Every order with an item containing `text`, ignoring case, in ID order, read from the
     /// database a page at a time as the stream is polled: a client that does not read holds one
-    /// page, never a copy of the store.
+    /// page, never a copy of the store. A page is at most [`SEARCH_PAGE`] orders and
+    /// [`SEARCH_PAGE_BYTES`] while the searches' shared memory budget has room for it, one order
+    /// once it has not: unread searches hold a bounded amount between them, and never make
+    /// another search wait.
     pub fn search(&self, text: &str) -> BoxStream<'static, Result<Order, Error>> {
         let needle = text.to_lowercase();
         let store = self.clone();
         Box::pin(async_stream::try_stream! {
             let mut after = String::new();
+            // The size of an order of the last page: the next asks the database for as many
+            // as fit (rows past the page's size would be read and decoded for nothing). The
+            // first page guesses large orders: 5 of them, then as many as fit.
+            let mut order_size = SEARCH_PAGE_BYTES / 4;
             loop {
-                let page = store.bounded(store.backend.page(&after, SEARCH_PAGE)).await?;
-                let last_page = (page.len() as i64) < SEARCH_PAGE;
-                if let Some(last) = page.last() {
+                let mut held = store
+                    .search_memory
+                    .clone()
+                    .try_acquire_many_owned(SEARCH_PAGE_BYTES as u32)
+                    .ok();
+                let max_bytes = if held.is_some() { SEARCH_PAGE_BYTES } else { 0 };
+                let limit = (max_bytes / order_size.max(1) + 1).min(SEARCH_PAGE as usize) as i64;
+                let page = store
+                    .bounded(store.backend.page(&after, limit, max_bytes))
+                    .await?;
+                if !page.orders.is_empty() {
+                    order_size = page.bytes / page.orders.len();
+                }
+                // The budget holds what the page holds, given back order by order as each is
+                // sent: the stream is polled for the next once hyper has handed the last to h2.
+                if let Some(permit) = &mut held {
+                    let unused = SEARCH_PAGE_BYTES.saturating_sub(page.bytes);
+                    drop(permit.split(unused));
+                }
+                if let Some(last) = page.orders.last() {
                     after.clone_from(&last.id);
                 }
-                for order in page {
+                for order in page.orders {
+                    let size = order_bytes(&order);
                     if order.items.iter().any(|item| item.to_lowercase().contains(&needle)) {
                         yield order;
                     }
+                    if let Some(permit) = &mut held {
+                        drop(permit.split(size));
+                    }
                 }
-                if last_page {
+                if page.last {
                     break;
                 }
             }

@@ -15,7 +15,7 @@ use super::{
     keys::{remember, stored, Key, KeyRecord, Stored},
     last_sample_id, redact, sample_orders, uncancelled, until,
     write::Commit,
-    Added, Applied, Backend, Kind, OpenError, Staging, StoreOptions, Written,
+    Added, Applied, Backend, Kind, OpenError, Page, Staging, StoreOptions, Written,
 };
 use crate::error::Error;
 
@@ -292,17 +292,14 @@ impl Backend for Postgres {
         }
     }
 
-    async fn page(&self, after: &str, limit: i64) -> Result<Vec<Order>, Error> {
-        let rows = sqlx::query(&format!(
+    async fn page(&self, after: &str, limit: i64, max_bytes: usize) -> Result<Page, Error> {
+        let sql = format!(
             "SELECT {COLUMNS} FROM orders
              WHERE (length(id), id) > (length($1), $1 COLLATE \"C\")
              ORDER BY length(id), id LIMIT $2"
-        ))
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(order).collect::<Result<_, _>>()?)
+        );
+        let rows = sqlx::query(&sql).bind(after).bind(limit).fetch(&self.pool);
+        Page::read(rows, limit, max_bytes, order).await
     }
 
     async fn stage(

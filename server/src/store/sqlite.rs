@@ -19,7 +19,7 @@ use super::{
     keys::{remember, stored as stored_row, Key, Stored},
     last_sample_id, redact, sample_orders, until,
     write::Commit,
-    Added, Applied, Backend, Kind, OpenError, Staging, StoreOptions, Written, SUMMARY_IDS,
+    Added, Applied, Backend, Kind, OpenError, Page, Staging, StoreOptions, Written, SUMMARY_IDS,
 };
 use crate::error::Error;
 
@@ -524,16 +524,13 @@ impl Backend for Sqlite {
         add(self.pool.clone(), new, commit).await
     }
 
-    async fn page(&self, after: &str, limit: i64) -> Result<Vec<Order>, Error> {
-        let rows = sqlx::query(&format!(
+    async fn page(&self, after: &str, limit: i64, max_bytes: usize) -> Result<Page, Error> {
+        let sql = format!(
             "SELECT {COLUMNS} FROM orders WHERE (length(id), id) > (length(?1), ?1)
              ORDER BY length(id), id LIMIT ?2"
-        ))
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(order).collect::<Result<_, _>>()?)
+        );
+        let rows = sqlx::query(&sql).bind(after).bind(limit).fetch(&self.pool);
+        Page::read(rows, limit, max_bytes, order).await
     }
 
     /// The key is looked up when the staged orders are applied, in their transaction.

@@ -116,6 +116,54 @@ async fn an_existing_id_is_refused_and_left_untouched() {
     assert_eq!(store.get("106").await.unwrap().items[1], "Apple iPhone XS");
 }
 
+/// An order of `items` items of about 790 bytes (up to 80 KB, the most validation allows),
+/// matching "big".
+fn big_order(items: usize) -> ValidOrder {
+    ValidOrder::try_from(Order {
+        items: (0..items)
+            .map(|_| format!("big {}", "\u{1D11E}".repeat(196)))
+            .collect(),
+        price: 1.0,
+        destination: "Austin, TX".into(),
+        ..Order::default()
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn search_pages_are_bounded_in_bytes_and_a_spent_budget_reads_one_order_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("orders.db").display());
+    // Orders of various sizes, around the size of a page, and many small ones between them.
+    let mut added = Vec::new();
+    let store = Store::open(&StoreOptions::new(url.clone())).await.unwrap();
+    for (n, items) in [1, 100, 4, 100, 50, 1, 100, 100, 100, 2]
+        .into_iter()
+        .enumerate()
+    {
+        added.push(store.add(big_order(items), None).await.unwrap());
+        for _ in 0..(n * 7) {
+            store.add(new_order("", "small"), None).await.unwrap();
+        }
+    }
+    assert_eq!(search(&store, "big").await, added);
+    assert_eq!(search(&store, "small").await.len(), 7 * 45);
+    // The budget is given back whole once a search is done or dropped.
+    let budget = store.search_memory.available_permits();
+    let mut unread = store.search("big");
+    assert!(unread.next().await.is_some());
+    assert!(store.search_memory.available_permits() < budget);
+    drop(unread);
+    assert_eq!(store.search_memory.available_permits(), budget);
+    drop(store);
+    // A budget too small for any page: every page is one order, and all come in order.
+    let mut options = StoreOptions::new(url);
+    options.search_memory_bytes = 1;
+    let starved = Store::open(&options).await.unwrap();
+    assert_eq!(search(&starved, "big").await, added);
+    assert_eq!(search(&starved, "small").await.len(), 7 * 45);
+}
+
 #[tokio::test]
 async fn search_ignores_case_and_keeps_id_order_across_pages() {
     let dir = tempfile::tempdir().unwrap();
