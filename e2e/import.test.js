@@ -60,6 +60,25 @@ async function openPage() {
   return page;
 }
 
+test("in a browser that cannot stream uploads, the page over https:// names the browser, not the protocol", async () => {
+  const page = await context.newPage();
+  // As Firefox does: a ReadableStream request body is taken for its text.
+  await page.addInitScript(() => {
+    const Native = window.Request;
+    window.Request = function Request(input, init) {
+      if (init?.body instanceof ReadableStream) init = { method: init.method, body: String(init.body) };
+      return new Native(input, init);
+    };
+    window.Request.prototype = Native.prototype;
+  });
+  await page.goto(`${server.url}/`);
+  await page.waitForFunction(() => document.getElementById("import-mode").textContent !== "");
+  const mode = await page.locator("#import-mode").innerText();
+  assert.match(mode, /up to 4 MiB: this browser cannot stream an upload \(Chromium-based browsers can\)/);
+  assert.doesNotMatch(mode, /--tls-cert|https:\/\//);
+  await page.close();
+});
+
 test("an upload streams: the server has counted the first orders while the page still produces the rest", async () => {
   const page = await openPage();
   assert.match(await page.locator("#import-mode").innerText(), /streams the file/);

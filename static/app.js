@@ -481,8 +481,7 @@ async function start() {
   searchButton.disabled = false;
   $("import-mode").textContent = client.streamsUploads
     ? "This page streams the file to the server as it reads it (HTTP/2): files of any size."
-    : "Over http:// a browser cannot stream an upload, so the file goes as one request, up to 4 MiB. " +
-      "Serve with --tls-cert and open the page over https:// to import files of any size.";
+    : `The file goes as one request, up to 4 MiB: ${client.unstreamedBecause}.`;
   useToken(sessionStorage.getItem(TOKEN_KEY) ?? "");
   const id = new URLSearchParams(location.search).get("id");
   if (id) {

@@ -251,6 +251,16 @@ impl OrderClient {
         self.uploads == Uploads::Streamed
     }
 
+    /// Why uploads are not streamed here, and what would stream them (the page's protocol, or
+    /// this browser); `undefined` when they are.
+    #[wasm_bindgen(getter, js_name = unstreamedBecause)]
+    pub fn unstreamed_because(&self) -> Option<String> {
+        match self.uploads {
+            Uploads::Streamed => None,
+            Uploads::Buffered(why) => Some(why.explain().to_owned()),
+        }
+    }
+
     /// `await client.updateOrders(orders)`: replaces existing orders, all or nothing, and
     /// resolves to the server's summary (`"updated 2 orders: 102, 103"`). `orders` is an array,
     /// an iterable or an async iterable of orders, each sent as soon as it is produced (see

@@ -7,10 +7,12 @@
 //! codec frames the messages; the transport (`tonic_web_wasm_client` with its
 //! `StreamRequestBody` patch) only hands the bytes to `fetch` as a `ReadableStream`.
 //!
-//! A streamed upload whose source fails is *abandoned*: its request body fails (see [`Transport`])
-//! so the browser resets the stream, and the server, which applies a client stream only once it
-//! ends cleanly, applies nothing. Dropping the call instead is not enough: Chromium may end an
-//! aborted upload's body as if it were complete (seen in this project's wasm tests).
+//! A streamed upload whose source fails is *abandoned*: its request body ends with a message cut
+//! short (see [`Abandonable`]), so the server, which applies a client stream
+//! only once it has decoded all of it, fails the call and applies nothing. Dropping the call
+//! instead is not enough: Chromium may end an aborted upload's body as if it were complete (seen
+//! in this project's wasm tests). Failing the body works too, but Chromium then reports the body's
+//! error as an unhandled promise rejection in the page, beside the rejection the caller handles.
 //!
 //! Elsewhere (`http://`, which browsers speak as HTTP/1.1, or a browser without streamed
 //! uploads) the messages are collected first and sent as one request, up to
@@ -51,16 +53,42 @@ pub enum Uploads {
     /// As they are produced, in a streamed request body.
     Streamed,
     /// Collected first, then sent as one request; this says why.
-    Buffered(&'static str),
+    Buffered(Unstreamed),
+}
+
+/// Why uploads cannot be streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unstreamed {
+    /// The server is not on `https://`: browsers stream uploads over HTTP/2 only.
+    NotHttps,
+    /// This browser cannot stream a request body (Firefox, Safari), whatever the server.
+    Browser,
+}
+
+impl Unstreamed {
+    /// Why, and what would let uploads of any size through.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Unstreamed::NotHttps => {
+                "browsers stream uploads over HTTP/2 only, which needs https://: serve with \
+                 --tls-cert and open the page over https:// to stream uploads of any size"
+            }
+            Unstreamed::Browser => {
+                "this browser cannot stream an upload (Chromium-based browsers can): use one, or \
+                 split the upload into parts"
+            }
+        }
+    }
 }
 
 impl Uploads {
-    /// How a client of `base_url` can upload from this browser.
+    /// How a client of `base_url` can upload from this browser. The browser is asked first:
+    /// one that cannot stream cannot over `https://` either.
     pub fn for_server(base_url: &str) -> Self {
-        if !base_url.starts_with("https:") {
-            Uploads::Buffered("browsers stream uploads over HTTP/2 only, which needs https://")
-        } else if !browser_streams_request_bodies() {
-            Uploads::Buffered("this browser cannot stream uploads")
+        if !browser_streams_request_bodies() {
+            Uploads::Buffered(Unstreamed::Browser)
+        } else if !base_url.starts_with("https:") {
+            Uploads::Buffered(Unstreamed::NotHttps)
         } else {
             Uploads::Streamed
         }
@@ -156,12 +184,21 @@ impl Abandon {
     }
 }
 
-/// The request body of a streamed upload: `inner`'s frames until its [`Abandon`] is used, then an
-/// error.
+/// The request body of a streamed upload: `inner`'s frames until its [`Abandon`] is used, then
+/// the start of a message cut short ([`CUT_SHORT`]), and the end. `inner`'s frames are whole messages (tonic's
+/// encoder cuts its chunks between messages), so the server reads a message cut short, which
+/// fails the call: nothing applied, and no error in the page.
 struct Abandonable {
     inner: tonic::body::Body,
     abandon: Abandon,
+    /// The cut-short message has been sent.
+    cut: bool,
 }
+
+/// A gRPC message header (not compressed, two bytes long) and one byte of its message. Not the
+/// header alone: tonic's decoder, having read a whole header, takes an end with none of the
+/// message for a clean end of stream.
+const CUT_SHORT: [u8; 6] = [0, 0, 0, 0, 2, 0];
 
 impl HttpBody for Abandonable {
     type Data = Bytes;
@@ -174,7 +211,11 @@ impl HttpBody for Abandonable {
         let state = &self.abandon.0;
         state.waker.register(cx.waker());
         if state.abandoned.load(Ordering::SeqCst) {
-            return Poll::Ready(Some(Err(Status::cancelled("the upload was abandoned"))));
+            if std::mem::replace(&mut self.cut, true) {
+                return Poll::Ready(None);
+            }
+            let cut = http_body::Frame::data(Bytes::from_static(&CUT_SHORT));
+            return Poll::Ready(Some(Ok(cut)));
         }
         Pin::new(&mut self.inner).poll_frame(cx)
     }
@@ -208,8 +249,13 @@ impl Service<http::Request<tonic::body::Body>> for Transport {
         let Some(abandon) = request.extensions().get::<Abandon>().cloned() else {
             return self.calls.call(request);
         };
-        let mut request =
-            request.map(|inner| tonic::body::Body::new(Abandonable { inner, abandon }));
+        let mut request = request.map(|inner| {
+            tonic::body::Body::new(Abandonable {
+                inner,
+                abandon,
+                cut: false,
+            })
+        });
         request.extensions_mut().insert(StreamRequestBody);
         self.uploads.call(request)
     }
@@ -227,8 +273,7 @@ pub enum Failure {
 /// and resolves to its answer. `request` makes the call's request (with its token).
 ///
 /// Streamed, a failing source abandons the call before its stream ends, so the server never
-/// takes a truncated upload for a whole one: its body fails (see [`Abandon`]), which resets the
-/// stream.
+/// takes a truncated upload for a whole one: its body ends cut short (see [`Abandonable`]).
 pub async fn send<M, T, Fut>(
     uploads: Uploads,
     mut values: Values,
@@ -255,9 +300,9 @@ where
                 Code::Unimplemented,
                 format!(
                     "this upload is over {} MiB, more than is sent in one request, and it cannot \
-                     be streamed: {reason}. Serve with --tls-cert and open the page over https:// \
-                     to stream uploads of any size",
-                    BUFFERED_UPLOAD_BYTES / (1024 * 1024)
+                     be streamed: {}",
+                    BUFFERED_UPLOAD_BYTES / (1024 * 1024),
+                    reason.explain()
                 ),
             )));
         }
@@ -311,8 +356,8 @@ where
         Either::Left((answer, _)) => answer.map_err(Failure::Status),
         Either::Right((Ok(()), call)) => call.await.map_err(Failure::Status),
         Either::Right((Err((error, sender)), call)) => {
-            // The body fails, which fails the fetch and resets the stream; the call then ends
-            // with a transport error, and the source's error is the one to report.
+            // The body ends cut short and the server fails the call; the source's error is the
+            // one to report.
             abandon.abandon();
             let _ = call.await;
             drop(sender);

@@ -431,6 +431,22 @@ async fn a_streamed_upload_the_server_refuses_early_rejects_with_the_servers_rea
 
 #[wasm_bindgen_test]
 async fn a_source_that_fails_mid_upload_rejects_and_stores_nothing() {
+    // Every promise rejection the page leaves unhandled.
+    let unhandled = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
+    let listener = wasm_bindgen::closure::Closure::<dyn Fn(JsValue)>::new({
+        let unhandled = unhandled.clone();
+        move |event: JsValue| {
+            let reason = Reflect::get(&event, &"reason".into()).unwrap_or_default();
+            let message = Reflect::get(&reason, &"message".into()).unwrap_or_default();
+            unhandled
+                .borrow_mut()
+                .push(message.as_string().unwrap_or_else(|| format!("{reason:?}")));
+        }
+    });
+    let window = web_sys::window().expect("a page");
+    window
+        .add_event_listener_with_callback("unhandledrejection", listener.as_ref().unchecked_ref())
+        .unwrap();
     for server in [TLS_SERVER, SERVER] {
         let client = client(server);
         let error = client
@@ -439,8 +455,20 @@ async fn a_source_that_fails_mid_upload_rejects_and_stores_nothing() {
             .expect_err("the source threw");
         let error: js_sys::Error = error.dyn_into().expect("the source's Error");
         assert_eq!(String::from(error.message()), "the file could not be read");
+        // Another round trip: a rejection left unhandled has been reported by then.
         assert_eq!(count_matching(&client, "wasm failing").await, 0, "{server}");
     }
+    window
+        .remove_event_listener_with_callback(
+            "unhandledrejection",
+            listener.as_ref().unchecked_ref(),
+        )
+        .unwrap();
+    assert!(
+        unhandled.borrow().is_empty(),
+        "left unhandled in the page: {:?}",
+        unhandled.borrow()
+    );
 }
 
 #[wasm_bindgen_test]

@@ -35,6 +35,8 @@ export async function example(file: File): Promise<void> {
 
   // Client streaming from an array, a generator or an async generator (streamed over https).
   const streamed: boolean = client.streamsUploads;
+  // Why not, when not: the page's protocol, or this browser.
+  const because: string | undefined = client.unstreamedBecause;
   const updated: string = await client.updateOrders([{ ...order, price: total }]);
   async function* rows(): AsyncGenerator<OrderInput> {
     const lines = file.stream().pipeThrough(new TextDecoderStream());
