@@ -76,29 +76,80 @@ impl http_body::Body for Chunks {
 }
 
 pin_project_lite::pin_project! {
-    /// A request body whose reset is an error, never a clean end.
+    /// A request body whose reset is an error, never a clean end, and that ends only between
+    /// messages.
     ///
     /// tonic's decoder reads a request body that fails with `CANCELLED` as the end of the client's
     /// stream (tonic 0.14 `codec/decode.rs`, `Direction::Request`), and an HTTP/2 `RST_STREAM
     /// (CANCEL)` is exactly that failure: a client that cancels a client stream (or whose deadline
     /// passes) half-way would look like one that sent every message, and its writes would be
     /// applied. Here the failure keeps its meaning as `ABORTED`, so the stream fails and nothing
-    /// of it is applied. Every other frame and error passes through unchanged.
+    /// of it is applied. The decoder also takes a body that ends right after a whole message
+    /// header, with none of its message, for a clean end: here that end is `ABORTED` too.
+    /// Every other frame and error passes through unchanged.
     pub(crate) struct ResetIsError<B> {
         #[pin]
         inner: B,
+        framing: Framing,
     }
 }
 
 impl<B> ResetIsError<B> {
     pub(crate) fn new(inner: B) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            framing: Framing::default(),
+        }
+    }
+}
+
+/// Where a request body is in gRPC's framing (a flag byte and a four-byte big-endian length
+/// before each message): whether it may end here.
+#[derive(Debug, Default)]
+struct Framing {
+    /// Bytes of the current header read so far (0: between messages, or in one).
+    header: u8,
+    /// The length the current header gives, as far as it has been read.
+    length: u32,
+    /// Bytes of the current message still to come.
+    remaining: u32,
+}
+
+impl Framing {
+    fn read(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let taken = data.len().min(self.remaining as usize);
+                self.remaining -= taken as u32;
+                data = &data[taken..];
+                continue;
+            }
+            if self.header > 0 {
+                self.length = (self.length << 8) | u32::from(data[0]);
+            }
+            self.header += 1;
+            data = &data[1..];
+            if self.header == 5 {
+                self.remaining = self.length;
+                self.header = 0;
+                self.length = 0;
+            }
+        }
+    }
+
+    /// Between two messages (or before the first).
+    fn between_messages(&self) -> bool {
+        self.header == 0 && self.remaining == 0
     }
 }
 
 /// What the service sees when the client reset its stream before ending it.
 pub(crate) const RESET_MESSAGE: &str =
     "the client cancelled the call before its stream ended: nothing of it is applied";
+
+/// What the service sees when the request ended in the middle of a message.
+pub(crate) const CUT_MESSAGE: &str =
+    "the request ended in the middle of a message: nothing of it is applied";
 
 impl<B> http_body::Body for ResetIsError<B>
 where
@@ -112,8 +163,14 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        match std::task::ready!(self.project().inner.poll_frame(cx)) {
-            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+        let this = self.project();
+        match std::task::ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.framing.read(data);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             Some(Err(error)) => {
                 let status = tonic::Status::from_error(error.into());
                 Poll::Ready(Some(Err(match status.code() {
@@ -121,12 +178,13 @@ where
                     _ => status,
                 })))
             }
-            None => Poll::Ready(None),
+            None if this.framing.between_messages() => Poll::Ready(None),
+            None => Poll::Ready(Some(Err(tonic::Status::aborted(CUT_MESSAGE)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.is_end_stream() && self.framing.between_messages()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -173,5 +231,44 @@ mod tests {
         )));
         let status = ResetIsError::new(other).frame().await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::Internal);
+    }
+
+    /// Reads `chunks` through [`ResetIsError`]: how it ends.
+    async fn ending_of(chunks: &[&'static [u8]]) -> Option<tonic::Status> {
+        let mut whole = Chunks::default();
+        for chunk in chunks {
+            whole.push(Bytes::from_static(chunk));
+        }
+        let mut body = ResetIsError::new(whole);
+        loop {
+            match body.frame().await {
+                None => return None,
+                Some(Ok(_)) => {}
+                Some(Err(status)) => return Some(status),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_ends_cleanly_only_between_messages() {
+        // Whole messages, however they are cut into chunks, an empty one included.
+        assert!(ending_of(&[]).await.is_none());
+        assert!(ending_of(&[b"\0\0\0\0\x02ab\0\0\0\0\0"]).await.is_none());
+        assert!(
+            ending_of(&[b"\0\0", b"\0\0\x03a", b"bc", b"\0\0\0\0", b"\x01x"])
+                .await
+                .is_none()
+        );
+        // A header alone, half a header, half a message: cut short.
+        for cut in [
+            &[&b"\0\0\0\0\x02ab"[..], b"\0\0\0\0\x02"][..],
+            &[b"\0\0\0"],
+            &[b"\0\0\0\0\x02a"],
+            &[b"\x01\0\0\x01\0", b"abc"],
+        ] {
+            let status = ending_of(cut).await.expect("an error, not an end");
+            assert_eq!(status.code(), tonic::Code::Aborted, "{cut:?}");
+            assert_eq!(status.message(), CUT_MESSAGE);
+        }
     }
 }

@@ -771,3 +771,51 @@ async fn process_orders_is_bounded_like_the_other_client_streams() {
     assert!(status.message().contains("--stream-idle-timeout"));
     drop(ids);
 }
+
+/// `order` as one gRPC message frame.
+fn framed(order: &Order) -> Vec<u8> {
+    let message = prost::Message::encode_to_vec(order);
+    let mut frame = vec![0];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    frame
+}
+
+#[tokio::test]
+async fn a_client_stream_that_ends_in_the_middle_of_a_message_applies_nothing() {
+    let server = TestServer::start().await;
+    let order = Order {
+        items: vec!["Cut short".into()],
+        price: 1.0,
+        destination: "Austin, TX".into(),
+        ..Order::default()
+    };
+    // Whole orders, then the header of one more and none of it (tonic's decoder alone takes
+    // that for a clean end), or the header and part of it.
+    for cut in [&[0u8, 0, 0, 0, 9][..], &[0, 0, 0, 0, 9, 1, 2]] {
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request =
+            http::Request::post(format!("http://{}/OrderManagement/addOrders", server.addr))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        let mut sent = [framed(&order), framed(&order)].concat();
+        sent.extend_from_slice(cut);
+        body.send_data(sent.into(), true).unwrap();
+        let response = response.await.unwrap();
+        let mut status = response.headers().get("grpc-status").cloned();
+        let mut answer = response.into_body();
+        while answer.data().await.is_some() {}
+        if let Some(trailers) = answer.trailers().await.unwrap() {
+            status = status.or(trailers.get("grpc-status").cloned());
+        }
+        assert_eq!(status.unwrap(), "10", "ABORTED, after {cut:?}");
+    }
+    let stored = common::search(server.h2c(), "Cut short").await;
+    assert!(stored.is_empty(), "{stored:?}");
+}
