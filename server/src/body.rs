@@ -124,6 +124,13 @@ impl Framing {
                 data = &data[taken..];
                 continue;
             }
+            // A whole header in hand (nearly always): at once.
+            if let (0, Some((header, rest))) = (self.header, data.split_first_chunk::<5>()) {
+                let [_, length @ ..] = *header;
+                self.remaining = u32::from_be_bytes(length);
+                data = rest;
+                continue;
+            }
             if self.header > 0 {
                 self.length = (self.length << 8) | u32::from(data[0]);
             }
