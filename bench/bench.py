@@ -368,9 +368,19 @@ def main():
         "title": "native gRPC, TLS + token, 16 conns x 16 streams",
         "args": [*CELLS["native"]["args"], "-H", f"authorization: Bearer {token}"],
     }
-    tls_server = lambda port: order_server(port, f"sqlite:{data}/tls.db") + [
-        "--tls-cert", f"{tls_dir}/cert.pem", "--tls-key", f"{tls_dir}/key.pem",
-        "--auth-secret-file", f"{tls_dir}/secret"]
+    CELLS["token"] = {
+        "title": "native gRPC with a token, 16 conns x 16 streams",
+        "args": CELLS["tls"]["args"],
+    }
+    tls_flags = ["--tls-cert", f"{tls_dir}/cert.pem", "--tls-key", f"{tls_dir}/key.pem"]
+    auth_flags = ["--auth-secret-file", f"{tls_dir}/secret"]
+    # Each with its twin: a token checked against none, over plaintext and over TLS (target: the
+    # token costs at most 5 %, thanks to the cache of verified tokens).
+    twins = {
+        "TLS + token": (order_server(0, f"sqlite:{data}/tls.db") + tls_flags + auth_flags, "tls", "https"),
+        "TLS": (order_server(0, f"sqlite:{data}/tls-plain.db") + tls_flags, "native", "https"),
+        "token": (order_server(0, f"sqlite:{data}/token.db") + auth_flags, "token", "http"),
+    }
 
     # Every server of the table is up at once, all on the server CPU (an idle one costs nothing),
     # and the rounds alternate between them: see measure_alternated.
@@ -382,13 +392,15 @@ def main():
             running[name] = Server(name, command(port), port, args.server_cpu)
             for cell in cells:
                 check_answers(running[name], cell, body_file)
-        port = free_port()
-        running["TLS + token"] = Server("TLS + token", tls_server(port), port, args.server_cpu)
-        running["TLS + token"].url = f"https://127.0.0.1:{port}"
+        for name, (command, _, scheme) in twins.items():
+            port = free_port()
+            command = [f"127.0.0.1:{port}" if arg == "127.0.0.1:0" else arg for arg in command]
+            running[name] = Server(name, command, port, args.server_cpu)
+            running[name].url = f"{scheme}://127.0.0.1:{port}"
         for cell in ("native", "web"):
             entries = [(running[name], cell) for name, _, cells in servers if cell in cells]
             if cell == "native":
-                entries.append((running["TLS + token"], "tls"))
+                entries.extend((running[name], twin_cell) for name, (_, twin_cell, _) in twins.items())
             print(f"  measuring {CELLS[cell]['title']}: {', '.join(s.name for s, _ in entries)}, "
                   "rounds alternated ...", file=sys.stderr, flush=True)
             results.update(measure_alternated(entries, body_file, args))
@@ -499,6 +511,16 @@ def main():
     to_plain = per_round_ratio(results, tls_key, ("order-server", "native"))
     print(f"\n{CELLS['tls']['title']}: {tls_result['rps']:.0f} req/s, {tls_result['cpu_us']:.1f} µs CPU/req, "
           f"{tls_result['failed']} failed; {to_plain:.2f}x the plaintext cell (same rounds)")
+    for title, with_token, twin in [
+        ("a token, plaintext", ("token", "token"), ("order-server", "native")),
+        ("a token, TLS", tls_key, ("TLS", "native")),
+    ]:
+        ratios = round_ratios(results, with_token, twin)
+        low, high = median_interval(ratios)
+        print(f"  {title}: {statistics.median(ratios):.3f}x its twin without authentication "
+              f"(interval {low:.3f}-{high:.3f}; target >= 0.95x), "
+              f"{results[with_token]['cpu_us'] - results[twin]['cpu_us']:+.2f} µs CPU per call, "
+              f"{results[with_token]['failed']} failed")
 
     print("\nThe stores (order-server only; PostgreSQL on the server's CPU too):")
     header = f"{'cell':<52} {'req/s':>9} {'CPU µs/req':>11} {'failed':>7}"
