@@ -34,8 +34,9 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Chromium and its WebDriver, for `wasm-pack test --headless --chrome` and the end-to-end test.
-apt_install chromium chromium-driver
+# Chromium and its WebDriver, for `wasm-pack test --headless --chrome` and the end-to-end test;
+# Firefox ESR, the second engine of the end-to-end test (puppeteer-core over WebDriver BiDi).
+apt_install chromium chromium-driver firefox-esr
 
 # PostgreSQL, for the tests of the PostgreSQL store (and `make bench`): the tests start clusters of
 # their own with initdb, so the package's own "main" cluster is not wanted (and is not made when
@@ -98,7 +99,7 @@ if ! command -v wasm-pack >/dev/null; then
   cargo_install wasm-pack --version 0.15.1
 fi
 
-# npm tools: wasm-opt (binaryen), playwright-core, buf (for the interop tests) and typescript ----------------
+# npm tools: wasm-opt (binaryen), playwright-core, puppeteer-core, buf (for the interop tests) and typescript ----------------
 if [ ! -f "$root/e2e/node_modules/.package-lock.json" ] ||
   [ "$root/e2e/package-lock.json" -nt "$root/e2e/node_modules/.package-lock.json" ]; then
   say "npm install in e2e/"
