@@ -4,23 +4,18 @@
 // browser rather than the protocol, and import files whole.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import puppeteer from "puppeteer-core";
-import { startServer } from "./harness.js";
+import { startServer, selfSignedTls } from "./harness.js";
 
 const dir = mkdtempSync(path.join(os.tmpdir(), "order-e2e-firefox-"));
 let server;
 let browser;
 
 before(async () => {
-  execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-    "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-    "-keyout", path.join(dir, "key.pem"), "-out", path.join(dir, "cert.pem")], { stdio: "ignore" });
-  server = await startServer(["--tls-cert", path.join(dir, "cert.pem"), "--tls-key", path.join(dir, "key.pem")],
-    { scheme: "https" });
+  server = await startServer(selfSignedTls(dir), { scheme: "https" });
   browser = await puppeteer.launch({
     browser: "firefox",
     executablePath: process.env.FIREFOX_BIN ?? "/usr/bin/firefox-esr",

@@ -1,6 +1,6 @@
 // Shared by the browser tests and the page benchmark: a live order-server on a free loopback port
 // and Debian's Chromium driven by playwright-core (which never downloads a browser).
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
@@ -42,6 +42,19 @@ export async function startServer(args = [], { scheme = "http" } = {}) {
       rmSync(data, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Makes a self-signed certificate for 127.0.0.1 (and its key) in `dir`; returns the flags that
+ * have order-server serve TLS with it.
+ */
+export function selfSignedTls(dir) {
+  const cert = path.join(dir, "cert.pem");
+  const key = path.join(dir, "key.pem");
+  execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+    "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+    "-keyout", key, "-out", cert], { stdio: "ignore" });
+  return ["--tls-cert", cert, "--tls-key", key];
 }
 
 /** Headless Chromium from Debian, without any network access beyond what the page asks for. */

@@ -4,13 +4,12 @@
 // nothing is stored; IDs are processed into shipments as they stream back.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, createWriteStream, statSync } from "node:fs";
 import { once } from "node:events";
 import https from "node:https";
 import os from "node:os";
 import path from "node:path";
-import { startServer, launchBrowser } from "./harness.js";
+import { startServer, launchBrowser, selfSignedTls } from "./harness.js";
 
 const dir = mkdtempSync(path.join(os.tmpdir(), "order-e2e-import-"));
 let server;
@@ -18,11 +17,7 @@ let browser;
 let context;
 
 before(async () => {
-  execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-    "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-    "-keyout", path.join(dir, "key.pem"), "-out", path.join(dir, "cert.pem")], { stdio: "ignore" });
-  server = await startServer(["--tls-cert", path.join(dir, "cert.pem"), "--tls-key", path.join(dir, "key.pem")],
-    { scheme: "https" });
+  server = await startServer(selfSignedTls(dir), { scheme: "https" });
   browser = await launchBrowser(["--ignore-certificate-errors"]);
   context = await browser.newContext({ ignoreHTTPSErrors: true });
 });

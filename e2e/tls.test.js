@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { startServer, launchBrowser } from "./harness.js";
+import { startServer, launchBrowser, selfSignedTls } from "./harness.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const bin = process.env.ORDER_SERVER_BIN ?? path.join(root, "target/debug/order-server");
@@ -22,14 +22,9 @@ function token(scope) {
 }
 
 before(async () => {
-  execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-    "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-    "-keyout", path.join(dir, "key.pem"), "-out", path.join(dir, "cert.pem")], { stdio: "ignore" });
   writeFileSync(path.join(dir, "secret"), "e2e secret\n");
-  server = await startServer([
-    "--tls-cert", path.join(dir, "cert.pem"), "--tls-key", path.join(dir, "key.pem"),
-    "--auth-secret-file", path.join(dir, "secret"),
-  ], { scheme: "https" });
+  server = await startServer([...selfSignedTls(dir), "--auth-secret-file", path.join(dir, "secret")],
+    { scheme: "https" });
   browser = await launchBrowser(["--ignore-certificate-errors"]);
 });
 

@@ -37,27 +37,45 @@ fn reset_peak(pid: u32) {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
 }
 
-#[test]
-fn memory_stays_bounded_for_a_search_nobody_reads_and_a_long_update() {
+type Client =
+    order_api::pb::order_management_client::OrderManagementClient<tonic::transport::Channel>;
+
+/// The binary on a new SQLite database, without a read cache (what is measured is the calls, not
+/// a cache filling), and its folder.
+fn start() -> (ServerProcess, tempfile::TempDir) {
     let db = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", db.path().join("orders.db").display());
-    // No read cache: what is measured is the calls, not a cache filling.
-    let server = ServerProcess::start(&["--database", &url, "--cache-mb", "0"]);
+    (
+        ServerProcess::start(&["--database", &url, "--cache-mb", "0"]),
+        db,
+    )
+}
+
+/// A client of `server` without message size limits, and the IDs of the `count` big orders it
+/// added.
+async fn with_big_orders(server: &ServerProcess, count: usize) -> (Client, Vec<String>) {
+    let client = server
+        .client()
+        .await
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let adds = futures::stream::iter(0..count)
+        .map(|n| {
+            let mut client = client.clone();
+            async move { client.add_order(big_order(n)).await.unwrap().into_inner() }
+        })
+        .buffer_unordered(8);
+    let ids = adds.collect().await;
+    (client, ids)
+}
+
+#[test]
+fn memory_stays_bounded_for_a_search_nobody_reads_and_a_long_update() {
+    let (server, _db) = start();
     let pid = server.child.id();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let client = server
-            .client()
-            .await
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
-        let adds = futures::stream::iter(0..ORDERS)
-            .map(|n| {
-                let mut client = client.clone();
-                async move { client.add_order(big_order(n)).await.unwrap().into_inner() }
-            })
-            .buffer_unordered(8);
-        let ids: Vec<String> = adds.collect().await;
+        let (client, ids) = with_big_orders(&server, ORDERS).await;
         // One search and one update first, so that what any call needs is in place.
         let mut warm = client.clone();
         drop(warm.search_orders("\u{1D11E}".to_string()).await.unwrap());
@@ -105,9 +123,7 @@ fn memory_stays_bounded_for_a_search_nobody_reads_and_a_long_update() {
 
 /// A native gRPC connection whose client grants the server only HTTP/2's initial 64 KiB window
 /// and never more: its streams are never read.
-async fn stingy_client(
-    addr: &str,
-) -> order_api::pb::order_management_client::OrderManagementClient<tonic::transport::Channel> {
+async fn stingy_client(addr: &str) -> Client {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .initial_stream_window_size(65_535)
@@ -120,12 +136,7 @@ async fn stingy_client(
 }
 
 /// Opens `count` searches matching every stored order on `client`'s connection, and reads none.
-async fn unread_searches(
-    client: &order_api::pb::order_management_client::OrderManagementClient<
-        tonic::transport::Channel,
-    >,
-    count: usize,
-) -> Vec<tonic::Streaming<Order>> {
+async fn unread_searches(client: &Client, count: usize) -> Vec<tonic::Streaming<Order>> {
     futures::future::join_all((0..count).map(|_| {
         let mut client = client.clone();
         async move {
@@ -141,25 +152,12 @@ async fn unread_searches(
 
 #[test]
 fn unread_searches_hold_a_bounded_amount_of_memory_and_other_calls_are_served() {
-    let db = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", db.path().join("orders.db").display());
-    let server = ServerProcess::start(&["--database", &url, "--cache-mb", "0"]);
+    let (server, _db) = start();
     let pid = server.child.id();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let client = server
-            .client()
-            .await
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
         // 300 orders of about 82 KB.
-        let adds = futures::stream::iter(0..300)
-            .map(|n| {
-                let mut client = client.clone();
-                async move { client.add_order(big_order(n)).await.unwrap().into_inner() }
-            })
-            .buffer_unordered(8);
-        let ids: Vec<String> = adds.collect().await;
+        let (client, ids) = with_big_orders(&server, 300).await;
         let mut warm = client.clone();
         drop(warm.search_orders("\u{1D11E}".to_string()).await.unwrap());
         let baseline = status_kib(pid, "VmRSS:");
