@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 # Extra flags for `make run`, e.g. make run ARGS="--cors-origin http://localhost:8080"
 ARGS ?=
 
-.PHONY: help setup wasm run test test-rust test-wasm test-types test-e2e test-interop lint page-budget bench
+.PHONY: help setup wasm run test test-rust test-wasm test-types test-e2e test-interop lint page-budget bench bench-scale
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -49,6 +49,11 @@ page-budget: setup wasm ## Measure the web client's gzipped size and time to fir
 	cargo build --release -q -p order-server
 	cd e2e && ORDER_SERVER_BIN=../target/release/order-server node page-budget.js --screenshot ../docs/screenshot.png
 
-bench: ## Throughput and footprint against the tutorial's Go server and a hyper ceiling
+bench: ## Throughput and footprint against the tutorial's Go server and a hyper ceiling; the store at 10 000 and 100 000 orders
 	@scripts/setup.sh bench
 	@bench/run.sh
+
+bench-scale: ## The store at 10 000, 100 000 and 1 000 000 orders, on SQLite and PostgreSQL (takes a while)
+	@scripts/setup.sh bench
+	cargo build --release -q -p order-server -p bench-ceiling --bins
+	BENCH_SCALE=$${BENCH_SCALE:-10000,100000,1000000} python3 bench/scale.py

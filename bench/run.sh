@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: builds the three servers and the web client, then prints every figure from one run:
-# the load table and ratios (bench.py), and the web client's size and time to first order.
+# the load table and ratios (bench.py), the store at scale (scale.py, BENCH_SCALE orders), and the
+# web client's size and time to first order.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/scripts/env.sh"
@@ -17,6 +18,7 @@ if [ "$(nproc)" -lt 2 ]; then
 fi
 
 python3 bench/bench.py "$@"
+python3 bench/scale.py
 echo
 echo "Web client (static/pkg, wasm-release profile + wasm-opt) and page load, headless Chromium:"
 (cd e2e && ORDER_SERVER_BIN=../target/release/order-server node page-budget.js --runs 20)
