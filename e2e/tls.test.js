@@ -71,6 +71,29 @@ test("over TLS, a lookup without a token is refused with a reason, and works onc
   await context.close();
 });
 
+test("a token typed while the web client still loads is kept, and signs in", async () => {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  const page = await context.newPage();
+  // A slow network: the module arrives after the token is typed.
+  let arrive;
+  const arrived = new Promise((resolve) => (arrive = resolve));
+  await page.route("**/pkg/*.wasm", async (route) => {
+    await arrived;
+    await route.continue();
+  });
+  await page.goto(`${server.url}/`);
+  await page.getByLabel("Access token").fill(token("orders:read"));
+  arrive();
+  await page.waitForSelector("#lookup:not([disabled])");
+  await page.click("#sign-in");
+  assert.match(await page.locator("#token-status").innerText(), /Signed in as e2e; scopes: orders:read/);
+  await page.getByLabel("Order ID", { exact: true }).fill("106");
+  await page.click("#lookup");
+  await page.locator("#result").waitFor({ state: "visible" });
+  assert.match(await page.locator("#result").innerText(), /Apple iPhone XS/);
+  await context.close();
+});
+
 test("signed in with a bad token, every lookup and import shows the refusal, never a network error", async () => {
   // A well-formed token signed with another secret: the server refuses it at the edge, before it
   // has read the call's body (an import streams its body after the call's head).
@@ -84,6 +107,7 @@ test("signed in with a bad token, every lookup and import shows the refusal, nev
   const context = await browser.newContext({ ignoreHTTPSErrors: true });
   const page = await context.newPage();
   await page.goto(`${server.url}/`);
+  await page.waitForSelector("#lookup:not([disabled])");
   await page.getByLabel("Access token").fill(forged);
   await page.click("#sign-in");
   const error = page.locator("#error");

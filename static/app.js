@@ -438,7 +438,9 @@ function canWrite() {
   return scopes.includes("orders:write");
 }
 
-function useToken(token) {
+// Signs in with `token` ("" signs out). `typed`: it came from the field, which is then emptied; the
+// token kept for the tab, applied once the client has loaded, leaves alone what the user is typing.
+function useToken(token, typed = true) {
   if (token) sessionStorage.setItem(TOKEN_KEY, token);
   else sessionStorage.removeItem(TOKEN_KEY);
   client?.setToken(token || null);
@@ -452,7 +454,7 @@ function useToken(token) {
     tokenStatus.textContent = `Signed in${who}; scopes: ${claims.scope || "none"}.`;
   }
   signOut.hidden = !token;
-  tokenInput.value = "";
+  if (typed) tokenInput.value = "";
   const writable = canWrite();
   addButton.disabled = !client || !writable;
   importButton.disabled = !client || !writable;
@@ -482,7 +484,7 @@ async function start() {
   $("import-mode").textContent = client.streamsUploads
     ? "This page streams the file to the server as it reads it (HTTP/2): files of any size."
     : `The file goes as one request, up to 4 MiB: ${client.unstreamedBecause}.`;
-  useToken(sessionStorage.getItem(TOKEN_KEY) ?? "");
+  useToken(sessionStorage.getItem(TOKEN_KEY) ?? "", false);
   const id = new URLSearchParams(location.search).get("id");
   if (id) {
     input.value = id;
