@@ -163,10 +163,11 @@ pub struct Config {
     #[arg(long, env = "ORDER_HANDSHAKE_TIMEOUT", default_value = "5", value_parser = parse_positive_seconds)]
     pub handshake_timeout: Duration,
 
-    /// Seconds a connection may go with no call in flight: a socket that sends nothing, stops
-    /// half-way through a request head, or sits idle between HTTP/1.1 requests is closed after
-    /// this (checked every quarter of it, so within 1.25 times this). An HTTP/2 connection that
-    /// has made a call is left open while idle; its keep-alive pings tell when the peer is gone.
+    /// Seconds a connection that has made a call may go with nothing in flight: one that stops
+    /// half-way through a later request head, or sits idle between HTTP/1.1 requests, is closed
+    /// after this (checked every quarter of it, so within 1.25 times this). Before its first call
+    /// a connection has --handshake-timeout. An HTTP/2 connection that has made a call is left
+    /// open while idle; its keep-alive pings tell when the peer is gone.
     #[arg(long, env = "ORDER_HEADER_READ_TIMEOUT", default_value = "30", value_parser = parse_positive_seconds)]
     pub header_read_timeout: Duration,
 
