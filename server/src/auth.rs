@@ -100,6 +100,9 @@ pub(crate) struct Auth {
     /// `--auth-issuer` is set: `iss` must be one string.
     issuer: bool,
     public_reads: bool,
+    /// The callers of calls without a token: made once, so naming them copies nothing.
+    nobody: Arc<str>,
+    anonymous: Arc<str>,
     /// Tokens verified already, by their text: a client sends the same token with every call,
     /// and verifying its signature again each time cost a quarter of a cached `getOrder`. An entry
     /// is used only within its token's `nbf` and `exp` (with the leeway), so a token expires in
@@ -208,6 +211,8 @@ impl Auth {
                 validation,
                 issuer: config.issuer.is_some(),
                 public_reads: config.public_reads,
+                nobody: Arc::from(""),
+                anonymous: Arc::from("anonymous"),
                 verified: Arc::new(quick_cache::sync::Cache::new(VERIFIED_TOKENS)),
             },
             algorithm,
@@ -218,13 +223,13 @@ impl Auth {
     pub(crate) fn check(&self, headers: &http::HeaderMap, need: Need) -> Result<Caller, Status> {
         if need == Need::Nothing {
             return Ok(Caller {
-                subject: Arc::from(""),
+                subject: self.nobody.clone(),
             });
         }
         let Some(header) = headers.get(http::header::AUTHORIZATION) else {
             if need == Need::Read && self.public_reads {
                 return Ok(Caller {
-                    subject: Arc::from("anonymous"),
+                    subject: self.anonymous.clone(),
                 });
             }
             return Err(Status::unauthenticated(
