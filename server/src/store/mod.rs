@@ -50,8 +50,9 @@ pub const SEARCH_PAGE_BYTES: usize = 256 * 1024;
 
 /// One page of orders read for a search.
 pub(crate) struct Page {
-    pub(crate) orders: Vec<Order>,
-    /// Their size, by [`order_bytes`].
+    /// The orders, each with its size by [`order_bytes`].
+    pub(crate) orders: Vec<(Order, usize)>,
+    /// The sum of their sizes.
     pub(crate) bytes: usize,
     /// No order comes after these.
     pub(crate) last: bool,
@@ -73,8 +74,9 @@ impl Page {
         };
         while let Some(row) = rows.try_next().await? {
             let order = order(&row)?;
-            page.bytes += order_bytes(&order);
-            page.orders.push(order);
+            let size = order_bytes(&order);
+            page.bytes += size;
+            page.orders.push((order, size));
             if page.bytes >= max_bytes {
                 // Cut short by its size: more may come after it.
                 page.last = false;
@@ -508,11 +510,10 @@ impl Store {
                     let unused = SEARCH_PAGE_BYTES.saturating_sub(page.bytes);
                     drop(permit.split(unused));
                 }
-                if let Some(last) = page.orders.last() {
+                if let Some((last, _)) = page.orders.last() {
                     after.clone_from(&last.id);
                 }
-                for order in page.orders {
-                    let size = order_bytes(&order);
+                for (order, size) in page.orders {
                     if order.items.iter().any(|item| item.to_lowercase().contains(&needle)) {
                         yield order;
                     }
