@@ -61,14 +61,11 @@ impl MethodPaths {
     /// any other is refused at the edge ([`crate::edge`]).
     pub(crate) fn all() -> Self {
         let mut paths = Self::of(|_| true);
-        for encoded in [
+        let reflection = methods_of(&[
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ] {
-            let set = prost_types::FileDescriptorSet::decode(encoded)
-                .expect("the descriptor sets embedded at build time are valid");
-            paths.0.extend(methods(&set).iter().map(GrpcMethod::path));
-        }
+        ]);
+        paths.0.extend(reflection.iter().map(GrpcMethod::path));
         paths
     }
 
@@ -141,17 +138,22 @@ impl GrpcMethod {
 /// Every method this server serves: the order service's and the health service's (reflection
 /// is left out: tools call it, it has no answers to send whole and nothing to measure).
 pub(crate) fn served_methods() -> Vec<GrpcMethod> {
-    [
+    methods_of(&[
         order_api::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
-    ]
-    .into_iter()
-    .flat_map(|encoded| {
-        let set = prost_types::FileDescriptorSet::decode(encoded)
-            .expect("the descriptor sets embedded at build time are valid");
-        methods(&set)
-    })
-    .collect()
+    ])
+}
+
+/// Every method of the encoded descriptor sets embedded at build time.
+fn methods_of(encoded: &[&[u8]]) -> Vec<GrpcMethod> {
+    encoded
+        .iter()
+        .flat_map(|encoded| {
+            let set = prost_types::FileDescriptorSet::decode(*encoded)
+                .expect("the descriptor sets embedded at build time are valid");
+            methods(&set)
+        })
+        .collect()
 }
 
 /// Every method of every service in `set`.
