@@ -140,6 +140,16 @@ async fn insert_numbered(conn: &mut PgConnection, order: &Order) -> Result<Strin
     }
 }
 
+/// Up to `$2` orders after the ID `$1`, in ID order (shorter IDs first). Made once, not for
+/// every page.
+static PAGE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM orders
+         WHERE (length(id), id) > (length($1), $1 COLLATE \"C\")
+         ORDER BY length(id), id LIMIT $2"
+    )
+});
+
 fn order(row: &PgRow) -> Result<Order, sqlx::Error> {
     Ok(Order {
         id: row.try_get("id")?,
@@ -293,12 +303,10 @@ impl Backend for Postgres {
     }
 
     async fn page(&self, after: &str, limit: i64, max_bytes: usize) -> Result<Page, Error> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM orders
-             WHERE (length(id), id) > (length($1), $1 COLLATE \"C\")
-             ORDER BY length(id), id LIMIT $2"
-        );
-        let rows = sqlx::query(&sql).bind(after).bind(limit).fetch(&self.pool);
+        let rows = sqlx::query(&PAGE_SQL)
+            .bind(after)
+            .bind(limit)
+            .fetch(&self.pool);
         Page::read(rows, limit, max_bytes, order).await
     }
 
