@@ -14,9 +14,10 @@
 //!
 //! A connection that has made no call by `--handshake-timeout` is closed, and so is one with
 //! nothing in flight for too long after that ([`Connection::close_when_quiet`]): a client that
-//! went silent, sends a request head too slowly, or keeps an HTTP/1.1 connection idle. One watcher task per connection checks a flag a few times per period, so a call costs
-//! one store, where a timer armed for every request head (hyper's `header_read_timeout`) cost
-//! about 1 400 instructions per HTTP/1.1 call.
+//! went silent, sends a request head too slowly, or keeps an HTTP/1.1 connection idle. One
+//! watcher task per connection checks a flag a few times per period, so a call costs one store,
+//! where a timer armed for every request head (hyper's `header_read_timeout`) cost about 1 400
+//! instructions per HTTP/1.1 call.
 
 use std::{
     future::Future,
@@ -124,7 +125,7 @@ impl Connection {
                     tracing::debug!(
                         "no TLS handshake and request head within --handshake-timeout: closing"
                     );
-                    connection.quiet_too_long.store(true, Ordering::Release);
+                    // With nothing in flight, it is closed without waiting (see `idle`).
                     connection.tell_to_close();
                     return;
                 }
