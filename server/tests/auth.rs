@@ -459,41 +459,18 @@ async fn refused_over_http1(addr: std::net::SocketAddr, path: &str) -> Result<St
 /// The same over HTTP/2 (prior knowledge): the status the answer carries, or the reset or error
 /// the client saw instead.
 async fn refused_over_http2(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::post(format!("http://{addr}{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut body) = client.send_request(request, false).unwrap();
+    let (response, mut body) = common::raw_h2_call(addr, path).await;
     tokio::time::sleep(SLOW_NETWORK).await;
     body.send_data(bytes::Bytes::from_static(GET_106_FRAME), true)
         .map_err(|error| format!("sending the body: {error}"))?;
-    let response = response
-        .await
-        .map_err(|error| format!("reading the answer: {error}"))?;
-    let status = response.headers().get("grpc-status").cloned();
-    let mut answer = response.into_body();
-    while let Some(data) = answer.data().await {
-        data.map_err(|error| format!("reading the answer's body: {error}"))?;
-    }
-    let trailers = answer
-        .trailers()
-        .await
-        .map_err(|error| format!("reading the trailers: {error}"))?;
+    let status = common::raw_h2_status(response).await?;
     // The stream ended cleanly: the server did not reset it once it had answered.
     if let std::task::Poll::Ready(reset) =
         futures::poll!(std::future::poll_fn(|cx| body.poll_reset(cx)))
     {
         return Err(format!("the server reset the stream: {reset:?}"));
     }
-    let status = status
-        .or_else(|| trailers.and_then(|t| t.get("grpc-status").cloned()))
-        .ok_or("no grpc-status")?;
-    Ok(status.to_str().unwrap().to_owned())
+    Ok(status)
 }
 
 #[tokio::test]

@@ -407,3 +407,42 @@ impl Metrics {
         self.get(name, labels).unwrap_or(0.0)
     }
 }
+
+/// A native gRPC call made by hand on a new HTTP/2 connection (the `h2` crate, no tonic), its
+/// head sent: its request stream, for the test to send the body as it wants, and its answer.
+pub async fn raw_h2_call(
+    addr: SocketAddr,
+    path: &str,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = Request::post(format!("http://{addr}{path}"))
+        .header(CONTENT_TYPE, "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    client.send_request(request, false).unwrap()
+}
+
+/// The `grpc-status` of a call made by [`raw_h2_call`], from the answer's headers or trailers,
+/// once the answer has been read whole; or what went wrong reading it.
+pub async fn raw_h2_status(response: h2::client::ResponseFuture) -> Result<String, String> {
+    let response = response
+        .await
+        .map_err(|error| format!("reading the answer: {error}"))?;
+    let status = response.headers().get("grpc-status").cloned();
+    let mut answer = response.into_body();
+    while let Some(data) = answer.data().await {
+        data.map_err(|error| format!("reading the answer's body: {error}"))?;
+    }
+    let trailers = answer
+        .trailers()
+        .await
+        .map_err(|error| format!("reading the trailers: {error}"))?;
+    let status = status
+        .or_else(|| trailers.and_then(|t| t.get("grpc-status").cloned()))
+        .ok_or("no grpc-status")?;
+    Ok(status.to_str().unwrap().to_owned())
+}
