@@ -14,6 +14,7 @@
 mod cache;
 mod keys;
 mod postgres;
+mod search;
 mod sqlite;
 mod write;
 
@@ -29,6 +30,7 @@ use crate::{error::Error, order::ValidOrder, streams::Count};
 use self::{
     cache::ReadCache,
     keys::Registry,
+    search::{Plan, Search},
     write::{Commit, Gate},
 };
 
@@ -49,6 +51,7 @@ pub const SEARCH_PAGE: i64 = 64;
 pub const SEARCH_PAGE_BYTES: usize = 256 * 1024;
 
 /// One page of orders read for a search.
+#[derive(Default)]
 pub(crate) struct Page {
     /// The orders, each with its size by [`order_bytes`].
     pub(crate) orders: Vec<(Order, usize)>,
@@ -56,6 +59,9 @@ pub(crate) struct Page {
     pub(crate) bytes: usize,
     /// No order comes after these.
     pub(crate) last: bool,
+    /// Where the next page starts when a walking search read past the last of these orders
+    /// without filling the page (see [`search`]); after the last order otherwise.
+    pub(crate) resume: Option<String>,
 }
 
 impl Page {
@@ -67,24 +73,23 @@ impl Page {
         max_bytes: usize,
         order: impl Fn(&R) -> Result<Order, sqlx::Error>,
     ) -> Result<Page, Error> {
-        let mut page = Page {
-            orders: Vec::new(),
-            bytes: 0,
-            last: true,
-        };
+        let mut page = Page::default();
         while let Some(row) = rows.try_next().await? {
-            let order = order(&row)?;
-            let size = order_bytes(&order);
-            page.bytes += size;
-            page.orders.push((order, size));
-            if page.bytes >= max_bytes {
+            if page.push(order(&row)?, max_bytes) {
                 // Cut short by its size: more may come after it.
-                page.last = false;
                 return Ok(page);
             }
         }
         page.last = (page.orders.len() as i64) < limit;
         Ok(page)
+    }
+
+    /// Adds `order`; true once the page holds `max_bytes` (one order at least).
+    pub(crate) fn push(&mut self, order: Order, max_bytes: usize) -> bool {
+        let size = order_bytes(&order);
+        self.bytes += size;
+        self.orders.push((order, size));
+        self.bytes >= max_bytes
     }
 }
 
@@ -312,8 +317,16 @@ trait Backend: Send + Sync + fmt::Debug {
     /// taken ones) when it has none, in one transaction with its idempotency key, if any.
     async fn add(&self, order: Order, commit: Commit) -> Result<Applied<Added>, Error>;
     /// Up to `limit` orders after `after` in ID order ("" for the first page), stopping at the
-    /// first order that brings the page to `max_bytes` (so one order at least).
-    async fn page(&self, after: &str, limit: i64, max_bytes: usize) -> Result<Page, Error>;
+    /// first order that brings the page to `max_bytes` (so one order at least), read by `plan`:
+    /// every order, or those that may match `search` (whose final check is the caller's).
+    async fn page(
+        &self,
+        search: &Search,
+        plan: Plan,
+        after: &str,
+        limit: i64,
+        max_bytes: usize,
+    ) -> Result<Page, Error>;
     /// Begins staging a client stream's orders (a connection, or a transaction, of its own),
     /// waiting for the database until `deadline`. `key` is the call's idempotency key, if any;
     /// a key stored before `keys_expired_before` (Unix milliseconds) counts as absent.
@@ -475,17 +488,19 @@ impl Store {
         }
     }
 
-    /// Every order with an item containing `text`, ignoring case, in ID order, read from the
-    /// database a page at a time as the stream is polled: a client that does not read holds one
-    /// page, never a copy of the store. A page is at most [`SEARCH_PAGE`] orders and
+    /// Every order with an item containing `text`, ignoring case ([`search::fold`]), in ID order, read
+    /// from the database a page at a time as the stream is polled, through the trigram index
+    /// when the term is rare (see [`search`](self::search)): a client that does not read holds
+    /// one page, never a copy of the store. A page is at most [`SEARCH_PAGE`] orders and
     /// [`SEARCH_PAGE_BYTES`] while the searches' shared memory budget has room for it, one order
     /// once it has not: unread searches hold a bounded amount between them, and never make
     /// another search wait.
     pub fn search(&self, text: &str) -> BoxStream<'static, Result<Order, Error>> {
-        let needle = text.to_lowercase();
+        let search = Search::new(text);
         let store = self.clone();
         Box::pin(async_stream::try_stream! {
             let mut after = String::new();
+            let mut plan = search.first_plan();
             // The size of an order of the last page: the next asks the database for as many
             // as fit (rows past the page's size would be read and decoded for nothing). The
             // first page guesses large orders: 5 of them, then as many as fit.
@@ -499,7 +514,7 @@ impl Store {
                 let max_bytes = if held.is_some() { SEARCH_PAGE_BYTES } else { 0 };
                 let limit = (max_bytes / order_size.max(1) + 1).min(SEARCH_PAGE as usize) as i64;
                 let page = store
-                    .bounded(store.backend.page(&after, limit, max_bytes))
+                    .bounded(store.backend.page(&search, plan, &after, limit, max_bytes))
                     .await?;
                 if !page.orders.is_empty() {
                     order_size = page.bytes / page.orders.len();
@@ -510,11 +525,18 @@ impl Store {
                     let unused = SEARCH_PAGE_BYTES.saturating_sub(page.bytes);
                     drop(permit.split(unused));
                 }
-                if let Some((last, _)) = page.orders.last() {
+                if let Some(resume) = page.resume {
+                    // A window of the walk did not fill a page: the term is rare enough for the
+                    // index to find its orders sooner.
+                    after = resume;
+                    if search.indexed() {
+                        plan = Plan::Index;
+                    }
+                } else if let Some((last, _)) = page.orders.last() {
                     after.clone_from(&last.id);
                 }
                 for (order, size) in page.orders {
-                    if order.items.iter().any(|item| item.to_lowercase().contains(&needle)) {
+                    if search.matches(&order) {
                         yield order;
                     }
                     if let Some(permit) = &mut held {

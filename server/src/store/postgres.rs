@@ -13,7 +13,9 @@ use tokio::time::Instant;
 
 use super::{
     keys::{remember, stored, Key, KeyRecord, Stored},
-    last_sample_id, redact, sample_orders, uncancelled, until,
+    last_sample_id, redact, sample_orders,
+    search::{search_text, Plan, Search, WALK_ROWS},
+    uncancelled, until,
     write::Commit,
     Added, Applied, Backend, Kind, OpenError, Page, Staging, StoreOptions, Written,
 };
@@ -64,6 +66,13 @@ impl Postgres {
             })?;
         let store = Self { pool };
         store
+            .fill_search_text()
+            .await
+            .map_err(|source| OpenError::Connect {
+                url: redact(url),
+                source,
+            })?;
+        store
             .set_up(options.sample_data)
             .await
             .map_err(|source| OpenError::Connect {
@@ -71,6 +80,45 @@ impl Postgres {
                 source,
             })?;
         Ok(store)
+    }
+
+    /// Fills the `search_text` of the orders stored before search was indexed (NULL since that
+    /// migration), a thousand per statement: once, at the first start after the upgrade.
+    async fn fill_search_text(&self) -> Result<(), sqlx::Error> {
+        let mut after = String::new();
+        let mut filled = 0_usize;
+        loop {
+            let rows: Vec<(String, Vec<String>)> = sqlx::query_as(
+                "SELECT id, items FROM orders WHERE id > $1 AND search_text IS NULL
+                 ORDER BY id LIMIT 1000",
+            )
+            .bind(&after)
+            .fetch_all(&self.pool)
+            .await?;
+            let Some((last, _)) = rows.last() else {
+                break;
+            };
+            after.clone_from(last);
+            filled += rows.len();
+            let (ids, texts): (Vec<String>, Vec<String>) = rows
+                .into_iter()
+                .map(|(id, items)| (id, search_text(&items)))
+                .unzip();
+            // Another server filling too, or a write meanwhile, writes the same text.
+            sqlx::query(
+                "UPDATE orders SET search_text = t.text
+                 FROM unnest($1::text[], $2::text[]) AS t(id, text)
+                 WHERE orders.id = t.id AND orders.search_text IS NULL",
+            )
+            .bind(&ids)
+            .bind(&texts)
+            .execute(&self.pool)
+            .await?;
+        }
+        if filled > 0 {
+            tracing::info!(orders = filled, "indexed the stored orders for search");
+        }
+        Ok(())
     }
 
     /// Marks the database as set up and, the first time only, stores the sample orders. Servers
@@ -101,14 +149,15 @@ impl Postgres {
 /// Inserts `order` under its own ID; false when that ID is taken.
 async fn insert(conn: &mut PgConnection, order: &Order) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
-        "INSERT INTO orders (id, items, description, price, destination)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO orders (id, items, description, price, destination, search_text)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
     )
     .bind(&order.id)
     .bind(&order.items)
     .bind(&order.description)
     .bind(order.price)
     .bind(&order.destination)
+    .bind(search_text(&order.items))
     .execute(conn)
     .await?;
     Ok(inserted.rows_affected() == 1)
@@ -120,14 +169,15 @@ async fn insert(conn: &mut PgConnection, order: &Order) -> Result<bool, sqlx::Er
 async fn insert_numbered(conn: &mut PgConnection, order: &Order) -> Result<String, Error> {
     loop {
         let id: Option<String> = sqlx::query_scalar(
-            "INSERT INTO orders (id, items, description, price, destination)
-             VALUES (nextval('order_ids')::text, $1, $2, $3, $4)
+            "INSERT INTO orders (id, items, description, price, destination, search_text)
+             VALUES (nextval('order_ids')::text, $1, $2, $3, $4, $5)
              ON CONFLICT (id) DO NOTHING RETURNING id",
         )
         .bind(&order.items)
         .bind(&order.description)
         .bind(order.price)
         .bind(&order.destination)
+        .bind(search_text(&order.items))
         .fetch_optional(&mut *conn)
         .await
         .map_err(|e| match exhausted(&e) {
@@ -147,6 +197,37 @@ static PAGE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         "SELECT {COLUMNS} FROM orders
          WHERE (length(id), id) > (length($1), $1 COLLATE \"C\")
          ORDER BY length(id), id LIMIT $2"
+    )
+});
+
+/// A walking search's page: of the next `$3` orders after the ID `$1` in ID order, the first
+/// `$2` whose search text contains `$4`. PostgreSQL reads the window lazily, and stops at `$2`.
+static WALK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM (
+             SELECT {COLUMNS}, search_text, length(id) AS len FROM orders
+             WHERE (length(id), id) > (length($1), $1 COLLATE \"C\")
+             ORDER BY length(id), id LIMIT $3
+         ) AS walked
+         WHERE strpos(search_text, $4) > 0 OR search_text IS NULL
+         ORDER BY len, id LIMIT $2"
+    )
+});
+
+/// The ID `$2` orders after the ID `$1`: where a walk's window ended.
+const WINDOW_END_SQL: &str = "SELECT id FROM orders
+     WHERE (length(id), id) > (length($1), $1 COLLATE \"C\")
+     ORDER BY length(id), id OFFSET $2 LIMIT 1";
+
+/// Up to `$2` orders after the ID `$1` whose search text is `LIKE` `$3`, in ID order. The order
+/// and cursor are written `length(id) + 0` so that no plan walks the ID index (a whole-table
+/// scan for a rare term): the trigram index finds the candidates, and only they are sorted.
+static FOUND_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM orders
+         WHERE search_text LIKE $3
+           AND (length(id) + 0, id) > (length($1), $1 COLLATE \"C\")
+         ORDER BY length(id) + 0, id LIMIT $2"
     )
 });
 
@@ -215,13 +296,14 @@ async fn write_one(conn: &mut PgConnection, order: Order, kind: Kind) -> Result<
         Kind::Update => {
             let changed = sqlx::query(
                 "UPDATE orders SET items = $2, description = $3, price = $4,
-                     destination = $5 WHERE id = $1",
+                     destination = $5, search_text = $6 WHERE id = $1",
             )
             .bind(&order.id)
             .bind(&order.items)
             .bind(&order.description)
             .bind(order.price)
             .bind(&order.destination)
+            .bind(search_text(&order.items))
             .execute(conn)
             .await?
             .rows_affected();
@@ -302,12 +384,50 @@ impl Backend for Postgres {
         }
     }
 
-    async fn page(&self, after: &str, limit: i64, max_bytes: usize) -> Result<Page, Error> {
-        let rows = sqlx::query(&PAGE_SQL)
-            .bind(after)
-            .bind(limit)
-            .fetch(&self.pool);
-        Page::read(rows, limit, max_bytes, order).await
+    async fn page(
+        &self,
+        search: &Search,
+        plan: Plan,
+        after: &str,
+        limit: i64,
+        max_bytes: usize,
+    ) -> Result<Page, Error> {
+        match plan {
+            Plan::All => {
+                let rows = sqlx::query(&PAGE_SQL)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch(&self.pool);
+                Page::read(rows, limit, max_bytes, order).await
+            }
+            Plan::Index if search.indexed() => {
+                let rows = sqlx::query(&FOUND_SQL)
+                    .bind(after)
+                    .bind(limit)
+                    .bind(&search.like)
+                    .fetch(&self.pool);
+                Page::read(rows, limit, max_bytes, order).await
+            }
+            Plan::Walk | Plan::Index => {
+                let rows = sqlx::query(&WALK_SQL)
+                    .bind(after)
+                    .bind(limit)
+                    .bind(WALK_ROWS)
+                    .bind(&search.needle)
+                    .fetch(&self.pool);
+                let mut page = Page::read(rows, limit, max_bytes, order).await?;
+                if page.last {
+                    // Fewer matches than asked for: the window ended, or the store did.
+                    page.resume = sqlx::query_scalar(WINDOW_END_SQL)
+                        .bind(after)
+                        .bind(WALK_ROWS - 1)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    page.last = page.resume.is_none();
+                }
+                Ok(page)
+            }
+        }
     }
 
     async fn stage(

@@ -3,6 +3,7 @@
 
 use std::{fs::File, path::Path, str::FromStr, time::Duration};
 
+use futures::TryStreamExt;
 use order_api::pb::Order;
 use sqlx::{
     pool::PoolConnection,
@@ -17,7 +18,9 @@ use tokio::time::Instant;
 
 use super::{
     keys::{remember, stored as stored_row, Key, Stored},
-    last_sample_id, redact, sample_orders, until,
+    last_sample_id, redact, sample_orders,
+    search::{search_text, Plan, Search, WALK_ROWS},
+    until,
     write::Commit,
     Added, Applied, Backend, Kind, OpenError, Page, Staging, StoreOptions, Written, SUMMARY_IDS,
 };
@@ -61,6 +64,13 @@ impl Sqlite {
             })?;
         let store = Self { pool, _lock: lock };
         store
+            .fill_search_text()
+            .await
+            .map_err(|source| OpenError::Connect {
+                url: redact(url),
+                source,
+            })?;
+        store
             .set_up(options.sample_data)
             .await
             .map_err(|source| OpenError::Connect {
@@ -68,6 +78,41 @@ impl Sqlite {
                 source,
             })?;
         Ok(store)
+    }
+
+    /// Fills the `search_text` of the orders stored before search was indexed (NULL since that
+    /// migration), a thousand per transaction: once, at the first start after the upgrade.
+    async fn fill_search_text(&self) -> Result<(), sqlx::Error> {
+        let mut after = 0_i64;
+        let mut filled = 0_usize;
+        loop {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let rows: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT seq, items FROM orders WHERE seq > ?1 AND search_text IS NULL
+                 ORDER BY seq LIMIT 1000",
+            )
+            .bind(after)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(&(last, _)) = rows.last() else {
+                break;
+            };
+            filled += rows.len();
+            for (seq, items) in rows {
+                let items = decode_items(&items)?;
+                sqlx::query("UPDATE orders SET search_text = ?2 WHERE seq = ?1")
+                    .bind(seq)
+                    .bind(search_text(&items))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            after = last;
+        }
+        if filled > 0 {
+            tracing::info!(orders = filled, "indexed the stored orders for search");
+        }
+        Ok(())
     }
 
     /// Marks the database as set up and, the first time only, stores the sample orders.
@@ -205,7 +250,8 @@ impl Sqlite {
             sqlx::query(&format!(
                 "CREATE TEMP TABLE IF NOT EXISTS {table} (
                      seq INTEGER PRIMARY KEY, {id_columns}, items TEXT NOT NULL,
-                     description TEXT NOT NULL, price REAL NOT NULL, destination TEXT NOT NULL)"
+                     description TEXT NOT NULL, price REAL NOT NULL, destination TEXT NOT NULL,
+                     search_text TEXT NOT NULL)"
             ))
             .execute(&mut *conn)
             .await?;
@@ -241,31 +287,35 @@ impl Staging for SqliteStaging {
                     Kind::Update => {
                         sqlx::query(
                             "INSERT INTO temp.staged_updates
-                                 (id, items, description, price, destination)
-                             VALUES (?1, ?2, ?3, ?4, ?5)
+                                 (id, items, description, price, destination, search_text)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                              ON CONFLICT (id) DO UPDATE SET items = excluded.items,
                                  description = excluded.description, price = excluded.price,
-                                 destination = excluded.destination",
+                                 destination = excluded.destination,
+                                 search_text = excluded.search_text",
                         )
                         .bind(&next.id)
                         .bind(items_json(&next.items))
                         .bind(&next.description)
                         .bind(next.price)
                         .bind(&next.destination)
+                        .bind(search_text(&next.items))
                         .execute(&mut **conn)
                         .await?;
                     }
                     Kind::Add => {
                         let id = (!next.id.is_empty()).then_some(next.id.as_str());
                         let staged = sqlx::query(
-                            "INSERT INTO temp.staged_adds (id, items, description, price, destination)
-                             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+                            "INSERT INTO temp.staged_adds
+                                 (id, items, description, price, destination, search_text)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
                         )
                         .bind(id)
                         .bind(items_json(&next.items))
                         .bind(&next.description)
                         .bind(next.price)
                         .bind(&next.destination)
+                        .bind(search_text(&next.items))
                         .execute(&mut **conn)
                         .await?
                         .rows_affected();
@@ -359,8 +409,8 @@ async fn apply_staged_adds(
         return Err(Error::AlreadyExists(id));
     }
     sqlx::query(
-        "INSERT INTO orders (id, items, description, price, destination)
-         SELECT id, items, description, price, destination FROM temp.staged_adds
+        "INSERT INTO orders (id, items, description, price, destination, search_text)
+         SELECT id, items, description, price, destination, search_text FROM temp.staged_adds
          WHERE id IS NOT NULL ORDER BY seq",
     )
     .execute(&mut *tx)
@@ -403,8 +453,9 @@ async fn apply_staged_adds(
         .await?;
     }
     sqlx::query(
-        "INSERT INTO orders (id, items, description, price, destination)
-         SELECT assigned, items, description, price, destination FROM temp.staged_adds
+        "INSERT INTO orders (id, items, description, price, destination, search_text)
+         SELECT assigned, items, description, price, destination, search_text
+         FROM temp.staged_adds
          WHERE id IS NULL ORDER BY seq",
     )
     .execute(&mut *tx)
@@ -435,7 +486,7 @@ async fn apply_staged_updates(
     }
     sqlx::query(
         "UPDATE orders SET items = s.items, description = s.description,
-             price = s.price, destination = s.destination
+             price = s.price, destination = s.destination, search_text = s.search_text
          FROM temp.staged_updates s WHERE orders.id = s.id",
     )
     .execute(&mut *tx)
@@ -478,14 +529,15 @@ async fn insert_numbered(conn: &mut SqliteConnection, order: &Order) -> Result<S
 /// Inserts `order` as `id`; false when `id` is taken.
 async fn insert(conn: &mut SqliteConnection, id: &str, order: &Order) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
-        "INSERT INTO orders (id, items, description, price, destination)
-         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO orders (id, items, description, price, destination, search_text)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
     )
     .bind(id)
     .bind(items_json(&order.items))
     .bind(&order.description)
     .bind(order.price)
     .bind(&order.destination)
+    .bind(search_text(&order.items))
     .execute(conn)
     .await?;
     Ok(inserted.rows_affected() == 1)
@@ -516,14 +568,85 @@ static PAGE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// A walking search's two halves: the IDs as long as `?1` after it, then the longer ones, each
+/// read in ID order straight from `orders_in_id_order`, lazily, up to `?2` rows with their
+/// search text.
+static WALK_SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+    [
+        format!(
+            "SELECT {COLUMNS}, search_text FROM orders INDEXED BY orders_in_id_order
+             WHERE length(id) = length(?1) AND id > ?1 ORDER BY id LIMIT ?2"
+        ),
+        format!(
+            "SELECT {COLUMNS}, search_text FROM orders INDEXED BY orders_in_id_order
+             WHERE length(id) > length(?1) ORDER BY length(id), id LIMIT ?2"
+        ),
+    ]
+});
+
+/// Up to `?2` orders after the ID `?1` whose search text has every trigram of the FTS5 query
+/// `?3` and contains `?4`, in ID order: the trigram index first (`CROSS JOIN` keeps SQLite from
+/// walking the ID index instead), then only the candidates are sorted.
+static FOUND_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM order_search CROSS JOIN orders ON orders.seq = order_search.rowid
+         WHERE order_search MATCH ?3
+           AND (length(id) > length(?1) OR (length(id) = length(?1) AND id > ?1))
+           AND instr(orders.search_text, ?4) > 0
+         ORDER BY length(id), id LIMIT ?2"
+    )
+});
+
+impl Sqlite {
+    /// A walking page: the orders after `after` in ID order, each tested by its search text
+    /// here as it is read, until a page of matches or [`WALK_ROWS`] orders read (`resume`).
+    async fn walk(
+        &self,
+        search: &Search,
+        after: &str,
+        limit: i64,
+        max_bytes: usize,
+    ) -> Result<Page, Error> {
+        let mut page = Page::default();
+        let mut read = 0;
+        for sql in WALK_SQL.iter() {
+            let mut rows = sqlx::query(sql)
+                .bind(after)
+                .bind(WALK_ROWS - read)
+                .fetch(&self.pool);
+            while let Some(row) = rows.try_next().await? {
+                read += 1;
+                // NULL only while a start fills the column: a candidate, checked by the caller.
+                let text: Option<&str> = row.try_get("search_text")?;
+                if text.is_none_or(|text| text.contains(&search.needle)) {
+                    let full = page.push(order(&row)?, max_bytes);
+                    if full || page.orders.len() as i64 == limit {
+                        return Ok(page);
+                    }
+                }
+                if read == WALK_ROWS {
+                    page.resume = Some(row.try_get("id")?);
+                    return Ok(page);
+                }
+            }
+        }
+        page.last = true;
+        Ok(page)
+    }
+}
+
+fn decode_items(items: &str) -> Result<Vec<String>, sqlx::Error> {
+    serde_json::from_str(items).map_err(|e| sqlx::Error::ColumnDecode {
+        index: "items".into(),
+        source: Box::new(e),
+    })
+}
+
 fn order(row: &SqliteRow) -> Result<Order, sqlx::Error> {
     let items: String = row.try_get("items")?;
     Ok(Order {
         id: row.try_get("id")?,
-        items: serde_json::from_str(&items).map_err(|e| sqlx::Error::ColumnDecode {
-            index: "items".into(),
-            source: Box::new(e),
-        })?,
+        items: decode_items(&items)?,
         description: row.try_get("description")?,
         price: row.try_get("price")?,
         destination: row.try_get("destination")?,
@@ -544,12 +667,36 @@ impl Backend for Sqlite {
         add(self.pool.clone(), new, commit).await
     }
 
-    async fn page(&self, after: &str, limit: i64, max_bytes: usize) -> Result<Page, Error> {
-        let rows = sqlx::query(&PAGE_SQL)
-            .bind(after)
-            .bind(limit)
-            .fetch(&self.pool);
-        Page::read(rows, limit, max_bytes, order).await
+    async fn page(
+        &self,
+        search: &Search,
+        plan: Plan,
+        after: &str,
+        limit: i64,
+        max_bytes: usize,
+    ) -> Result<Page, Error> {
+        match plan {
+            Plan::All => {
+                let rows = sqlx::query(&PAGE_SQL)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch(&self.pool);
+                Page::read(rows, limit, max_bytes, order).await
+            }
+            Plan::Walk => self.walk(search, after, limit, max_bytes).await,
+            Plan::Index => {
+                let Some(fts) = &search.fts else {
+                    return self.walk(search, after, limit, max_bytes).await;
+                };
+                let rows = sqlx::query(&FOUND_SQL)
+                    .bind(after)
+                    .bind(limit)
+                    .bind(fts)
+                    .bind(&search.needle)
+                    .fetch(&self.pool);
+                Page::read(rows, limit, max_bytes, order).await
+            }
+        }
     }
 
     /// The key is looked up when the staged orders are applied, in their transaction.
@@ -636,6 +783,67 @@ mod tests {
                 "{plan:#?}"
             );
         }
+    }
+
+    async fn plan_of(store: &Sqlite, sql: &str, binds: &[&str]) -> Vec<String> {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut query = sqlx::query(&explain);
+        for bind in binds {
+            query = query.bind(*bind);
+        }
+        query
+            .fetch_all(&store.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get("detail"))
+            .collect()
+    }
+
+    /// A rare term's page starts from the trigram index and sorts only its candidates; a walking
+    /// page reads `orders_in_id_order` in order, from where the last one ended, with no sort.
+    #[tokio::test]
+    async fn a_search_page_starts_from_the_trigram_index_or_seeks_the_id_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("orders.db").display());
+        let store = Sqlite::open(&StoreOptions::new(&url)).await.unwrap();
+        let search = Search::new("GOOGLE");
+        let found = plan_of(
+            &store,
+            &FOUND_SQL,
+            &["104", "64", search.fts.as_deref().unwrap(), &search.needle],
+        )
+        .await;
+        assert!(
+            found[0].starts_with("SCAN order_search VIRTUAL TABLE"),
+            "{found:#?}"
+        );
+        assert!(
+            found[1].starts_with("SEARCH orders USING INTEGER PRIMARY KEY"),
+            "{found:#?}"
+        );
+        for walk in WALK_SQL.iter() {
+            let plan = plan_of(&store, walk, &["104", "4096"]).await;
+            assert_eq!(plan.len(), 1, "{plan:#?}");
+            assert!(
+                plan[0].starts_with("SEARCH orders USING INDEX orders_in_id_order"),
+                "{plan:#?}"
+            );
+        }
+        // And they answer.
+        let page = store
+            .page(&search, Plan::Index, "", 64, usize::MAX)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = page.orders.iter().map(|(o, _)| o.id.as_str()).collect();
+        assert_eq!(ids, ["102", "104"]);
+        let page = store
+            .page(&search, Plan::Walk, "", 64, usize::MAX)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = page.orders.iter().map(|(o, _)| o.id.as_str()).collect();
+        assert_eq!(ids, ["102", "104"]);
+        assert!(page.last);
     }
 
     /// The pool's connections open together on a new file without racing for the switch to WAL

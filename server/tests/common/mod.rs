@@ -117,6 +117,12 @@ impl TestServer {
         server
     }
 
+    /// A server with `config` on the database it names (one the test made, and keeps).
+    pub async fn start_on_existing(config: Config) -> Self {
+        let orders = OrderService::new(open_store(&config).await, config.batch_size);
+        Self::start_service(orders, config).await
+    }
+
     /// A server around a service the test keeps a handle to.
     pub async fn start_service(orders: OrderService, config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
