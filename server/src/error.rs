@@ -140,7 +140,7 @@ pub const INTERNAL_MESSAGE: &str = "internal error in the order server (its log 
 
 /// True when `error` means the database is down, unreachable or refusing connections for now,
 /// so a retry may succeed: the client gets `UNAVAILABLE`.
-fn is_unavailable(error: &sqlx::Error) -> bool {
+pub(crate) fn is_unavailable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

@@ -65,10 +65,6 @@ pub(crate) struct KeyRecord {
 }
 
 impl KeyRecord {
-    pub(super) fn key(&self) -> &Key {
-        &self.key
-    }
-
     /// What to answer given the row stored under this key, if any (found with
     /// [`Stored`]): `None` to go on and write, the stored answer for the same request, an error
     /// for another one.

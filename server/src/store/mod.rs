@@ -11,6 +11,7 @@
 //! tutorial's sample orders, assign IDs from a database sequence, make every acknowledged write
 //! durable and run `updateOrders` and `addOrders` each as one transaction.
 
+mod batch;
 mod cache;
 mod keys;
 mod postgres;
@@ -28,6 +29,7 @@ use tokio::{sync::Semaphore, time::Instant};
 use crate::{error::Error, order::ValidOrder, streams::Count};
 
 use self::{
+    batch::{Done, Queue, Work},
     cache::ReadCache,
     keys::Registry,
     search::{Plan, Search},
@@ -313,9 +315,10 @@ impl Kind {
 trait Backend: Send + Sync + fmt::Debug {
     /// The order with this ID, if any.
     async fn get(&self, id: &str) -> Result<Option<Order>, Error>;
-    /// Stores `order` under its own ID, or under the next number of the ID sequence (skipping
-    /// taken ones) when it has none, in one transaction with its idempotency key, if any.
-    async fn add(&self, order: Order, commit: Commit) -> Result<Applied<Added>, Error>;
+    /// Applies `writes` in one transaction and one commit (see [`batch`]): each `addOrder`
+    /// under its own ID, or under the next number of the ID sequence (skipping taken ones) when
+    /// it has none; each whole client stream as one write; each with its idempotency key, if any.
+    async fn write_batch(&self, writes: Vec<batch::Write>) -> Vec<batch::Outcome>;
     /// Up to `limit` orders after `after` in ID order ("" for the first page), stopping at the
     /// first order that brings the page to `max_bytes` (so one order at least), read by `plan`:
     /// every order, or those that may match `search` (whose final check is the caller's).
@@ -403,6 +406,8 @@ pub struct Store {
     long_streams: Arc<Semaphore>,
     /// The writes running on tasks of their own.
     in_flight: Count,
+    /// The group commit's writer.
+    writer: Queue,
     /// Bytes of orders open searches hold, read but not yet sent: one permit a byte.
     search_memory: Arc<Semaphore>,
 }
@@ -422,7 +427,25 @@ impl Store {
         } else {
             return Err(OpenError::Scheme(name.to_string()));
         };
+        // The writer holds no strong handle: the database (and SQLite's lock file) is closed
+        // the moment the last `Store` is dropped.
+        let writer = {
+            let backend = Arc::downgrade(&backend);
+            batch::start(move |writes| {
+                let backend = backend.upgrade();
+                async move {
+                    match backend {
+                        Some(backend) => backend.write_batch(writes).await,
+                        None => writes
+                            .iter()
+                            .map(|_| Err(Error::Database(sqlx::Error::PoolClosed)))
+                            .collect(),
+                    }
+                }
+            })
+        };
         Ok(Self {
+            writer,
             backend,
             cache,
             timeout: options.timeout,
@@ -475,16 +498,17 @@ impl Store {
         });
         let explicit = order.id.clone();
         let commit = self.commit(key, false);
-        let backend = self.backend.clone();
+        let writer = self.writer.clone();
         let added = self
             .outcome(commit.gate.clone(), commit.deadline, async move {
                 let _claim = claim;
-                backend.add(order, commit).await
+                writer.submit(Work::Add(order), commit).await
             })
             .await?;
         match added {
-            Applied::Done(Added::Id(id)) | Applied::Replayed(id) => Ok(id),
-            Applied::Done(Added::Taken) => Err(Error::AlreadyExists(explicit)),
+            Applied::Done(Done::Added(Added::Id(id))) | Applied::Replayed(id) => Ok(id),
+            Applied::Done(Done::Added(Added::Taken)) => Err(Error::AlreadyExists(explicit)),
+            Applied::Done(Done::Written(_)) => unreachable!("addOrder writes one order"),
         }
     }
 
@@ -619,24 +643,24 @@ impl Store {
             .zip(digest)
             .map(|(key, digest)| key.record(kind.method(), digest));
         let commit = self.commit(key, kind == Kind::Update);
-        let backend = self.backend.clone();
+        let writer = self.writer.clone();
         self.outcome(commit.gate.clone(), commit.deadline, async move {
             let _claim = claim;
-            let (mut staging, _permit) = match staged {
-                Some((staging, permit)) => (staging, Some(permit)),
-                None => {
-                    let key = commit.key.as_ref().map(KeyRecord::key);
-                    let expired = commit.keys_expired_before;
-                    (
-                        backend.stage(kind, key, expired, commit.deadline).await?,
-                        None,
-                    )
+            match staged {
+                // Staged: its own transaction, begun already.
+                Some((mut staging, _permit)) => {
+                    if !batch.is_empty() {
+                        staging.push(batch, commit.deadline).await?;
+                    }
+                    staging.apply(commit).await
                 }
-            };
-            if !batch.is_empty() {
-                staging.push(batch, commit.deadline).await?;
+                // Whole in memory: one write of the next group commit.
+                None => match writer.submit(Work::Stream(kind, batch), commit).await? {
+                    Applied::Done(Done::Written(written)) => Ok(Applied::Done(written)),
+                    Applied::Replayed(answer) => Ok(Applied::Replayed(answer)),
+                    Applied::Done(Done::Added(_)) => unreachable!("a stream's write is written"),
+                },
             }
-            staging.apply(commit).await
         })
         .await
     }

@@ -12,7 +12,8 @@ use sqlx::{
 use tokio::time::Instant;
 
 use super::{
-    keys::{remember, stored, Key, KeyRecord, Stored},
+    batch::{self, Done, Outcome, Work, Write},
+    keys::{remember, stored, Key, Stored},
     last_sample_id, redact, sample_orders,
     search::{search_text, Plan, Search, WALK_ROWS},
     uncancelled, until,
@@ -266,7 +267,7 @@ impl Staging for PgStaging {
             return Ok(());
         }
         for order in orders {
-            let id = until(deadline, write_one(&mut self.tx, order, self.kind)).await?;
+            let id = until(deadline, write_one(&mut self.tx, &order, self.kind)).await?;
             self.written.record(&id, &mut self.seen);
         }
         Ok(())
@@ -291,7 +292,7 @@ impl Staging for PgStaging {
 
 /// Replaces (`NOT_FOUND` if it does not exist) or stores (`ALREADY_EXISTS` if its ID is taken)
 /// `order`; returns its ID.
-async fn write_one(conn: &mut PgConnection, order: Order, kind: Kind) -> Result<String, Error> {
+async fn write_one(conn: &mut PgConnection, order: &Order, kind: Kind) -> Result<String, Error> {
     match kind {
         Kind::Update => {
             let changed = sqlx::query(
@@ -308,42 +309,92 @@ async fn write_one(conn: &mut PgConnection, order: Order, kind: Kind) -> Result<
             .await?
             .rows_affected();
             if changed == 0 {
-                return Err(Error::NotFound(order.id));
+                return Err(Error::NotFound(order.id.clone()));
             }
-            Ok(order.id)
+            Ok(order.id.clone())
         }
-        Kind::Add if order.id.is_empty() => insert_numbered(conn, &order).await,
-        Kind::Add => match insert(conn, &order).await? {
-            true => Ok(order.id),
-            false => Err(Error::AlreadyExists(order.id)),
+        Kind::Add if order.id.is_empty() => insert_numbered(conn, order).await,
+        Kind::Add => match insert(conn, order).await? {
+            true => Ok(order.id.clone()),
+            false => Err(Error::AlreadyExists(order.id.clone())),
         },
     }
 }
 
-/// `addOrder` with an idempotency key: the key looked up, the order stored and the key with it,
-/// in one transaction. Runs on a task of its own, to its end.
-async fn add_keyed(
-    pool: &PgPool,
-    new: Order,
-    key: &KeyRecord,
-    commit: &Commit,
-) -> Result<Applied<Added>, Error> {
-    let mut tx = pool.begin().await?;
-    if let Some(answer) =
-        key.replay(stored(&mut *tx, &key.key, commit.keys_expired_before).await?)?
-    {
+/// The stored answer when the write's key names the same request done before; fails if its
+/// caller has given up, or the key was used for another request.
+async fn replay_of(conn: &mut PgConnection, commit: &Commit) -> Result<Option<String>, Error> {
+    commit.still_wanted()?;
+    match &commit.key {
+        Some(key) => key.replay(stored(&mut *conn, &key.key, commit.keys_expired_before).await?),
+        None => Ok(None),
+    }
+}
+
+/// `addOrder` inside a batch's transaction (see [`batch`]): nothing written unless it is stored.
+async fn add_in(conn: &mut PgConnection, new: &Order, commit: &Commit) -> Outcome {
+    if let Some(answer) = replay_of(conn, commit).await? {
         return Ok(Applied::Replayed(answer));
     }
     let id = if new.id.is_empty() {
-        insert_numbered(&mut tx, &new).await?
-    } else if insert(&mut tx, &new).await? {
-        new.id
+        insert_numbered(conn, new).await?
+    } else if insert(conn, new).await? {
+        new.id.clone()
     } else {
-        return Ok(Applied::Done(Added::Taken));
+        return Ok(Applied::Done(Done::Added(Added::Taken)));
     };
-    remember(&mut *tx, key, &id, commit).await?;
-    commit.commit(tx).await?;
-    Ok(Applied::Done(Added::Id(id)))
+    if let Some(key) = &commit.key {
+        remember(&mut *conn, key, &id, commit).await?;
+    }
+    Ok(Applied::Done(Done::Added(Added::Id(id))))
+}
+
+/// A client stream's write inside a batch's transaction, in a savepoint of its own.
+async fn write_in(
+    conn: &mut PgConnection,
+    kind: Kind,
+    orders: &[Order],
+    commit: &Commit,
+) -> Outcome {
+    if let Some(answer) = replay_of(conn, commit).await? {
+        return Ok(Applied::Replayed(answer));
+    }
+    let mut written = match kind {
+        Kind::Update => Written::updated(),
+        Kind::Add => Written::added(),
+    };
+    let mut seen = HashSet::new();
+    for order in orders {
+        let id = write_one(conn, order, kind).await?;
+        written.record(&id, &mut seen);
+    }
+    if let Some(key) = &commit.key {
+        remember(&mut *conn, key, &written.to_string(), commit).await?;
+    }
+    Ok(Applied::Done(Done::Written(written)))
+}
+
+impl batch::Engine for Postgres {
+    type Db = Pg;
+
+    async fn begin(&self) -> Result<Transaction<'static, Pg>, sqlx::Error> {
+        self.pool.begin().await
+    }
+
+    async fn execute<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+        sql: &'static str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(sql).execute(conn).await.map(|_| ())
+    }
+
+    async fn run<'c>(&'c self, conn: &'c mut PgConnection, write: &'c Write) -> Outcome {
+        match &write.work {
+            Work::Add(order) => add_in(conn, order, &write.commit).await,
+            Work::Stream(kind, orders) => write_in(conn, *kind, orders, &write.commit).await,
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -356,32 +407,8 @@ impl Backend for Postgres {
         Ok(row.as_ref().map(order).transpose()?)
     }
 
-    async fn add(&self, new: Order, commit: Commit) -> Result<Applied<Added>, Error> {
-        commit.still_wanted()?;
-        if let Some(key) = &commit.key {
-            return add_keyed(&self.pool, new, key, &commit).await;
-        }
-        let mut conn = self.pool.acquire().await?;
-        // One statement, its own transaction: from here the write may be committed.
-        let _committing = commit.begin()?;
-        let added = if new.id.is_empty() {
-            insert_numbered(&mut conn, &new).await.map(Added::Id)
-        } else {
-            match insert(&mut conn, &new).await {
-                Ok(true) => Ok(Added::Id(new.id)),
-                Ok(false) => Ok(Added::Taken),
-                Err(error) => Err(Error::Database(error)),
-            }
-        };
-        match added {
-            Ok(added) => Ok(Applied::Done(added)),
-            // The connection failed while the statement was on its way: it may have committed.
-            // An error the server answered with (a lock timeout, say) means it did not.
-            Err(Error::Database(error)) if !matches!(error, sqlx::Error::Database(_)) => {
-                Err(Error::InDoubt(error))
-            }
-            Err(other) => Err(other),
-        }
+    async fn write_batch(&self, writes: Vec<Write>) -> Vec<Outcome> {
+        batch::apply(self, writes).await
     }
 
     async fn page(

@@ -17,6 +17,7 @@ use sqlx::{
 use tokio::time::Instant;
 
 use super::{
+    batch::{self, Done, Outcome, Work, Write},
     keys::{remember, stored as stored_row, Key, Stored},
     last_sample_id, redact, sample_orders,
     search::{search_text, Plan, Search, WALK_ROWS},
@@ -214,24 +215,69 @@ fn lock(url: &str, database: &Path) -> Result<File, OpenError> {
     }
 }
 
-/// `addOrder` in one `BEGIN IMMEDIATE` transaction with its idempotency key: under the next free
-/// number of the ID sequence when `new` has no ID. Runs on a task of its own, to its end.
-async fn add(pool: SqlitePool, new: Order, commit: Commit) -> Result<Applied<Added>, Error> {
-    commit.still_wanted()?;
-    let mut conn = pool.acquire().await?;
-    let mut tx = match begin_keyed(&mut conn, &commit).await? {
-        Ok(tx) => tx,
-        Err(answer) => return Ok(Applied::Replayed(answer)),
-    };
+/// `addOrder` inside a batch's transaction (see [`batch`]): under the next free number of the ID
+/// sequence when `new` has no ID; nothing written unless it is stored.
+async fn add_in(conn: &mut SqliteConnection, new: &Order, commit: &Commit) -> Outcome {
+    if let Some(answer) = replay_of(conn, commit).await? {
+        return Ok(Applied::Replayed(answer));
+    }
     let id = if new.id.is_empty() {
-        insert_numbered(&mut tx, &new).await?
-    } else if insert(&mut tx, &new.id, &new).await? {
-        new.id
+        insert_numbered(conn, new).await?
+    } else if insert(conn, &new.id, new).await? {
+        new.id.clone()
     } else {
-        return Ok(Applied::Done(Added::Taken));
+        return Ok(Applied::Done(Done::Added(Added::Taken)));
     };
-    commit_keyed(tx, &commit, &id).await?;
-    Ok(Applied::Done(Added::Id(id)))
+    if let Some(key) = &commit.key {
+        remember(&mut *conn, key, &id, commit).await?;
+    }
+    Ok(Applied::Done(Done::Added(Added::Id(id))))
+}
+
+/// A client stream's write inside a batch's transaction (in a savepoint of its own): staged in
+/// this connection's temporary table, then applied as a long stream's is.
+async fn write_in(
+    conn: &mut SqliteConnection,
+    kind: Kind,
+    orders: &[Order],
+    commit: &Commit,
+) -> Outcome {
+    if let Some(answer) = replay_of(conn, commit).await? {
+        return Ok(Applied::Replayed(answer));
+    }
+    empty_staging(conn, kind).await?;
+    stage(conn, kind, orders).await?;
+    let written = match kind {
+        Kind::Update => update_staged(conn).await?,
+        Kind::Add => add_staged(conn).await?,
+    };
+    if let Some(key) = &commit.key {
+        remember(&mut *conn, key, &written.to_string(), commit).await?;
+    }
+    Ok(Applied::Done(Done::Written(written)))
+}
+
+impl batch::Engine for Sqlite {
+    type Db = sqlx::Sqlite;
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    async fn execute<'c>(
+        &'c self,
+        conn: &'c mut SqliteConnection,
+        sql: &'static str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(sql).execute(conn).await.map(|_| ())
+    }
+
+    async fn run<'c>(&'c self, conn: &'c mut SqliteConnection, write: &'c Write) -> Outcome {
+        match &write.work {
+            Work::Add(order) => add_in(conn, order, &write.commit).await,
+            Work::Stream(kind, orders) => write_in(conn, *kind, orders, &write.commit).await,
+        }
+    }
 }
 
 /// A client stream's orders staged in a temporary table of one pooled connection, which takes no
@@ -245,24 +291,26 @@ impl Sqlite {
     /// A connection with an empty staging table for `kind`.
     async fn staging(&self, kind: Kind, deadline: Instant) -> Result<SqliteStaging, Error> {
         let mut conn = until(deadline, async { Ok(self.pool.acquire().await?) }).await?;
-        let (table, id_columns) = staging_table(kind);
-        until(deadline, async {
-            sqlx::query(&format!(
-                "CREATE TEMP TABLE IF NOT EXISTS {table} (
-                     seq INTEGER PRIMARY KEY, {id_columns}, items TEXT NOT NULL,
-                     description TEXT NOT NULL, price REAL NOT NULL, destination TEXT NOT NULL,
-                     search_text TEXT NOT NULL)"
-            ))
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(&format!("DELETE FROM temp.{table}"))
-                .execute(&mut *conn)
-                .await?;
-            Ok(())
-        })
-        .await?;
+        until(deadline, empty_staging(&mut conn, kind)).await?;
         Ok(SqliteStaging { conn, kind })
     }
+}
+
+/// Makes the staging table of `kind` on `conn`, or empties it.
+async fn empty_staging(conn: &mut SqliteConnection, kind: Kind) -> Result<(), Error> {
+    let (table, id_columns) = staging_table(kind);
+    sqlx::query(&format!(
+        "CREATE TEMP TABLE IF NOT EXISTS {table} (
+             seq INTEGER PRIMARY KEY, {id_columns}, items TEXT NOT NULL,
+             description TEXT NOT NULL, price REAL NOT NULL, destination TEXT NOT NULL,
+             search_text TEXT NOT NULL)"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(&format!("DELETE FROM temp.{table}"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// The staging table of `kind` and its ID columns.
@@ -277,58 +325,7 @@ fn staging_table(kind: Kind) -> (&'static str, &'static str) {
 #[tonic::async_trait]
 impl Staging for SqliteStaging {
     async fn push(&mut self, orders: Vec<Order>, deadline: Instant) -> Result<(), Error> {
-        let conn = &mut self.conn;
-        let kind = self.kind;
-        until(deadline, async move {
-            for next in orders {
-                match kind {
-                    // The same order twice in one call: the later version wins, in the place of
-                    // the first.
-                    Kind::Update => {
-                        sqlx::query(
-                            "INSERT INTO temp.staged_updates
-                                 (id, items, description, price, destination, search_text)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                             ON CONFLICT (id) DO UPDATE SET items = excluded.items,
-                                 description = excluded.description, price = excluded.price,
-                                 destination = excluded.destination,
-                                 search_text = excluded.search_text",
-                        )
-                        .bind(&next.id)
-                        .bind(items_json(&next.items))
-                        .bind(&next.description)
-                        .bind(next.price)
-                        .bind(&next.destination)
-                        .bind(search_text(&next.items))
-                        .execute(&mut **conn)
-                        .await?;
-                    }
-                    Kind::Add => {
-                        let id = (!next.id.is_empty()).then_some(next.id.as_str());
-                        let staged = sqlx::query(
-                            "INSERT INTO temp.staged_adds
-                                 (id, items, description, price, destination, search_text)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
-                        )
-                        .bind(id)
-                        .bind(items_json(&next.items))
-                        .bind(&next.description)
-                        .bind(next.price)
-                        .bind(&next.destination)
-                        .bind(search_text(&next.items))
-                        .execute(&mut **conn)
-                        .await?
-                        .rows_affected();
-                        if staged == 0 {
-                            // The same ID earlier in this call.
-                            return Err(Error::AlreadyExists(next.id));
-                        }
-                    }
-                }
-            }
-            Ok(())
-        })
-        .await
+        until(deadline, stage(&mut self.conn, self.kind, &orders)).await
     }
 
     /// One short `BEGIN IMMEDIATE` transaction, set-based whatever the number of orders; the
@@ -345,6 +342,57 @@ impl Staging for SqliteStaging {
             .await;
         applied
     }
+}
+
+/// Adds `orders` to the staging table of `kind` on `conn`, next in the client's order.
+async fn stage(conn: &mut SqliteConnection, kind: Kind, orders: &[Order]) -> Result<(), Error> {
+    for next in orders {
+        match kind {
+            // The same order twice in one call: the later version wins, in the place of
+            // the first.
+            Kind::Update => {
+                sqlx::query(
+                    "INSERT INTO temp.staged_updates
+                         (id, items, description, price, destination, search_text)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (id) DO UPDATE SET items = excluded.items,
+                         description = excluded.description, price = excluded.price,
+                         destination = excluded.destination,
+                         search_text = excluded.search_text",
+                )
+                .bind(&next.id)
+                .bind(items_json(&next.items))
+                .bind(&next.description)
+                .bind(next.price)
+                .bind(&next.destination)
+                .bind(search_text(&next.items))
+                .execute(&mut *conn)
+                .await?;
+            }
+            Kind::Add => {
+                let id = (!next.id.is_empty()).then_some(next.id.as_str());
+                let staged = sqlx::query(
+                    "INSERT INTO temp.staged_adds
+                         (id, items, description, price, destination, search_text)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(id)
+                .bind(items_json(&next.items))
+                .bind(&next.description)
+                .bind(next.price)
+                .bind(&next.destination)
+                .bind(search_text(&next.items))
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                if staged == 0 {
+                    // The same ID earlier in this call.
+                    return Err(Error::AlreadyExists(next.id.clone()));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The summary of the orders staged in `table`: how many, and the first IDs in the client's
@@ -376,14 +424,20 @@ async fn begin_keyed<'c>(
 ) -> Result<Result<sqlx::Transaction<'c, sqlx::Sqlite>, String>, Error> {
     commit.still_wanted()?;
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    commit.still_wanted()?;
-    if let Some(key) = &commit.key {
-        let stored = stored_row(&mut *tx, &key.key, commit.keys_expired_before).await?;
-        if let Some(answer) = key.replay(stored)? {
-            return Ok(Err(answer));
-        }
+    match replay_of(&mut tx, commit).await? {
+        Some(answer) => Ok(Err(answer)),
+        None => Ok(Ok(tx)),
     }
-    Ok(Ok(tx))
+}
+
+/// The stored answer when the write's key names the same request done before; fails if its
+/// caller has given up, or the key was used for another request.
+async fn replay_of(conn: &mut SqliteConnection, commit: &Commit) -> Result<Option<String>, Error> {
+    commit.still_wanted()?;
+    match &commit.key {
+        Some(key) => key.replay(stored_row(conn, &key.key, commit.keys_expired_before).await?),
+        None => Ok(None),
+    }
 }
 
 /// Stores the new orders staged on `conn`, all or nothing, in a few statements whatever their
@@ -398,6 +452,13 @@ async fn apply_staged_adds(
         Ok(tx) => tx,
         Err(answer) => return Ok(Applied::Replayed(answer)),
     };
+    let written = add_staged(&mut tx).await?;
+    commit_keyed(tx, commit, &written.to_string()).await?;
+    Ok(Applied::Done(written))
+}
+
+/// Stores the new orders staged on `conn`, inside its transaction (see [`apply_staged_adds`]).
+async fn add_staged(tx: &mut SqliteConnection) -> Result<Written, Error> {
     let taken: Option<String> = sqlx::query_scalar(
         "SELECT s.id FROM temp.staged_adds s
          WHERE s.id IS NOT NULL AND EXISTS (SELECT 1 FROM orders o WHERE o.id = s.id)
@@ -460,9 +521,7 @@ async fn apply_staged_adds(
     )
     .execute(&mut *tx)
     .await?;
-    let written = staged_summary(&mut tx, "added", "staged_adds", "coalesce(id, assigned)").await?;
-    commit_keyed(tx, commit, &written.to_string()).await?;
-    Ok(Applied::Done(written))
+    staged_summary(tx, "added", "staged_adds", "coalesce(id, assigned)").await
 }
 
 /// Applies the updates staged on `conn`, all or nothing: an ID no order has fails it.
@@ -474,6 +533,13 @@ async fn apply_staged_updates(
         Ok(tx) => tx,
         Err(answer) => return Ok(Applied::Replayed(answer)),
     };
+    let written = update_staged(&mut tx).await?;
+    commit_keyed(tx, commit, &written.to_string()).await?;
+    Ok(Applied::Done(written))
+}
+
+/// Applies the updates staged on `conn`, inside its transaction (see [`apply_staged_updates`]).
+async fn update_staged(tx: &mut SqliteConnection) -> Result<Written, Error> {
     let missing: Option<String> = sqlx::query_scalar(
         "SELECT s.id FROM temp.staged_updates s
          WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = s.id)
@@ -491,9 +557,7 @@ async fn apply_staged_updates(
     )
     .execute(&mut *tx)
     .await?;
-    let written = staged_summary(&mut tx, "updated", "staged_updates", "id").await?;
-    commit_keyed(tx, commit, &written.to_string()).await?;
-    Ok(Applied::Done(written))
+    staged_summary(tx, "updated", "staged_updates", "id").await
 }
 
 /// Stores the call's key, if any, with `answer`, and commits, if the call still wants it.
@@ -569,16 +633,17 @@ static PAGE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// A walking search's two halves: the IDs as long as `?1` after it, then the longer ones, each
-/// read in ID order straight from `orders_in_id_order`, lazily, up to `?2` rows with their
-/// search text.
+/// read in ID order straight from `orders_in_id_order`, lazily, up to `?2` rows. Not their
+/// search text: it is last in the row, so SQLite never reads its pages (as large as the items),
+/// and the items are checked here anyway.
 static WALK_SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
     [
         format!(
-            "SELECT {COLUMNS}, search_text FROM orders INDEXED BY orders_in_id_order
+            "SELECT {COLUMNS} FROM orders INDEXED BY orders_in_id_order
              WHERE length(id) = length(?1) AND id > ?1 ORDER BY id LIMIT ?2"
         ),
         format!(
-            "SELECT {COLUMNS}, search_text FROM orders INDEXED BY orders_in_id_order
+            "SELECT {COLUMNS} FROM orders INDEXED BY orders_in_id_order
              WHERE length(id) > length(?1) ORDER BY length(id), id LIMIT ?2"
         ),
     ]
@@ -598,8 +663,8 @@ static FOUND_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 impl Sqlite {
-    /// A walking page: the orders after `after` in ID order, each tested by its search text
-    /// here as it is read, until a page of matches or [`WALK_ROWS`] orders read (`resume`).
+    /// A walking page: the orders after `after` in ID order, each tested here as it is read,
+    /// until a page of matches or [`WALK_ROWS`] orders read (`resume`).
     async fn walk(
         &self,
         search: &Search,
@@ -616,10 +681,9 @@ impl Sqlite {
                 .fetch(&self.pool);
             while let Some(row) = rows.try_next().await? {
                 read += 1;
-                // NULL only while a start fills the column: a candidate, checked by the caller.
-                let text: Option<&str> = row.try_get("search_text")?;
-                if text.is_none_or(|text| text.contains(&search.needle)) {
-                    let full = page.push(order(&row)?, max_bytes);
+                let order = order(&row)?;
+                if search.matches(&order) {
+                    let full = page.push(order, max_bytes);
                     if full || page.orders.len() as i64 == limit {
                         return Ok(page);
                     }
@@ -663,8 +727,8 @@ impl Backend for Sqlite {
         Ok(row.as_ref().map(order).transpose()?)
     }
 
-    async fn add(&self, new: Order, commit: Commit) -> Result<Applied<Added>, Error> {
-        add(self.pool.clone(), new, commit).await
+    async fn write_batch(&self, writes: Vec<Write>) -> Vec<Outcome> {
+        batch::apply(self, writes).await
     }
 
     async fn page(
