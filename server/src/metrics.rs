@@ -9,7 +9,8 @@
 //!   `rate(msg_sent) / rate(started)` is the messages per stream.
 //!
 //! And for the server: `order_server_open_connections`, `order_server_open_streams`,
-//! `order_server_writes_in_flight`,
+//! `order_server_writes_in_flight`, `order_server_commits_total` and
+//! `order_server_committed_writes_total` (the group commit's transactions and the writes in them),
 //! `order_server_database_connections{state="idle"|"in_use"}`,
 //! `order_server_database_connections_max`, `order_server_log_lines_dropped_total`.
 //!
@@ -113,6 +114,9 @@ struct ServerGauges {
     writes: IntGauge,
     pool: IntGaugeVec,
     pool_max: IntGauge,
+    /// The group commit's transactions and writes, set from the store's own counts (the lock as
+    /// for `dropped_lines`).
+    commits: Mutex<[IntCounter; 2]>,
     /// A counter set from the logger's own count; the lock keeps two scrapes from adding the
     /// same lines twice.
     dropped_lines: Mutex<IntCounter>,
@@ -214,6 +218,23 @@ impl Metrics {
                 "order_server_database_connections_max",
                 "most database connections the pool opens",
             ),
+            commits: Mutex::new([
+                registered(
+                    &registry,
+                    IntCounter::new(
+                        "order_server_commits_total",
+                        "transactions the group commit committed with at least one call's write",
+                    ),
+                ),
+                registered(
+                    &registry,
+                    IntCounter::new(
+                        "order_server_committed_writes_total",
+                        "calls' writes committed: divided by order_server_commits_total, the \
+                         writes sharing one commit",
+                    ),
+                ),
+            ]),
             dropped_lines: Mutex::new(registered(
                 &registry,
                 IntCounter::new(
@@ -264,6 +285,13 @@ impl Metrics {
             .with_label_values(&["in_use"])
             .set(i64::from(pool.open.saturating_sub(pool.idle)));
         gauges.pool_max.set(i64::from(pool.max));
+        {
+            let counters = gauges.commits.lock().unwrap_or_else(|e| e.into_inner());
+            let done = self.store.commits();
+            for (counter, total) in counters.iter().zip([done.commits, done.writes]) {
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+        }
         {
             let dropped = gauges
                 .dropped_lines

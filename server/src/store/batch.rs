@@ -13,6 +13,11 @@
 //!   ran, the batch is rolled back and run again without it.
 //! - its own key, looked up and stored in the batch's transaction, as alone.
 
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
 use tokio::sync::{mpsc, oneshot};
 
 use order_api::pb::Order;
@@ -78,19 +83,48 @@ pub(super) trait Engine: Send + Sync {
 
 /// The writer's side of the queue.
 #[derive(Debug, Clone)]
-pub(super) struct Queue(mpsc::Sender<(Write, oneshot::Sender<Outcome>)>);
+pub(super) struct Queue {
+    waiting: mpsc::Sender<(Write, oneshot::Sender<Outcome>)>,
+    tally: Arc<Tally>,
+}
+
+/// What the group commit has done, for the metrics.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    /// Transactions committed with at least one write done.
+    commits: AtomicU64,
+    /// The writes done in them.
+    writes: AtomicU64,
+}
+
+/// See [`Tally`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Commits {
+    /// Transactions committed with at least one call's write done.
+    pub commits: u64,
+    /// The calls' writes done in them: `writes / commits` is the writes per commit.
+    pub writes: u64,
+}
 
 impl Queue {
     /// Hands `write` to the writer and waits for its answer: after its batch's commit.
     pub(super) async fn submit(&self, work: Work, commit: Commit) -> Outcome {
         let (answer, answered) = oneshot::channel();
-        self.0
+        self.waiting
             .send((Write { work, commit }, answer))
             .await
             .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
         answered
             .await
             .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?
+    }
+
+    /// What the group commit has done so far.
+    pub(super) fn commits(&self) -> Commits {
+        Commits {
+            commits: self.tally.commits.load(Ordering::Relaxed),
+            writes: self.tally.writes.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -102,18 +136,36 @@ where
     Fut: std::future::Future<Output = Vec<Outcome>> + Send,
 {
     let (queue, mut waiting) = mpsc::channel::<(Write, oneshot::Sender<Outcome>)>(4 * MAX_BATCH);
+    let tally = Arc::new(Tally::default());
+    let counted = tally.clone();
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
             let (writes, answers): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
             let outcomes = apply(writes).await;
+            let done = outcomes
+                .iter()
+                .filter(|outcome| {
+                    matches!(
+                        outcome,
+                        Ok(Applied::Done(Done::Added(Added::Id(_)) | Done::Written(_)))
+                    )
+                })
+                .count() as u64;
+            if done > 0 {
+                counted.commits.fetch_add(1, Ordering::Relaxed);
+                counted.writes.fetch_add(done, Ordering::Relaxed);
+            }
             for (answer, outcome) in answers.into_iter().zip(outcomes) {
                 // A caller gone meanwhile has nobody to tell.
                 let _ = answer.send(outcome);
             }
         }
     });
-    Queue(queue)
+    Queue {
+        waiting: queue,
+        tally,
+    }
 }
 
 /// Applies `writes` in one transaction of `engine` and one commit; each one's outcome, in order.

@@ -36,6 +36,7 @@ use self::{
     write::{Commit, Gate},
 };
 
+pub use self::batch::Commits;
 pub(crate) use self::keys::{Claim, Digest, KeyRecord, Stored};
 pub use self::keys::{Key, MAX_KEY_CHARS};
 
@@ -460,6 +461,11 @@ impl Store {
             )),
             in_flight: Count::default(),
         })
+    }
+
+    /// What the group commit has done so far (see [`batch`]).
+    pub fn commits(&self) -> Commits {
+        self.writer.commits()
     }
 
     /// The database's URL without its password, for logs.

@@ -1,0 +1,182 @@
+//! Group commit: writes that wait together share one transaction and one commit, and each keeps
+//! its own outcome. SQLite's write lock is held from outside while the calls arrive, so that they
+//! all wait for the same next batch.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config_on, metrics_at, Db, TestServer};
+use order_api::pb::Order;
+use sqlx::Connection;
+use tonic::{Code, Request};
+
+fn order(id: &str, item: &str) -> Order {
+    Order {
+        id: id.into(),
+        items: vec![item.into()],
+        description: "group".into(),
+        price: 2.0,
+        destination: "Porto".into(),
+    }
+}
+
+fn keyed<T>(message: T, key: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("idempotency-key", key.parse().unwrap());
+    request
+}
+
+/// `order_server_writes_in_flight` reaching `count`: every call is waiting for the database.
+async fn wait_for_writes(url: &str, count: f64) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while metrics_at(url)
+            .await
+            .value("order_server_writes_in_flight", &[])
+            < count
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the calls reach the store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_together_share_one_commit_and_one_failure_fails_no_other() {
+    let db = Db::Sqlite.create().await;
+    let mut config = config_on(&db);
+    config.database_timeout = Duration::from_secs(30);
+    let server = TestServer::start_on_existing(config).await;
+    let url = server.url();
+    let client = server.native().await;
+    client
+        .clone()
+        .add_order(keyed(order("gc-keyed", "first"), "gc-key"))
+        .await
+        .unwrap();
+    let before = metrics_at(&url).await;
+
+    let mut lock = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let mut calls = tokio::task::JoinSet::new();
+    let mut c = client.clone();
+    calls.spawn(async move {
+        (
+            "ok",
+            c.add_order(order("gc-ok", "fine"))
+                .await
+                .map(|r| r.into_inner()),
+        )
+    });
+    let mut c = client.clone();
+    calls.spawn(async move {
+        (
+            "taken",
+            c.add_order(order("102", "again"))
+                .await
+                .map(|r| r.into_inner()),
+        )
+    });
+    let mut c = client.clone();
+    calls.spawn(async move {
+        let reused = keyed(order("gc-other", "another request"), "gc-key");
+        ("reused", c.add_order(reused).await.map(|r| r.into_inner()))
+    });
+    let mut c = client.clone();
+    calls.spawn(async move {
+        (
+            "numbered",
+            c.add_order(order("", "numbered"))
+                .await
+                .map(|r| r.into_inner()),
+        )
+    });
+    let mut c = client.clone();
+    calls.spawn(async move {
+        let orders = futures::stream::iter([order("103", "changed"), order("gc-none", "x")]);
+        (
+            "unknown",
+            c.update_orders(orders).await.map(|r| r.into_inner()),
+        )
+    });
+    let mut c = client.clone();
+    calls.spawn(async move {
+        let orders = futures::stream::iter([order("104", "changed")]);
+        (
+            "update",
+            c.update_orders(orders).await.map(|r| r.into_inner()),
+        )
+    });
+    let mut c = client.clone();
+    calls.spawn(async move {
+        let orders = futures::stream::iter([order("gc-many-1", "m"), order("gc-many-2", "m")]);
+        ("many", c.add_orders(orders).await.map(|r| r.into_inner()))
+    });
+    wait_for_writes(&url, 7.0).await;
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+
+    let mut outcomes = std::collections::HashMap::new();
+    while let Some(joined) = calls.join_next().await {
+        let (name, outcome) = joined.unwrap();
+        outcomes.insert(name, outcome);
+    }
+    assert_eq!(outcomes["ok"].as_ref().unwrap(), "gc-ok");
+    assert_eq!(
+        outcomes["taken"].as_ref().unwrap_err().code(),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        outcomes["reused"].as_ref().unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    assert!(outcomes["numbered"]
+        .as_ref()
+        .unwrap()
+        .parse::<u64>()
+        .is_ok());
+    assert_eq!(
+        outcomes["unknown"].as_ref().unwrap_err().code(),
+        Code::NotFound
+    );
+    assert!(outcomes["update"].as_ref().unwrap().contains("104"));
+    assert!(outcomes["many"].as_ref().unwrap().contains("gc-many-2"));
+
+    let mut c = client.clone();
+    let get = |id: &'static str| {
+        let mut c = c.clone();
+        async move {
+            c.get_order(id.to_string())
+                .await
+                .map(|r| r.into_inner().items)
+        }
+    };
+    assert_eq!(get("gc-ok").await.unwrap(), ["fine"]);
+    assert_eq!(get("gc-many-1").await.unwrap(), ["m"]);
+    assert_eq!(get("104").await.unwrap(), ["changed"]);
+    assert_eq!(
+        get("103").await.unwrap(),
+        ["Apple Watch S4"],
+        "a failed update changed 103"
+    );
+    assert_eq!(get("gc-none").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(get("gc-other").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(get("gc-keyed").await.unwrap(), ["first"]);
+    c.get_order("102".to_string()).await.unwrap();
+
+    // Four calls wrote; they shared at most two commits (the first to arrive may have had
+    // one of its own, begun before the others came).
+    let after = metrics_at(&url).await;
+    let delta = |name: &str| after.value(name, &[]) - before.value(name, &[]);
+    assert_eq!(delta("order_server_committed_writes_total"), 4.0);
+    assert!(
+        delta("order_server_commits_total") <= 2.0,
+        "{}",
+        delta("order_server_commits_total")
+    );
+}
