@@ -13,16 +13,23 @@
 //!   ran, the batch is rolled back and run again without it.
 //! - its own key, looked up and stored in the batch's transaction, as alone.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use tokio::sync::{mpsc, oneshot};
 
 use order_api::pb::Order;
 
-use super::{write::Commit, Added, Applied, Kind, Written};
+use super::{
+    keys::{Key, KeyRecord, Stored},
+    write::Commit,
+    Added as AddedOrder, Applied, Kind, Written,
+};
 use crate::error::{is_unavailable, Error};
 
 /// Most writes one transaction takes.
@@ -40,7 +47,7 @@ pub(super) enum Work {
 /// What a write did.
 #[derive(Debug)]
 pub(super) enum Done {
-    Added(Added),
+    Added(AddedOrder),
     Written(Written),
 }
 
@@ -74,6 +81,41 @@ pub(super) trait Engine: Send + Sync {
         sql: &'static str,
     ) -> impl std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'c;
 
+    /// The rows stored under these keys, each unless stored before its `expired_before`.
+    fn stored_keys<'c>(
+        &'c self,
+        conn: &'c mut <Self::Db as sqlx::Database>::Connection,
+        keys: &'c [(&'c Key, i64)],
+    ) -> impl std::future::Future<Output = Result<HashMap<Key, Stored>, Error>> + Send + 'c;
+
+    /// Inserts each order under its ID, in one statement, skipping IDs taken (by an order stored
+    /// or one earlier in `orders`); returns the IDs inserted.
+    fn insert_orders<'c>(
+        &'c self,
+        conn: &'c mut <Self::Db as sqlx::Database>::Connection,
+        orders: &'c [(String, &'c Order)],
+    ) -> impl std::future::Future<Output = Result<HashSet<String>, Error>> + Send + 'c;
+
+    /// `count` new numbers of the ID sequence, in increasing order ([`Error::Exhausted`] past its
+    /// end).
+    fn numbers<'c>(
+        &'c self,
+        conn: &'c mut <Self::Db as sqlx::Database>::Connection,
+        count: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<i64>, Error>> + Send + 'c;
+
+    /// Stores each key with its answer, in one statement, replacing only rows stored before
+    /// `expired_before`; returns the keys stored (one missing was stored meanwhile by another
+    /// server's call).
+    fn insert_keys<'c>(
+        &'c self,
+        conn: &'c mut <Self::Db as sqlx::Database>::Connection,
+        keys: &'c [(&'c KeyRecord, &'c str, &'c Commit)],
+        expired_before: i64,
+    ) -> impl std::future::Future<Output = Result<HashSet<Key>, Error>> + Send + 'c;
+
+    /// Does one client stream's write inside the batch's transaction, in a savepoint of its own,
+    /// its key looked up and stored with it.
     fn run<'c>(
         &'c self,
         conn: &'c mut <Self::Db as sqlx::Database>::Connection,
@@ -148,7 +190,9 @@ where
                 .filter(|outcome| {
                     matches!(
                         outcome,
-                        Ok(Applied::Done(Done::Added(Added::Id(_)) | Done::Written(_)))
+                        Ok(Applied::Done(
+                            Done::Added(AddedOrder::Id(_)) | Done::Written(_)
+                        ))
                     )
                 })
                 .count() as u64;
@@ -232,21 +276,37 @@ async fn attempt<E: Engine>(
         Err(error) => return Attempt::Failed(Error::Database(error)),
     };
     let mut done: Vec<Option<Outcome>> = writes.iter().map(|_| None).collect();
-    for &n in &open {
-        let write = &writes[n];
-        let outcome = match &write.work {
-            Work::Add(_) => engine.run(&mut *tx, write).await,
-            Work::Stream(..) => in_savepoint(engine, &mut tx, write).await,
-        };
-        match outcome {
-            // An `addOrder` that failed, or a database error anywhere: the transaction may be
-            // unusable (PostgreSQL aborts it on any error; the connection may be gone, and
-            // sqlx has been seen to answer a later `COMMIT` on it with success). Nothing of it
-            // is committed: the others run again, in a new one.
-            Err(error)
-                if matches!(write.work, Work::Add(_))
-                    || matches!(error, Error::Database(_) | Error::InDoubt(_)) =>
-            {
+    let adds: Vec<usize> = open
+        .iter()
+        .copied()
+        .filter(|&n| matches!(writes[n].work, Work::Add(_)))
+        .collect();
+    if !adds.is_empty() {
+        match add_all(engine, &mut tx, writes, &adds).await {
+            Ok(Adds::All(outcomes)) => {
+                for (n, outcome) in outcomes {
+                    done[n] = Some(outcome);
+                }
+            }
+            Ok(Adds::Again(failed)) => {
+                for (n, error) in failed {
+                    decided[n] = Some(Err(error));
+                }
+                return Attempt::Again;
+            }
+            Err(error) => return Attempt::Failed(error),
+        }
+    }
+    for &n in open
+        .iter()
+        .filter(|&&n| matches!(writes[n].work, Work::Stream(..)))
+    {
+        match in_savepoint(engine, &mut tx, &writes[n]).await {
+            // A database error: the transaction may be unusable (PostgreSQL aborts it on any
+            // error; the connection may be gone, and sqlx has been seen to answer a later
+            // `COMMIT` on it with success). Nothing of it is committed: the others run again,
+            // in a new one.
+            Err(error @ (Error::Database(_) | Error::InDoubt(_))) => {
                 decided[n] = Some(Err(error));
                 return Attempt::Again;
             }
@@ -271,6 +331,149 @@ async fn attempt<E: Engine>(
     }
     drop(committing);
     Attempt::Committed(done)
+}
+
+/// What the `addOrder`s of a batch did.
+enum Adds {
+    /// Each one's outcome.
+    All(Vec<(usize, Outcome)>),
+    /// These failed after their order was inserted: run the batch again without them.
+    Again(Vec<(usize, Error)>),
+}
+
+/// Every `addOrder` of the batch (`adds`, indexes into `writes`) in a few statements whatever
+/// their number: their keys looked up together, the orders with an ID inserted together, then
+/// the others under numbers of the ID sequence (again for those whose number an order has as
+/// its own ID), then the keys stored together. An ID taken, a key reused or a caller gone fails
+/// that call only, and writes nothing of it.
+async fn add_all<E: Engine>(
+    engine: &E,
+    tx: &mut sqlx::Transaction<'static, E::Db>,
+    writes: &[Write],
+    adds: &[usize],
+) -> Result<Adds, Error> {
+    let mut outcomes: HashMap<usize, Outcome> = HashMap::new();
+    let keys: Vec<(&Key, i64)> = adds
+        .iter()
+        .filter_map(|&n| {
+            let commit = &writes[n].commit;
+            commit
+                .key
+                .as_ref()
+                .map(|key| (&key.key, commit.keys_expired_before))
+        })
+        .collect();
+    let mut stored = match keys.is_empty() {
+        true => HashMap::new(),
+        false => engine.stored_keys(&mut **tx, &keys).await?,
+    };
+    let mut explicit = Vec::new();
+    let mut numbered = Vec::new();
+    for &n in adds {
+        let Write {
+            work: Work::Add(order),
+            commit,
+        } = &writes[n]
+        else {
+            continue;
+        };
+        if commit.gate.abandoned() {
+            outcomes.insert(n, Err(Error::Abandoned));
+            continue;
+        }
+        if let Some(key) = &commit.key {
+            match key.replay(stored.remove(&key.key)) {
+                Ok(None) => {}
+                Ok(Some(answer)) => {
+                    outcomes.insert(n, Ok(Applied::Replayed(answer)));
+                    continue;
+                }
+                Err(error) => {
+                    outcomes.insert(n, Err(error));
+                    continue;
+                }
+            }
+        }
+        match order.id.is_empty() {
+            true => numbered.push((n, order)),
+            false => explicit.push((n, order)),
+        }
+    }
+    if !explicit.is_empty() {
+        let rows: Vec<(String, &Order)> = explicit
+            .iter()
+            .map(|(_, order)| (order.id.clone(), *order))
+            .collect();
+        let mut inserted = engine.insert_orders(&mut **tx, &rows).await?;
+        for (n, order) in explicit {
+            let added = match inserted.remove(&order.id) {
+                true => AddedOrder::Id(order.id.clone()),
+                false => AddedOrder::Taken,
+            };
+            outcomes.insert(n, Ok(Applied::Done(Done::Added(added))));
+        }
+    }
+    while !numbered.is_empty() {
+        let numbers = match engine.numbers(&mut **tx, numbered.len()).await {
+            Ok(numbers) => numbers,
+            // PostgreSQL has aborted the transaction: the others run again.
+            Err(Error::Exhausted(what)) => {
+                let failed = numbered.iter().map(|&(n, _)| (n, Error::Exhausted(what)));
+                return Ok(Adds::Again(failed.collect()));
+            }
+            Err(error) => return Err(error),
+        };
+        let rows: Vec<(String, &Order)> = numbered
+            .iter()
+            .zip(&numbers)
+            .map(|((_, order), number)| (number.to_string(), *order))
+            .collect();
+        let inserted = engine.insert_orders(&mut **tx, &rows).await?;
+        let mut taken = Vec::new();
+        for ((n, order), (id, _)) in numbered.into_iter().zip(rows) {
+            match inserted.contains(&id) {
+                true => {
+                    outcomes.insert(n, Ok(Applied::Done(Done::Added(AddedOrder::Id(id)))));
+                }
+                // An order has this number as its own ID: the next ones.
+                false => taken.push((n, order)),
+            }
+        }
+        numbered = taken;
+    }
+    let records: Vec<(&KeyRecord, &str, &Commit)> = adds
+        .iter()
+        .filter_map(|n| match (&writes[*n].commit.key, outcomes.get(n)) {
+            (Some(key), Some(Ok(Applied::Done(Done::Added(AddedOrder::Id(id)))))) => {
+                Some((key, id.as_str(), &writes[*n].commit))
+            }
+            _ => None,
+        })
+        .collect();
+    if !records.is_empty() {
+        let expired_before = records
+            .iter()
+            .map(|(_, _, commit)| commit.keys_expired_before)
+            .min()
+            .unwrap_or(i64::MIN);
+        let kept = engine
+            .insert_keys(&mut **tx, &records, expired_before)
+            .await?;
+        let lost: Vec<(usize, Error)> = records
+            .iter()
+            .filter(|(record, _, _)| !kept.contains(&record.key))
+            .filter_map(|(record, _, _)| {
+                let n = adds.iter().copied().find(|&n| {
+                    writes[n].commit.key.as_ref().map(|k| &k.key) == Some(&record.key)
+                })?;
+                Some((n, Error::KeyInProgress(record.key.key.clone())))
+            })
+            .collect();
+        if !lost.is_empty() {
+            return Ok(Adds::Again(lost));
+        }
+    }
+    Ok(Adds::All(outcomes.into_iter().collect()))
 }
 
 /// Runs a stream's write in a savepoint: rolled back alone if it fails. Plain statements, not

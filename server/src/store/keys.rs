@@ -236,6 +236,16 @@ impl RowsAffected for sqlx::postgres::PgQueryResult {
     }
 }
 
+/// `bytes` in lowercase hexadecimal (a digest, for SQL that decodes it).
+pub(super) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut hex = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
 /// Keys stored before this (Unix milliseconds) are older than `ttl`: expired.
 pub(super) fn expired_before(ttl: std::time::Duration) -> i64 {
     unix_millis().saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))

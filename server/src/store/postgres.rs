@@ -2,7 +2,10 @@
 //! database sequences, so they are unique across all of them; every write is committed (and so
 //! durable, with PostgreSQL's default `synchronous_commit`) before the call is answered.
 
-use std::{collections::HashSet, str::FromStr};
+use std::{
+    collections::{HashMap, HashSet},
+    str::FromStr,
+};
 
 use order_api::pb::Order;
 use sqlx::{
@@ -13,12 +16,12 @@ use tokio::time::Instant;
 
 use super::{
     batch::{self, Done, Outcome, Work, Write},
-    keys::{remember, stored, Key, Stored},
+    keys::{hex, remember, stored, Key, KeyRecord, Stored},
     last_sample_id, redact, sample_orders,
     search::{search_text, Plan, Search, WALK_ROWS},
     uncancelled, until,
     write::Commit,
-    Added, Applied, Backend, Kind, OpenError, Page, Staging, StoreOptions, Written,
+    Applied, Backend, Kind, OpenError, Page, Staging, StoreOptions, Written,
 };
 use crate::error::Error;
 
@@ -331,24 +334,6 @@ async fn replay_of(conn: &mut PgConnection, commit: &Commit) -> Result<Option<St
     }
 }
 
-/// `addOrder` inside a batch's transaction (see [`batch`]): nothing written unless it is stored.
-async fn add_in(conn: &mut PgConnection, new: &Order, commit: &Commit) -> Outcome {
-    if let Some(answer) = replay_of(conn, commit).await? {
-        return Ok(Applied::Replayed(answer));
-    }
-    let id = if new.id.is_empty() {
-        insert_numbered(conn, new).await?
-    } else if insert(conn, new).await? {
-        new.id.clone()
-    } else {
-        return Ok(Applied::Done(Done::Added(Added::Taken)));
-    };
-    if let Some(key) = &commit.key {
-        remember(&mut *conn, key, &id, commit).await?;
-    }
-    Ok(Applied::Done(Done::Added(Added::Id(id))))
-}
-
 /// A client stream's write inside a batch's transaction, in a savepoint of its own.
 async fn write_in(
     conn: &mut PgConnection,
@@ -374,8 +359,138 @@ async fn write_in(
     Ok(Applied::Done(Done::Written(written)))
 }
 
+/// The rows stored under the keys of `$1` (a JSON array of `{caller, key, expired}`).
+const STORED_KEYS_SQL: &str = "SELECT k.caller, k.key, k.method, k.digest, k.answer
+     FROM json_to_recordset($1::json) AS j(caller text, key text, expired bigint)
+     JOIN idempotency_keys AS k ON k.caller = j.caller AND k.key = j.key AND k.created >= j.expired";
+
+/// Inserts the orders of `$1` (a JSON array of objects), skipping IDs taken; the IDs inserted.
+const INSERT_ORDERS_SQL: &str =
+    "INSERT INTO orders (id, items, description, price, destination, search_text)
+     SELECT id, items, description, price, destination, search_text
+     FROM json_to_recordset($1::json) AS t(id text, items text[], description text, price real,
+                                             destination text, search_text text)
+     ON CONFLICT (id) DO NOTHING RETURNING id";
+
+/// Stores the keys of `$1` (a JSON array of objects, the digest in hex) as
+/// [`super::keys::INSERT_KEY`] does one; the keys stored.
+const INSERT_KEYS_SQL: &str =
+    "INSERT INTO idempotency_keys (caller, key, method, digest, answer, created)
+     SELECT caller, key, method, decode(digest, 'hex'), answer, created
+     FROM json_to_recordset($1::json) AS t(caller text, key text, method text, digest text,
+                                             answer text, created bigint)
+     ON CONFLICT (caller, key) DO UPDATE SET method = excluded.method,
+         digest = excluded.digest, answer = excluded.answer, created = excluded.created
+     WHERE idempotency_keys.created < $2
+     RETURNING caller, key";
+
 impl batch::Engine for Postgres {
     type Db = Pg;
+
+    async fn stored_keys<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+        keys: &'c [(&'c Key, i64)],
+    ) -> Result<HashMap<Key, Stored>, Error> {
+        let json = serde_json::Value::from(
+            keys.iter()
+                .map(|(key, expired)| {
+                    serde_json::json!({"caller": key.caller, "key": key.key, "expired": expired})
+                })
+                .collect::<Vec<_>>(),
+        );
+        let rows: Vec<(String, String, String, Vec<u8>, String)> = sqlx::query_as(STORED_KEYS_SQL)
+            .bind(json.to_string())
+            .fetch_all(conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(caller, key, method, digest, answer)| {
+                let stored = Stored {
+                    method,
+                    digest,
+                    answer,
+                };
+                (Key { caller, key }, stored)
+            })
+            .collect())
+    }
+
+    async fn insert_orders<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+        orders: &'c [(String, &'c Order)],
+    ) -> Result<HashSet<String>, Error> {
+        let json = serde_json::Value::from(
+            orders
+                .iter()
+                .map(|(id, order)| {
+                    serde_json::json!({
+                        "id": id,
+                        "items": order.items,
+                        "description": order.description,
+                        "price": order.price,
+                        "destination": order.destination,
+                        "search_text": search_text(&order.items),
+                    })
+                })
+                .collect::<Vec<_>>(),
+        );
+        let ids: Vec<String> = sqlx::query_scalar(INSERT_ORDERS_SQL)
+            .bind(json.to_string())
+            .fetch_all(conn)
+            .await?;
+        Ok(ids.into_iter().collect())
+    }
+
+    async fn numbers<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+        count: usize,
+    ) -> Result<Vec<i64>, Error> {
+        let mut numbers: Vec<i64> =
+            sqlx::query_scalar("SELECT nextval('order_ids') FROM generate_series(1, $1)")
+                .bind(count as i64)
+                .fetch_all(conn)
+                .await
+                .map_err(|e| match exhausted(&e) {
+                    true => Error::Exhausted("order IDs"),
+                    false => e.into(),
+                })?;
+        numbers.sort_unstable();
+        Ok(numbers)
+    }
+
+    async fn insert_keys<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+        keys: &'c [(&'c KeyRecord, &'c str, &'c Commit)],
+        expired_before: i64,
+    ) -> Result<HashSet<Key>, Error> {
+        let json = serde_json::Value::from(
+            keys.iter()
+                .map(|(record, answer, commit)| {
+                    serde_json::json!({
+                        "caller": record.key.caller,
+                        "key": record.key.key,
+                        "method": record.method,
+                        "digest": hex(&record.digest),
+                        "answer": answer,
+                        "created": commit.now,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        );
+        let kept: Vec<(String, String)> = sqlx::query_as(INSERT_KEYS_SQL)
+            .bind(json.to_string())
+            .bind(expired_before)
+            .fetch_all(conn)
+            .await?;
+        Ok(kept
+            .into_iter()
+            .map(|(caller, key)| Key { caller, key })
+            .collect())
+    }
 
     async fn begin(&self) -> Result<Transaction<'static, Pg>, sqlx::Error> {
         self.pool.begin().await
@@ -391,8 +506,8 @@ impl batch::Engine for Postgres {
 
     async fn run<'c>(&'c self, conn: &'c mut PgConnection, write: &'c Write) -> Outcome {
         match &write.work {
-            Work::Add(order) => add_in(conn, order, &write.commit).await,
             Work::Stream(kind, orders) => write_in(conn, *kind, orders, &write.commit).await,
+            Work::Add(_) => unreachable!("addOrders are applied together"),
         }
     }
 }

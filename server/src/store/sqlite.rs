@@ -1,7 +1,13 @@
 //! The embedded store: one SQLite file in WAL mode, every commit synced to disk
 //! (`synchronous = FULL`), so an acknowledged write survives a crash of the server or the machine.
 
-use std::{fs::File, path::Path, str::FromStr, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    path::Path,
+    str::FromStr,
+    time::Duration,
+};
 
 use futures::TryStreamExt;
 use order_api::pb::Order;
@@ -18,12 +24,12 @@ use tokio::time::Instant;
 
 use super::{
     batch::{self, Done, Outcome, Work, Write},
-    keys::{remember, stored as stored_row, Key, Stored},
+    keys::{hex, remember, stored as stored_row, Key, KeyRecord, Stored},
     last_sample_id, redact, sample_orders,
     search::{search_text, Plan, Search, WALK_ROWS},
     until,
     write::Commit,
-    Added, Applied, Backend, Kind, OpenError, Page, Staging, StoreOptions, Written, SUMMARY_IDS,
+    Applied, Backend, Kind, OpenError, Page, Staging, StoreOptions, Written, SUMMARY_IDS,
 };
 use crate::error::Error;
 
@@ -215,25 +221,6 @@ fn lock(url: &str, database: &Path) -> Result<File, OpenError> {
     }
 }
 
-/// `addOrder` inside a batch's transaction (see [`batch`]): under the next free number of the ID
-/// sequence when `new` has no ID; nothing written unless it is stored.
-async fn add_in(conn: &mut SqliteConnection, new: &Order, commit: &Commit) -> Outcome {
-    if let Some(answer) = replay_of(conn, commit).await? {
-        return Ok(Applied::Replayed(answer));
-    }
-    let id = if new.id.is_empty() {
-        insert_numbered(conn, new).await?
-    } else if insert(conn, &new.id, new).await? {
-        new.id.clone()
-    } else {
-        return Ok(Applied::Done(Done::Added(Added::Taken)));
-    };
-    if let Some(key) = &commit.key {
-        remember(&mut *conn, key, &id, commit).await?;
-    }
-    Ok(Applied::Done(Done::Added(Added::Id(id))))
-}
-
 /// A client stream's write inside a batch's transaction (in a savepoint of its own): staged in
 /// this connection's temporary table, then applied as a long stream's is.
 async fn write_in(
@@ -257,8 +244,135 @@ async fn write_in(
     Ok(Applied::Done(Done::Written(written)))
 }
 
+/// The rows stored under the keys of `?1` (a JSON array of `[caller, key, expired_before]`).
+const STORED_KEYS_SQL: &str = "SELECT k.caller, k.key, k.method, k.digest, k.answer
+     FROM json_each(?1) AS j JOIN idempotency_keys AS k
+         ON k.caller = j.value->>0 AND k.key = j.value->>1 AND k.created >= j.value->>2";
+
+/// Inserts the orders of `?1` (a JSON array of `[id, items as JSON, description, price,
+/// destination, search text]`), skipping IDs taken; the IDs inserted.
+const INSERT_ORDERS_SQL: &str =
+    "INSERT INTO orders (id, items, description, price, destination, search_text)
+     SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5 FROM json_each(?1)
+     WHERE true
+     ON CONFLICT (id) DO NOTHING RETURNING id";
+
+/// Stores the keys of `?1` (a JSON array of `[caller, key, method, digest as hex, answer,
+/// created]`) as [`super::keys::INSERT_KEY`] does one; the keys stored.
+const INSERT_KEYS_SQL: &str =
+    "INSERT INTO idempotency_keys (caller, key, method, digest, answer, created)
+     SELECT value->>0, value->>1, value->>2, unhex(value->>3), value->>4, value->>5
+     FROM json_each(?1) WHERE true
+     ON CONFLICT (caller, key) DO UPDATE SET method = excluded.method,
+         digest = excluded.digest, answer = excluded.answer, created = excluded.created
+     WHERE idempotency_keys.created < ?2
+     RETURNING caller, key";
+
 impl batch::Engine for Sqlite {
     type Db = sqlx::Sqlite;
+
+    async fn stored_keys<'c>(
+        &'c self,
+        conn: &'c mut SqliteConnection,
+        keys: &'c [(&'c Key, i64)],
+    ) -> Result<HashMap<Key, Stored>, Error> {
+        let json = serde_json::Value::from(
+            keys.iter()
+                .map(|(key, expired)| serde_json::json!([key.caller, key.key, expired]))
+                .collect::<Vec<_>>(),
+        );
+        let rows: Vec<(String, String, String, Vec<u8>, String)> = sqlx::query_as(STORED_KEYS_SQL)
+            .bind(json.to_string())
+            .fetch_all(conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(caller, key, method, digest, answer)| {
+                let stored = Stored {
+                    method,
+                    digest,
+                    answer,
+                };
+                (Key { caller, key }, stored)
+            })
+            .collect())
+    }
+
+    async fn insert_orders<'c>(
+        &'c self,
+        conn: &'c mut SqliteConnection,
+        orders: &'c [(String, &'c Order)],
+    ) -> Result<HashSet<String>, Error> {
+        let json = serde_json::Value::from(
+            orders
+                .iter()
+                .map(|(id, order)| {
+                    serde_json::json!([
+                        id,
+                        items_json(&order.items),
+                        order.description,
+                        order.price,
+                        order.destination,
+                        search_text(&order.items),
+                    ])
+                })
+                .collect::<Vec<_>>(),
+        );
+        let ids: Vec<String> = sqlx::query_scalar(INSERT_ORDERS_SQL)
+            .bind(json.to_string())
+            .fetch_all(conn)
+            .await?;
+        Ok(ids.into_iter().collect())
+    }
+
+    async fn numbers<'c>(
+        &'c self,
+        conn: &'c mut SqliteConnection,
+        count: usize,
+    ) -> Result<Vec<i64>, Error> {
+        let count = count as i64;
+        let last: Option<i64> = sqlx::query_scalar(
+            "UPDATE sequences SET last_value = last_value + ?1
+             WHERE name = 'order_ids' AND last_value <= 9223372036854775807 - ?1
+             RETURNING last_value",
+        )
+        .bind(count)
+        .fetch_optional(conn)
+        .await?;
+        let last = last.ok_or(Error::Exhausted("order IDs"))?;
+        Ok((last - count + 1..=last).collect())
+    }
+
+    async fn insert_keys<'c>(
+        &'c self,
+        conn: &'c mut SqliteConnection,
+        keys: &'c [(&'c KeyRecord, &'c str, &'c Commit)],
+        expired_before: i64,
+    ) -> Result<HashSet<Key>, Error> {
+        let json = serde_json::Value::from(
+            keys.iter()
+                .map(|(record, answer, commit)| {
+                    serde_json::json!([
+                        record.key.caller,
+                        record.key.key,
+                        record.method,
+                        hex(&record.digest),
+                        answer,
+                        commit.now,
+                    ])
+                })
+                .collect::<Vec<_>>(),
+        );
+        let kept: Vec<(String, String)> = sqlx::query_as(INSERT_KEYS_SQL)
+            .bind(json.to_string())
+            .bind(expired_before)
+            .fetch_all(conn)
+            .await?;
+        Ok(kept
+            .into_iter()
+            .map(|(caller, key)| Key { caller, key })
+            .collect())
+    }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
@@ -274,8 +388,8 @@ impl batch::Engine for Sqlite {
 
     async fn run<'c>(&'c self, conn: &'c mut SqliteConnection, write: &'c Write) -> Outcome {
         match &write.work {
-            Work::Add(order) => add_in(conn, order, &write.commit).await,
             Work::Stream(kind, orders) => write_in(conn, *kind, orders, &write.commit).await,
+            Work::Add(_) => unreachable!("addOrders are applied together"),
         }
     }
 }
@@ -570,24 +684,6 @@ async fn commit_keyed(
         remember(&mut *tx, key, answer, commit).await?;
     }
     commit.commit(tx).await
-}
-
-/// Inserts `order` under the next free number of the ID sequence, which it returns.
-async fn insert_numbered(conn: &mut SqliteConnection, order: &Order) -> Result<String, Error> {
-    loop {
-        let next: Option<i64> = sqlx::query_scalar(
-            "UPDATE sequences SET last_value = last_value + 1
-             WHERE name = 'order_ids' AND last_value < 9223372036854775807
-             RETURNING last_value",
-        )
-        .fetch_optional(&mut *conn)
-        .await?;
-        let id = next.ok_or(Error::Exhausted("order IDs"))?.to_string();
-        // An order added with this number as its own ID: take the next one.
-        if insert(conn, &id, order).await? {
-            return Ok(id);
-        }
-    }
 }
 
 /// Inserts `order` as `id`; false when `id` is taken.
