@@ -199,3 +199,90 @@ fn unread_searches_hold_a_bounded_amount_of_memory_and_other_calls_are_served() 
         drop(thirty);
     });
 }
+
+/// Searches over 100 000 small orders that nobody reads, of a common term (they walk the ID
+/// index) and of a sparse one (one order in 100: they go to the trigram index and sort its
+/// candidates): what they hold is a page each, whatever the store's size.
+#[test]
+fn unread_searches_over_100_000_orders_hold_a_bounded_amount_of_memory() {
+    let db = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", db.path().join("orders.db").display());
+    // A debug build sharing the machine with other tests: the sparse searches' first pages
+    // (4 096 orders each) may keep the pool busy for a while.
+    let server = ServerProcess::start(&[
+        "--database",
+        &url,
+        "--cache-mb",
+        "0",
+        "--database-timeout",
+        "60",
+    ]);
+    let pid = server.child.id();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = server.client().await;
+        for call in 0..10 {
+            let orders = (0..10_000).map(move |n| {
+                let n = call * 10_000 + n;
+                let mut items = vec![format!("bulk item {n}")];
+                if n % 100 == 0 {
+                    items.push(format!("sparse item {n}"));
+                }
+                Order {
+                    items,
+                    destination: "Lisbon".into(),
+                    price: 1.0,
+                    ..Default::default()
+                }
+            });
+            let mut adder = client.clone();
+            adder
+                .add_orders(futures::stream::iter(orders))
+                .await
+                .unwrap();
+        }
+        let mut warm = client.clone();
+        let mut found = warm
+            .search_orders("sparse".to_string())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut sparse = 0;
+        while found.message().await.unwrap().is_some() {
+            sparse += 1;
+        }
+        assert_eq!(sparse, 1_000);
+        let baseline = status_kib(pid, "VmRSS:");
+
+        let stingy = stingy_client(&server.addr).await;
+        let searches = futures::future::join_all((0..60).map(|n| {
+            let mut client = stingy.clone();
+            let text = if n % 2 == 0 { "bulk" } else { "sparse" };
+            async move {
+                client
+                    .search_orders(text.to_string())
+                    .await
+                    .unwrap()
+                    .into_inner()
+            }
+        }))
+        .await;
+        assert_eq!(searches.len(), 60);
+        let mut other = client.clone();
+        let found = other
+            .search_orders("sparse item 99900".to_string())
+            .await
+            .unwrap();
+        let mut found = found.into_inner();
+        // Before pages were read on tasks of their own, this waited for a pooled connection
+        // until --database-timeout, with every connection idle (see `Store::search`).
+        assert!(found.message().await.unwrap().is_some());
+        let held = status_kib(pid, "VmRSS:").saturating_sub(baseline);
+        eprintln!("memory: 60 unread searches over 100 000 orders hold {held} KiB");
+        assert!(
+            held < 50 * 1024,
+            "60 unread searches over 100 000 orders hold {held} KiB"
+        );
+        drop(searches);
+    });
+}

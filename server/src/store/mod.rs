@@ -526,7 +526,7 @@ impl Store {
     /// once it has not: unread searches hold a bounded amount between them, and never make
     /// another search wait.
     pub fn search(&self, text: &str) -> BoxStream<'static, Result<Order, Error>> {
-        let search = Search::new(text);
+        let search = Arc::new(Search::new(text));
         let store = self.clone();
         Box::pin(async_stream::try_stream! {
             let mut after = String::new();
@@ -543,9 +543,19 @@ impl Store {
                     .ok();
                 let max_bytes = if held.is_some() { SEARCH_PAGE_BYTES } else { 0 };
                 let limit = (max_bytes / order_size.max(1) + 1).min(SEARCH_PAGE as usize) as i64;
-                let page = store
-                    .bounded(store.backend.page(&search, plan, &after, limit, max_bytes))
-                    .await?;
+                // Read on a task of its own: hyper polls a response body only while the client
+                // grants window, and a page left unpolled while it waits for a pooled connection
+                // keeps its turn in sqlx's queue without taking it (launchbadge/sqlx#622), which
+                // left idle connections and other calls timing out behind unread searches.
+                let page = {
+                    let (backend, search, after) =
+                        (store.backend.clone(), search.clone(), after.clone());
+                    let deadline = Instant::now() + store.timeout;
+                    uncancelled(async move {
+                        until(deadline, backend.page(&search, plan, &after, limit, max_bytes)).await
+                    })
+                    .await?
+                };
                 if !page.orders.is_empty() {
                     order_size = page.bytes / page.orders.len();
                 }
