@@ -19,6 +19,7 @@ use futures::{channel::mpsc, SinkExt, StreamExt};
 use order_api::pb::{order_management_client::OrderManagementClient, Order};
 use order_server::OrderService;
 use rstest::rstest;
+use sqlx::Connection;
 use tonic::{transport::Channel, Code, Request};
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
@@ -128,10 +129,70 @@ async fn acknowledged_orders_survive_kill_9_and_nothing_is_seeded_again(
             .into_inner();
         assert_eq!(&stored, expected);
     }
+    // The search index was written in the same transactions: after the crash it has exactly
+    // the orders whose items have the term, no more and no fewer.
+    assert_search_index_agrees(&db.url, "item").await;
     let ids: std::collections::HashSet<_> = acknowledged.iter().map(|o| &o.id).collect();
     assert_eq!(ids.len(), acknowledged.len(), "every order got its own ID");
     let order_103 = client.get_order("103".to_string()).await.unwrap();
     assert_eq!(order_103.into_inner(), changed, "103 was seeded again");
+}
+
+/// The trigram index finds the same orders for `term` (lowercase ASCII) as reading every
+/// order's search text does.
+async fn assert_search_index_agrees(url: &str, term: &str) {
+    let like = format!("%{term}%");
+    let (indexed, read): (i64, i64) = if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        let trigrams: Vec<String> = (0..term.len() - 2)
+            .map(|at| format!("\"{}\"", &term[at..at + 3]))
+            .collect();
+        let indexed = sqlx::query_scalar(
+            "SELECT count(*) FROM order_search CROSS JOIN orders ON orders.seq = order_search.rowid
+             WHERE order_search MATCH ?1 AND orders.search_text LIKE ?2",
+        )
+        .bind(trigrams.join(" AND "))
+        .bind(&like)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        let read = sqlx::query_scalar("SELECT count(*) FROM orders WHERE search_text LIKE ?1")
+            .bind(&like)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        (indexed, read)
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let count = "SELECT count(*) FROM orders WHERE search_text LIKE $1";
+        sqlx::query("SET enable_seqscan = off")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let indexed = sqlx::query_scalar(count)
+            .bind(&like)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        for set in [
+            "SET enable_seqscan = on",
+            "SET enable_bitmapscan = off",
+            "SET enable_indexscan = off",
+        ] {
+            sqlx::query(set).execute(&mut conn).await.unwrap();
+        }
+        let read = sqlx::query_scalar(count)
+            .bind(&like)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        (indexed, read)
+    };
+    assert!(read > 0, "no order has {term:?}");
+    assert_eq!(
+        indexed, read,
+        "the index and the orders disagree on {term:?}"
+    );
 }
 
 #[rstest]

@@ -1,6 +1,6 @@
 //! Group commit: writes that wait together share one transaction and one commit, and each keeps
-//! its own outcome. SQLite's write lock is held from outside while the calls arrive, so that they
-//! all wait for the same next batch.
+//! its own outcome. The database is locked from outside while the calls arrive (SQLite's write
+//! lock; PostgreSQL's `orders` table), so that they all wait for the same next batch.
 
 mod common;
 
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{config_on, metrics_at, Db, TestServer};
 use order_api::pb::Order;
+use rstest::rstest;
 use sqlx::Connection;
 use tonic::{Code, Request};
 
@@ -44,9 +45,48 @@ async fn wait_for_writes(url: &str, count: f64) {
     .expect("the calls reach the store");
 }
 
+/// A lock taken from outside that keeps the server's next write waiting.
+enum Hold {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl Hold {
+    async fn take(url: &str) -> Self {
+        if url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            Hold::Sqlite(conn)
+        } else {
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            for sql in ["BEGIN", "LOCK TABLE orders IN EXCLUSIVE MODE"] {
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+            }
+            Hold::Postgres(conn)
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            Hold::Sqlite(mut conn) => {
+                sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+            }
+            Hold::Postgres(mut conn) => {
+                sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+}
+
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_waiting_together_share_one_commit_and_one_failure_fails_no_other() {
-    let db = Db::Sqlite.create().await;
+async fn calls_waiting_together_share_one_commit_and_one_failure_fails_no_other(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    let db = db.create().await;
     let mut config = config_on(&db);
     config.database_timeout = Duration::from_secs(30);
     let server = TestServer::start_on_existing(config).await;
@@ -59,11 +99,7 @@ async fn calls_waiting_together_share_one_commit_and_one_failure_fails_no_other(
         .unwrap();
     let before = metrics_at(&url).await;
 
-    let mut lock = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut lock)
-        .await
-        .unwrap();
+    let hold = Hold::take(&db.url).await;
     let mut calls = tokio::task::JoinSet::new();
     let mut c = client.clone();
     calls.spawn(async move {
@@ -119,7 +155,7 @@ async fn calls_waiting_together_share_one_commit_and_one_failure_fails_no_other(
         ("many", c.add_orders(orders).await.map(|r| r.into_inner()))
     });
     wait_for_writes(&url, 7.0).await;
-    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    hold.release().await;
 
     let mut outcomes = std::collections::HashMap::new();
     while let Some(joined) = calls.join_next().await {

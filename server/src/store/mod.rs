@@ -96,6 +96,11 @@ impl Page {
     }
 }
 
+/// `value` as JSON text: one parameter carrying many rows (see [`batch`]).
+fn json<T: serde::Serialize>(value: &T) -> Result<String, Error> {
+    serde_json::to_string(value).map_err(|e| Error::Database(sqlx::Error::Encode(Box::new(e))))
+}
+
 /// What an order takes in a page, counted as it is sent.
 pub(crate) fn order_bytes(order: &Order) -> usize {
     prost::Message::encoded_len(order)

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::{
     batch::{self, Done, Outcome, Work, Write},
+    json,
     keys::{hex, remember, stored, Key, KeyRecord, Stored},
     last_sample_id, redact, sample_orders,
     search::{search_text, Plan, Search, WALK_ROWS},
@@ -359,26 +360,29 @@ async fn write_in(
     Ok(Applied::Done(Done::Written(written)))
 }
 
-/// The rows stored under the keys of `$1` (a JSON array of `{caller, key, expired}`).
+/// The rows stored under the keys of `$1` (a JSON array of `[caller, key, expired_before]`).
 const STORED_KEYS_SQL: &str = "SELECT k.caller, k.key, k.method, k.digest, k.answer
-     FROM json_to_recordset($1::json) AS j(caller text, key text, expired bigint)
-     JOIN idempotency_keys AS k ON k.caller = j.caller AND k.key = j.key AND k.created >= j.expired";
+     FROM json_array_elements($1::json) AS j
+     JOIN idempotency_keys AS k
+         ON k.caller = j->>0 AND k.key = j->>1 AND k.created >= (j->>2)::bigint";
 
-/// Inserts the orders of `$1` (a JSON array of objects), skipping IDs taken; the IDs inserted.
+/// Inserts the orders of `$1` (a JSON array of `[id, items, description, price, destination,
+/// search text]`), skipping IDs taken; the IDs inserted.
 const INSERT_ORDERS_SQL: &str =
     "INSERT INTO orders (id, items, description, price, destination, search_text)
-     SELECT id, items, description, price, destination, search_text
-     FROM json_to_recordset($1::json) AS t(id text, items text[], description text, price real,
-                                             destination text, search_text text)
+     SELECT j->>0,
+            ARRAY(SELECT item FROM json_array_elements_text(j->1) WITH ORDINALITY AS i(item, n)
+                  ORDER BY n),
+            j->>2, (j->>3)::real, j->>4, j->>5
+     FROM json_array_elements($1::json) AS j
      ON CONFLICT (id) DO NOTHING RETURNING id";
 
-/// Stores the keys of `$1` (a JSON array of objects, the digest in hex) as
-/// [`super::keys::INSERT_KEY`] does one; the keys stored.
+/// Stores the keys of `$1` (a JSON array of `[caller, key, method, digest as hex, answer,
+/// created]`) as [`super::keys::INSERT_KEY`] does one; the keys stored.
 const INSERT_KEYS_SQL: &str =
     "INSERT INTO idempotency_keys (caller, key, method, digest, answer, created)
-     SELECT caller, key, method, decode(digest, 'hex'), answer, created
-     FROM json_to_recordset($1::json) AS t(caller text, key text, method text, digest text,
-                                             answer text, created bigint)
+     SELECT j->>0, j->>1, j->>2, decode(j->>3, 'hex'), j->>4, (j->>5)::bigint
+     FROM json_array_elements($1::json) AS j
      ON CONFLICT (caller, key) DO UPDATE SET method = excluded.method,
          digest = excluded.digest, answer = excluded.answer, created = excluded.created
      WHERE idempotency_keys.created < $2
@@ -392,15 +396,14 @@ impl batch::Engine for Postgres {
         conn: &'c mut PgConnection,
         keys: &'c [(&'c Key, i64)],
     ) -> Result<HashMap<Key, Stored>, Error> {
-        let json = serde_json::Value::from(
-            keys.iter()
-                .map(|(key, expired)| {
-                    serde_json::json!({"caller": key.caller, "key": key.key, "expired": expired})
-                })
+        let json = json(
+            &keys
+                .iter()
+                .map(|(key, expired)| (&key.caller, &key.key, expired))
                 .collect::<Vec<_>>(),
-        );
+        )?;
         let rows: Vec<(String, String, String, Vec<u8>, String)> = sqlx::query_as(STORED_KEYS_SQL)
-            .bind(json.to_string())
+            .bind(json)
             .fetch_all(conn)
             .await?;
         Ok(rows
@@ -421,23 +424,23 @@ impl batch::Engine for Postgres {
         conn: &'c mut PgConnection,
         orders: &'c [(String, &'c Order)],
     ) -> Result<HashSet<String>, Error> {
-        let json = serde_json::Value::from(
-            orders
+        let json = json(
+            &orders
                 .iter()
                 .map(|(id, order)| {
-                    serde_json::json!({
-                        "id": id,
-                        "items": order.items,
-                        "description": order.description,
-                        "price": order.price,
-                        "destination": order.destination,
-                        "search_text": search_text(&order.items),
-                    })
+                    (
+                        id,
+                        &order.items,
+                        &order.description,
+                        order.price,
+                        &order.destination,
+                        search_text(&order.items),
+                    )
                 })
                 .collect::<Vec<_>>(),
-        );
+        )?;
         let ids: Vec<String> = sqlx::query_scalar(INSERT_ORDERS_SQL)
-            .bind(json.to_string())
+            .bind(json)
             .fetch_all(conn)
             .await?;
         Ok(ids.into_iter().collect())
@@ -467,22 +470,23 @@ impl batch::Engine for Postgres {
         keys: &'c [(&'c KeyRecord, &'c str, &'c Commit)],
         expired_before: i64,
     ) -> Result<HashSet<Key>, Error> {
-        let json = serde_json::Value::from(
-            keys.iter()
+        let json = json(
+            &keys
+                .iter()
                 .map(|(record, answer, commit)| {
-                    serde_json::json!({
-                        "caller": record.key.caller,
-                        "key": record.key.key,
-                        "method": record.method,
-                        "digest": hex(&record.digest),
-                        "answer": answer,
-                        "created": commit.now,
-                    })
+                    (
+                        &record.key.caller,
+                        &record.key.key,
+                        record.method,
+                        hex(&record.digest),
+                        answer,
+                        commit.now,
+                    )
                 })
                 .collect::<Vec<_>>(),
-        );
+        )?;
         let kept: Vec<(String, String)> = sqlx::query_as(INSERT_KEYS_SQL)
-            .bind(json.to_string())
+            .bind(json)
             .bind(expired_before)
             .fetch_all(conn)
             .await?;

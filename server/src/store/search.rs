@@ -41,6 +41,10 @@ const MAX_TRIGRAMS: usize = 12;
 
 /// `text` as search compares it: full case folding, NFC, and no combining dot after `i`/`j`.
 pub fn fold(text: &str) -> String {
+    // ASCII folds to its lowercase and is NFC already: most text, a hundred times quicker.
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
     let mut folded = String::with_capacity(text.len());
     for c in text.chars().default_case_fold().nfc() {
         if c == '\u{307}' && matches!(folded.chars().next_back(), Some('i' | 'j')) {
@@ -155,6 +159,13 @@ mod tests {
         assert_eq!(fold("ΣΑΣ"), fold("σας"));
         assert_eq!(fold("Cafe\u{301}"), fold("CAFÉ"));
         assert_eq!(fold("ǅ"), fold("ǆ"));
+    }
+
+    #[test]
+    fn ascii_folds_as_the_general_way_does() {
+        let ascii: String = (0..128u8).map(char::from).collect();
+        let general: String = ascii.chars().default_case_fold().nfc().collect();
+        assert_eq!(fold(&ascii), general);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::{
 
 use futures::TryStreamExt;
 use order_api::pb::Order;
+use prost::Message as _;
 use sqlx::{
     pool::PoolConnection,
     sqlite::{
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 
 use super::{
     batch::{self, Done, Outcome, Work, Write},
+    json,
     keys::{hex, remember, stored as stored_row, Key, KeyRecord, Stored},
     last_sample_id, redact, sample_orders,
     search::{search_text, Plan, Search, WALK_ROWS},
@@ -276,13 +278,14 @@ impl batch::Engine for Sqlite {
         conn: &'c mut SqliteConnection,
         keys: &'c [(&'c Key, i64)],
     ) -> Result<HashMap<Key, Stored>, Error> {
-        let json = serde_json::Value::from(
-            keys.iter()
-                .map(|(key, expired)| serde_json::json!([key.caller, key.key, expired]))
+        let json = json(
+            &keys
+                .iter()
+                .map(|(key, expired)| (&key.caller, &key.key, expired))
                 .collect::<Vec<_>>(),
-        );
+        )?;
         let rows: Vec<(String, String, String, Vec<u8>, String)> = sqlx::query_as(STORED_KEYS_SQL)
-            .bind(json.to_string())
+            .bind(json)
             .fetch_all(conn)
             .await?;
         Ok(rows
@@ -303,23 +306,23 @@ impl batch::Engine for Sqlite {
         conn: &'c mut SqliteConnection,
         orders: &'c [(String, &'c Order)],
     ) -> Result<HashSet<String>, Error> {
-        let json = serde_json::Value::from(
-            orders
+        let json = json(
+            &orders
                 .iter()
                 .map(|(id, order)| {
-                    serde_json::json!([
+                    (
                         id,
                         items_json(&order.items),
-                        order.description,
+                        &order.description,
                         order.price,
-                        order.destination,
+                        &order.destination,
                         search_text(&order.items),
-                    ])
+                    )
                 })
                 .collect::<Vec<_>>(),
-        );
+        )?;
         let ids: Vec<String> = sqlx::query_scalar(INSERT_ORDERS_SQL)
-            .bind(json.to_string())
+            .bind(json)
             .fetch_all(conn)
             .await?;
         Ok(ids.into_iter().collect())
@@ -349,22 +352,23 @@ impl batch::Engine for Sqlite {
         keys: &'c [(&'c KeyRecord, &'c str, &'c Commit)],
         expired_before: i64,
     ) -> Result<HashSet<Key>, Error> {
-        let json = serde_json::Value::from(
-            keys.iter()
+        let json = json(
+            &keys
+                .iter()
                 .map(|(record, answer, commit)| {
-                    serde_json::json!([
-                        record.key.caller,
-                        record.key.key,
+                    (
+                        &record.key.caller,
+                        &record.key.key,
                         record.method,
                         hex(&record.digest),
                         answer,
                         commit.now,
-                    ])
+                    )
                 })
                 .collect::<Vec<_>>(),
-        );
+        )?;
         let kept: Vec<(String, String)> = sqlx::query_as(INSERT_KEYS_SQL)
-            .bind(json.to_string())
+            .bind(json)
             .bind(expired_before)
             .fetch_all(conn)
             .await?;
@@ -460,26 +464,50 @@ impl Staging for SqliteStaging {
 
 /// Adds `orders` to the staging table of `kind` on `conn`, next in the client's order.
 async fn stage(conn: &mut SqliteConnection, kind: Kind, orders: &[Order]) -> Result<(), Error> {
-    if orders.is_empty() {
-        return Ok(());
+    // One statement per 256 KiB of orders, from one JSON parameter: a statement each cost a
+    // hand-off to sqlx's worker thread each (10 000 of them took seconds), one for all held
+    // a copy of the whole part of the stream as JSON.
+    let mut rest = orders;
+    while !rest.is_empty() {
+        let mut bytes = 0;
+        let end = rest
+            .iter()
+            .position(|order| {
+                bytes += order.encoded_len();
+                bytes > STAGE_BYTES
+            })
+            .map_or(rest.len(), |at| at.max(1));
+        let (part, next) = rest.split_at(end);
+        stage_part(conn, kind, part).await?;
+        rest = next;
     }
-    // One statement for them all, from one JSON parameter: a statement each cost a hand-off to
-    // sqlx's worker thread each, and 10 000 of them took seconds.
-    let rows = serde_json::Value::from(
-        orders
+    Ok(())
+}
+
+/// Most bytes of orders one staging statement carries.
+const STAGE_BYTES: usize = 256 * 1024;
+
+/// [`stage`]'s one statement.
+async fn stage_part(
+    conn: &mut SqliteConnection,
+    kind: Kind,
+    orders: &[Order],
+) -> Result<(), Error> {
+    let rows = json(
+        &orders
             .iter()
             .map(|order| {
-                serde_json::json!([
+                (
                     (!order.id.is_empty()).then_some(order.id.as_str()),
                     items_json(&order.items),
-                    order.description,
+                    &order.description,
                     order.price,
-                    order.destination,
+                    &order.destination,
                     search_text(&order.items),
-                ])
+                )
             })
             .collect::<Vec<_>>(),
-    )
+    )?
     .to_string();
     match kind {
         // The same order twice in one call: the later version wins, in the place of the first.
