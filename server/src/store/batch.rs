@@ -476,6 +476,57 @@ async fn add_all<E: Engine>(
     Ok(Adds::All(outcomes.into_iter().collect()))
 }
 
+/// A batch's key lookup as one JSON parameter: `[caller, key, expired_before]` each.
+pub(super) fn key_lookups(keys: &[(&Key, i64)]) -> Result<String, Error> {
+    let rows: Vec<_> = keys
+        .iter()
+        .map(|(key, expired)| (&key.caller, &key.key, expired))
+        .collect();
+    super::json(&rows)
+}
+
+/// A key lookup's rows (`caller, key, method, digest, answer`) by key.
+pub(super) fn stored_by_key(
+    rows: Vec<(String, String, String, Vec<u8>, String)>,
+) -> HashMap<Key, Stored> {
+    rows.into_iter()
+        .map(|(caller, key, method, digest, answer)| {
+            let stored = Stored {
+                method,
+                digest,
+                answer,
+            };
+            (Key { caller, key }, stored)
+        })
+        .collect()
+}
+
+/// A batch's keys to store as one JSON parameter: `[caller, key, method, digest as hex, answer,
+/// created]` each.
+pub(super) fn key_rows(keys: &[(&KeyRecord, &str, &Commit)]) -> Result<String, Error> {
+    let rows: Vec<_> = keys
+        .iter()
+        .map(|(record, answer, commit)| {
+            (
+                &record.key.caller,
+                &record.key.key,
+                record.method,
+                super::keys::hex(&record.digest),
+                answer,
+                commit.now,
+            )
+        })
+        .collect();
+    super::json(&rows)
+}
+
+/// The keys an insert of [`key_rows`] returned (`caller, key`).
+pub(super) fn keys_of(rows: Vec<(String, String)>) -> HashSet<Key> {
+    rows.into_iter()
+        .map(|(caller, key)| Key { caller, key })
+        .collect()
+}
+
 /// Runs a stream's write in a savepoint: rolled back alone if it fails. Plain statements, not
 /// sqlx's nested transactions, so that the batch's transaction is the only one sqlx knows of.
 async fn in_savepoint<E: Engine>(

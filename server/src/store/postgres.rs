@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::{
     batch::{self, Done, Outcome, Work, Write},
     json,
-    keys::{hex, remember, stored, Key, KeyRecord, Stored},
+    keys::{remember, stored, Key, KeyRecord, Stored},
     last_sample_id, redact, sample_orders,
     search::{search_text, Plan, Search, WALK_ROWS},
     uncancelled, until,
@@ -396,27 +396,11 @@ impl batch::Engine for Postgres {
         conn: &'c mut PgConnection,
         keys: &'c [(&'c Key, i64)],
     ) -> Result<HashMap<Key, Stored>, Error> {
-        let json = json(
-            &keys
-                .iter()
-                .map(|(key, expired)| (&key.caller, &key.key, expired))
-                .collect::<Vec<_>>(),
-        )?;
-        let rows: Vec<(String, String, String, Vec<u8>, String)> = sqlx::query_as(STORED_KEYS_SQL)
-            .bind(json)
+        let rows = sqlx::query_as(STORED_KEYS_SQL)
+            .bind(batch::key_lookups(keys)?)
             .fetch_all(conn)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(caller, key, method, digest, answer)| {
-                let stored = Stored {
-                    method,
-                    digest,
-                    answer,
-                };
-                (Key { caller, key }, stored)
-            })
-            .collect())
+        Ok(batch::stored_by_key(rows))
     }
 
     async fn insert_orders<'c>(
@@ -470,30 +454,12 @@ impl batch::Engine for Postgres {
         keys: &'c [(&'c KeyRecord, &'c str, &'c Commit)],
         expired_before: i64,
     ) -> Result<HashSet<Key>, Error> {
-        let json = json(
-            &keys
-                .iter()
-                .map(|(record, answer, commit)| {
-                    (
-                        &record.key.caller,
-                        &record.key.key,
-                        record.method,
-                        hex(&record.digest),
-                        answer,
-                        commit.now,
-                    )
-                })
-                .collect::<Vec<_>>(),
-        )?;
-        let kept: Vec<(String, String)> = sqlx::query_as(INSERT_KEYS_SQL)
-            .bind(json)
+        let kept = sqlx::query_as(INSERT_KEYS_SQL)
+            .bind(batch::key_rows(keys)?)
             .bind(expired_before)
             .fetch_all(conn)
             .await?;
-        Ok(kept
-            .into_iter()
-            .map(|(caller, key)| Key { caller, key })
-            .collect())
+        Ok(batch::keys_of(kept))
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Pg>, sqlx::Error> {

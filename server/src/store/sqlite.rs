@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use super::{
     batch::{self, Done, Outcome, Work, Write},
     json,
-    keys::{hex, remember, stored as stored_row, Key, KeyRecord, Stored},
+    keys::{remember, stored as stored_row, Key, KeyRecord, Stored},
     last_sample_id, redact, sample_orders,
     search::{search_text, Plan, Search, WALK_ROWS},
     until,
@@ -278,27 +278,11 @@ impl batch::Engine for Sqlite {
         conn: &'c mut SqliteConnection,
         keys: &'c [(&'c Key, i64)],
     ) -> Result<HashMap<Key, Stored>, Error> {
-        let json = json(
-            &keys
-                .iter()
-                .map(|(key, expired)| (&key.caller, &key.key, expired))
-                .collect::<Vec<_>>(),
-        )?;
-        let rows: Vec<(String, String, String, Vec<u8>, String)> = sqlx::query_as(STORED_KEYS_SQL)
-            .bind(json)
+        let rows = sqlx::query_as(STORED_KEYS_SQL)
+            .bind(batch::key_lookups(keys)?)
             .fetch_all(conn)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(caller, key, method, digest, answer)| {
-                let stored = Stored {
-                    method,
-                    digest,
-                    answer,
-                };
-                (Key { caller, key }, stored)
-            })
-            .collect())
+        Ok(batch::stored_by_key(rows))
     }
 
     async fn insert_orders<'c>(
@@ -306,23 +290,9 @@ impl batch::Engine for Sqlite {
         conn: &'c mut SqliteConnection,
         orders: &'c [(String, &'c Order)],
     ) -> Result<HashSet<String>, Error> {
-        let json = json(
-            &orders
-                .iter()
-                .map(|(id, order)| {
-                    (
-                        id,
-                        items_json(&order.items),
-                        &order.description,
-                        order.price,
-                        &order.destination,
-                        search_text(&order.items),
-                    )
-                })
-                .collect::<Vec<_>>(),
-        )?;
+        let rows = order_rows(orders.iter().map(|(id, order)| (Some(id.as_str()), *order)))?;
         let ids: Vec<String> = sqlx::query_scalar(INSERT_ORDERS_SQL)
-            .bind(json)
+            .bind(rows)
             .fetch_all(conn)
             .await?;
         Ok(ids.into_iter().collect())
@@ -352,30 +322,12 @@ impl batch::Engine for Sqlite {
         keys: &'c [(&'c KeyRecord, &'c str, &'c Commit)],
         expired_before: i64,
     ) -> Result<HashSet<Key>, Error> {
-        let json = json(
-            &keys
-                .iter()
-                .map(|(record, answer, commit)| {
-                    (
-                        &record.key.caller,
-                        &record.key.key,
-                        record.method,
-                        hex(&record.digest),
-                        answer,
-                        commit.now,
-                    )
-                })
-                .collect::<Vec<_>>(),
-        )?;
-        let kept: Vec<(String, String)> = sqlx::query_as(INSERT_KEYS_SQL)
-            .bind(json)
+        let kept = sqlx::query_as(INSERT_KEYS_SQL)
+            .bind(batch::key_rows(keys)?)
             .bind(expired_before)
             .fetch_all(conn)
             .await?;
-        Ok(kept
-            .into_iter()
-            .map(|(caller, key)| Key { caller, key })
-            .collect())
+        Ok(batch::keys_of(kept))
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
@@ -493,22 +445,10 @@ async fn stage_part(
     kind: Kind,
     orders: &[Order],
 ) -> Result<(), Error> {
-    let rows = json(
-        &orders
-            .iter()
-            .map(|order| {
-                (
-                    (!order.id.is_empty()).then_some(order.id.as_str()),
-                    items_json(&order.items),
-                    &order.description,
-                    order.price,
-                    &order.destination,
-                    search_text(&order.items),
-                )
-            })
-            .collect::<Vec<_>>(),
-    )?
-    .to_string();
+    let rows = order_rows(orders.iter().map(|order| {
+        let id = (!order.id.is_empty()).then_some(order.id.as_str());
+        (id, order)
+    }))?;
     match kind {
         // The same order twice in one call: the later version wins, in the place of the first.
         Kind::Update => {
@@ -755,6 +695,26 @@ async fn insert(conn: &mut SqliteConnection, id: &str, order: &Order) -> Result<
     .execute(conn)
     .await?;
     Ok(inserted.rows_affected() == 1)
+}
+
+/// Orders as one JSON parameter: `[id or null, items as JSON, description, price, destination,
+/// search text]` each.
+fn order_rows<'a>(
+    orders: impl Iterator<Item = (Option<&'a str>, &'a Order)>,
+) -> Result<String, Error> {
+    let rows: Vec<_> = orders
+        .map(|(id, order)| {
+            (
+                id,
+                items_json(&order.items),
+                &order.description,
+                order.price,
+                &order.destination,
+                search_text(&order.items),
+            )
+        })
+        .collect();
+    json(&rows)
 }
 
 fn items_json(items: &[String]) -> String {
