@@ -65,6 +65,8 @@ pub(crate) struct Page {
     /// Where the next page starts when a walking search read past the last of these orders
     /// without filling the page (see [`search`]); after the last order otherwise.
     pub(crate) resume: Option<String>,
+    /// Every order was checked against the search already (a walking page's are).
+    pub(crate) checked: bool,
 }
 
 impl Page {
@@ -580,8 +582,9 @@ impl Store {
                 } else if let Some((last, _)) = page.orders.last() {
                     after.clone_from(&last.id);
                 }
+                let checked = page.checked;
                 for (order, size) in page.orders {
-                    if search.matches(&order) {
+                    if checked || search.matches(&order) {
                         yield order;
                     }
                     if let Some(permit) = &mut held {

@@ -416,7 +416,7 @@ impl Staging for SqliteStaging {
 
 /// Adds `orders` to the staging table of `kind` on `conn`, next in the client's order.
 async fn stage(conn: &mut SqliteConnection, kind: Kind, orders: &[Order]) -> Result<(), Error> {
-    // One statement per 256 KiB of orders, from one JSON parameter: a statement each cost a
+    // One statement per 64 KiB of orders, from one JSON parameter: a statement each cost a
     // hand-off to sqlx's worker thread each (10 000 of them took seconds), one for all held
     // a copy of the whole part of the stream as JSON.
     let mut rest = orders;
@@ -437,7 +437,7 @@ async fn stage(conn: &mut SqliteConnection, kind: Kind, orders: &[Order]) -> Res
 }
 
 /// Most bytes of orders one staging statement carries.
-const STAGE_BYTES: usize = 256 * 1024;
+const STAGE_BYTES: usize = 64 * 1024;
 
 /// [`stage`]'s one statement.
 async fn stage_part(
@@ -782,7 +782,10 @@ impl Sqlite {
         limit: i64,
         max_bytes: usize,
     ) -> Result<Page, Error> {
-        let mut page = Page::default();
+        let mut page = Page {
+            checked: true,
+            ..Page::default()
+        };
         let mut read = 0;
         for sql in WALK_SQL.iter() {
             let mut rows = sqlx::query(sql)
