@@ -9,7 +9,8 @@
 //!
 //! Both apply the schema from migrations embedded in the binary, give a new database the
 //! tutorial's sample orders, assign IDs from a database sequence, make every acknowledged write
-//! durable and run `updateOrders` and `addOrders` each as one transaction.
+//! durable, run `updateOrders` and `addOrders` each all or nothing, let the writes waiting
+//! together share one commit ([`batch`]) and index every order's items for search ([`search`]).
 
 mod batch;
 mod cache;
@@ -623,7 +624,8 @@ impl Store {
 
     /// A client stream's write: its orders read into memory as they arrive (up to
     /// [`PREFETCH_BYTES`], then staged in the database under a long-stream permit), then applied
-    /// on a task of its own once the stream ended cleanly. Nothing is applied if the stream
+    /// on a task of its own once the stream ended cleanly: whole in memory, as one write of the
+    /// next group commit; staged, in its own transaction. Nothing is applied if the stream
     /// fails, is reset, or the call is dropped or times out before the commit begins.
     async fn write_stream(
         &self,
