@@ -451,10 +451,13 @@ async fn add_all<E: Engine>(
         })
         .collect();
     if !records.is_empty() {
+        // The latest of their expiry times: a row these keys found unexpired was answered from
+        // above and never comes here, so only rows expired for their own call (or stored
+        // meanwhile by another server's call, which is newer than any) meet this bound.
         let expired_before = records
             .iter()
             .map(|(_, _, commit)| commit.keys_expired_before)
-            .min()
+            .max()
             .unwrap_or(i64::MIN);
         let kept = engine
             .insert_keys(&mut **tx, &records, expired_before)
