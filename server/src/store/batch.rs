@@ -114,13 +114,14 @@ pub(super) trait Engine: Send + Sync {
         expired_before: i64,
     ) -> impl std::future::Future<Output = Result<HashSet<Key>, Error>> + Send + 'c;
 
-    /// Does one client stream's write inside the batch's transaction, in a savepoint of its own,
-    /// its key looked up and stored with it.
-    fn run<'c>(
+    /// Writes one client stream's orders inside the batch's transaction (in a savepoint of its
+    /// own: an `Err` may leave some of them written).
+    fn write_stream<'c>(
         &'c self,
         conn: &'c mut <Self::Db as sqlx::Database>::Connection,
-        write: &'c Write,
-    ) -> impl std::future::Future<Output = Outcome> + Send + 'c;
+        kind: Kind,
+        orders: &'c [Order],
+    ) -> impl std::future::Future<Output = Result<Written, Error>> + Send + 'c;
 }
 
 /// The writer's side of the queue.
@@ -297,11 +298,15 @@ async fn attempt<E: Engine>(
             Err(error) => return Attempt::Failed(error),
         }
     }
-    for &n in open
-        .iter()
-        .filter(|&&n| matches!(writes[n].work, Work::Stream(..)))
-    {
-        match in_savepoint(engine, &mut tx, &writes[n]).await {
+    for &n in &open {
+        let Write {
+            work: Work::Stream(kind, orders),
+            commit,
+        } = &writes[n]
+        else {
+            continue;
+        };
+        match in_savepoint(engine, &mut tx, *kind, orders, commit).await {
             // A database error: the transaction may be unusable (PostgreSQL aborts it on any
             // error; the connection may be gone, and sqlx has been seen to answer a later
             // `COMMIT` on it with success). Nothing of it is committed: the others run again,
@@ -535,10 +540,12 @@ pub(super) fn keys_of(rows: Vec<(String, String)>) -> HashSet<Key> {
 async fn in_savepoint<E: Engine>(
     engine: &E,
     tx: &mut sqlx::Transaction<'static, E::Db>,
-    write: &Write,
+    kind: Kind,
+    orders: &[Order],
+    commit: &Commit,
 ) -> Outcome {
     engine.execute(&mut **tx, "SAVEPOINT write").await?;
-    let outcome = engine.run(&mut **tx, write).await;
+    let outcome = stream_in(engine, &mut **tx, kind, orders, commit).await;
     if outcome.is_err() {
         engine
             .execute(&mut **tx, "ROLLBACK TO SAVEPOINT write")
@@ -546,6 +553,38 @@ async fn in_savepoint<E: Engine>(
     }
     engine.execute(&mut **tx, "RELEASE SAVEPOINT write").await?;
     outcome
+}
+
+/// A stream's write with its key: the key looked up (its stored answer when it names the same
+/// request), the orders written, the key stored with the answer, with the engine's batch
+/// statements for one.
+async fn stream_in<E: Engine>(
+    engine: &E,
+    conn: &mut <E::Db as sqlx::Database>::Connection,
+    kind: Kind,
+    orders: &[Order],
+    commit: &Commit,
+) -> Outcome {
+    commit.still_wanted()?;
+    if let Some(key) = &commit.key {
+        let lookup = [(&key.key, commit.keys_expired_before)];
+        let mut stored = engine.stored_keys(&mut *conn, &lookup).await?;
+        if let Some(answer) = key.replay(stored.remove(&key.key))? {
+            return Ok(Applied::Replayed(answer));
+        }
+    }
+    let written = engine.write_stream(&mut *conn, kind, orders).await?;
+    if let Some(key) = &commit.key {
+        let answer = written.to_string();
+        let record = [(key, answer.as_str(), commit)];
+        let kept = engine
+            .insert_keys(&mut *conn, &record, commit.keys_expired_before)
+            .await?;
+        if !kept.contains(&key.key) {
+            return Err(Error::KeyInProgress(key.key.key.clone()));
+        }
+    }
+    Ok(Applied::Done(Done::Written(written)))
 }
 
 /// The same failure for another write of the batch (a database error is not `Clone`): unavailable

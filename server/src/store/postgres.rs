@@ -15,7 +15,7 @@ use sqlx::{
 use tokio::time::Instant;
 
 use super::{
-    batch::{self, Done, Outcome, Work, Write},
+    batch::{self, Outcome, Write},
     json,
     keys::{remember, stored, Key, KeyRecord, Stored},
     last_sample_id, redact, sample_orders,
@@ -325,41 +325,6 @@ async fn write_one(conn: &mut PgConnection, order: &Order, kind: Kind) -> Result
     }
 }
 
-/// The stored answer when the write's key names the same request done before; fails if its
-/// caller has given up, or the key was used for another request.
-async fn replay_of(conn: &mut PgConnection, commit: &Commit) -> Result<Option<String>, Error> {
-    commit.still_wanted()?;
-    match &commit.key {
-        Some(key) => key.replay(stored(&mut *conn, &key.key, commit.keys_expired_before).await?),
-        None => Ok(None),
-    }
-}
-
-/// A client stream's write inside a batch's transaction, in a savepoint of its own.
-async fn write_in(
-    conn: &mut PgConnection,
-    kind: Kind,
-    orders: &[Order],
-    commit: &Commit,
-) -> Outcome {
-    if let Some(answer) = replay_of(conn, commit).await? {
-        return Ok(Applied::Replayed(answer));
-    }
-    let mut written = match kind {
-        Kind::Update => Written::updated(),
-        Kind::Add => Written::added(),
-    };
-    let mut seen = HashSet::new();
-    for order in orders {
-        let id = write_one(conn, order, kind).await?;
-        written.record(&id, &mut seen);
-    }
-    if let Some(key) = &commit.key {
-        remember(&mut *conn, key, &written.to_string(), commit).await?;
-    }
-    Ok(Applied::Done(Done::Written(written)))
-}
-
 /// The rows stored under the keys of `$1` (a JSON array of `[caller, key, expired_before]`).
 const STORED_KEYS_SQL: &str = "SELECT k.caller, k.key, k.method, k.digest, k.answer
      FROM json_array_elements($1::json) AS j
@@ -474,11 +439,23 @@ impl batch::Engine for Postgres {
         sqlx::query(sql).execute(conn).await.map(|_| ())
     }
 
-    async fn run<'c>(&'c self, conn: &'c mut PgConnection, write: &'c Write) -> Outcome {
-        match &write.work {
-            Work::Stream(kind, orders) => write_in(conn, *kind, orders, &write.commit).await,
-            Work::Add(_) => unreachable!("addOrders are applied together"),
+    /// One statement an order, as a long stream's are.
+    async fn write_stream<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+        kind: Kind,
+        orders: &'c [Order],
+    ) -> Result<Written, Error> {
+        let mut written = match kind {
+            Kind::Update => Written::updated(),
+            Kind::Add => Written::added(),
+        };
+        let mut seen = HashSet::new();
+        for order in orders {
+            let id = write_one(conn, order, kind).await?;
+            written.record(&id, &mut seen);
         }
+        Ok(written)
     }
 }
 

@@ -24,7 +24,7 @@ use sqlx::{
 use tokio::time::Instant;
 
 use super::{
-    batch::{self, Done, Outcome, Work, Write},
+    batch::{self, Outcome, Write},
     json,
     keys::{remember, stored as stored_row, Key, KeyRecord, Stored},
     last_sample_id, redact, sample_orders,
@@ -223,29 +223,6 @@ fn lock(url: &str, database: &Path) -> Result<File, OpenError> {
     }
 }
 
-/// A client stream's write inside a batch's transaction (in a savepoint of its own): staged in
-/// this connection's temporary table, then applied as a long stream's is.
-async fn write_in(
-    conn: &mut SqliteConnection,
-    kind: Kind,
-    orders: &[Order],
-    commit: &Commit,
-) -> Outcome {
-    if let Some(answer) = replay_of(conn, commit).await? {
-        return Ok(Applied::Replayed(answer));
-    }
-    empty_staging(conn, kind).await?;
-    stage(conn, kind, orders).await?;
-    let written = match kind {
-        Kind::Update => update_staged(conn).await?,
-        Kind::Add => add_staged(conn).await?,
-    };
-    if let Some(key) = &commit.key {
-        remember(&mut *conn, key, &written.to_string(), commit).await?;
-    }
-    Ok(Applied::Done(Done::Written(written)))
-}
-
 /// The rows stored under the keys of `?1` (a JSON array of `[caller, key, expired_before]`).
 const STORED_KEYS_SQL: &str = "SELECT k.caller, k.key, k.method, k.digest, k.answer
      FROM json_each(?1) AS j JOIN idempotency_keys AS k
@@ -342,10 +319,18 @@ impl batch::Engine for Sqlite {
         sqlx::query(sql).execute(conn).await.map(|_| ())
     }
 
-    async fn run<'c>(&'c self, conn: &'c mut SqliteConnection, write: &'c Write) -> Outcome {
-        match &write.work {
-            Work::Stream(kind, orders) => write_in(conn, *kind, orders, &write.commit).await,
-            Work::Add(_) => unreachable!("addOrders are applied together"),
+    /// Staged in this connection's temporary table, then applied as a long stream's is.
+    async fn write_stream<'c>(
+        &'c self,
+        conn: &'c mut SqliteConnection,
+        kind: Kind,
+        orders: &'c [Order],
+    ) -> Result<Written, Error> {
+        empty_staging(conn, kind).await?;
+        stage(conn, kind, orders).await?;
+        match kind {
+            Kind::Update => update_staged(conn).await,
+            Kind::Add => add_staged(conn).await,
         }
     }
 }
