@@ -78,7 +78,7 @@ test("?id=106 in the URL looks the order up on load", async () => {
   await page.close();
 });
 
-test("the button is disabled while a call is in flight", async () => {
+test("the button says it is busy while a call is in flight, and keeps focus", async () => {
   const { page, problems } = await openPage();
   await page.waitForSelector("#lookup:not([disabled])");
   let release;
@@ -92,10 +92,11 @@ test("the button is disabled while a call is in flight", async () => {
   });
   await lookUp(page, "105");
   await callArrived;
-  assert.equal(await page.isDisabled("#lookup"), true, "disabled during the call");
+  assert.equal(await page.getAttribute("#lookup", "aria-disabled"), "true", "busy during the call");
   release();
   await page.locator("#result").waitFor({ state: "visible" });
-  assert.equal(await page.isDisabled("#lookup"), false, "enabled again after it");
+  await page.waitForFunction(() => !document.querySelector("#lookup").hasAttribute("aria-disabled"));
+  assert.equal(await page.isDisabled("#lookup"), false, "usable again after it");
   assert.match(await page.locator("#result").innerText(), /Amazon Echo/);
   assert.deepEqual(problems, []);
   await page.close();

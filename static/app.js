@@ -13,6 +13,81 @@ const money = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD
 let client = null;
 let lookupSeq = 0;
 
+// A button whose call is running keeps focus and says it is busy (`aria-disabled`); its handler
+// ignores presses until the call ends. A `disabled` button would drop focus to <body>, and the next
+// Tab would start again from the top of the page.
+function setBusy(button, busy) {
+  if (busy) button.setAttribute("aria-disabled", "true");
+  else button.removeAttribute("aria-disabled");
+}
+const isBusy = (button) => button.getAttribute("aria-disabled") === "true";
+
+// How many results a list shows at first and adds per "Show more", and how many it keeps in
+// memory for that button: a search may match a million orders, the page counts them all but
+// keeps only these.
+const PAGE = 100;
+const KEPT = 10_000;
+
+// A list filled by a stream without freezing the page: items are kept in an array as they arrive
+// and drawn once per animation frame, never more than the page asked to show. `render` makes one
+// item's <li>; `onDraw` runs after each frame's drawing (to say how many so far).
+class StreamedList {
+  constructor(list, render, onDraw = () => {}) {
+    this.list = list;
+    this.render = render;
+    this.onDraw = onDraw;
+    this.more = Object.assign(document.createElement("button"), { type: "button", className: "secondary more", hidden: true });
+    this.more.addEventListener("click", () => {
+      this.limit += PAGE;
+      this.draw();
+    });
+    list.after(this.more);
+    this.reset();
+  }
+
+  reset() {
+    cancelAnimationFrame(this.frame);
+    this.frame = 0;
+    this.items = [];
+    this.total = 0;
+    this.limit = PAGE;
+    this.list.replaceChildren();
+    this.more.hidden = true;
+  }
+
+  push(item) {
+    if (this.items.length < KEPT) this.items.push(item);
+    this.total++;
+    this.frame ||= requestAnimationFrame(() => this.draw());
+  }
+
+  draw() {
+    cancelAnimationFrame(this.frame);
+    this.frame = 0;
+    const shown = this.list.childElementCount;
+    const upTo = Math.min(this.limit, this.items.length);
+    if (upTo > shown) {
+      const fragment = document.createDocumentFragment();
+      for (let i = shown; i < upTo; i++) fragment.append(this.render(this.items[i]));
+      this.list.append(fragment);
+    }
+    const waiting = this.items.length - upTo;
+    this.more.hidden = waiting === 0;
+    this.more.textContent = `Show ${Math.min(PAGE, waiting).toLocaleString("en-US")} more`;
+    this.onDraw(this);
+  }
+
+  // How many are on screen, and why the others are not, for a status line; "" when all are.
+  get summary() {
+    const shown = Math.min(this.limit, this.items.length);
+    if (shown === this.total) return "";
+    const kept = this.items.length < this.total ? ` The page keeps the first ${KEPT.toLocaleString("en-US")}.` : "";
+    return `Showing the first ${shown.toLocaleString("en-US")}.${kept}`;
+  }
+}
+
+const count = (n, one, many = `${one}s`) => `${n.toLocaleString("en-US")} ${n === 1 ? one : many}`;
+
 function showError(message) {
   result.hidden = true;
   errorBox.textContent = message;
@@ -82,7 +157,7 @@ async function lookup(id) {
   // A new lookup never leaves the previous order on screen.
   result.hidden = true;
   errorBox.hidden = true;
-  button.disabled = true;
+  setBusy(button, true);
   form.setAttribute("aria-busy", "true");
   try {
     const order = await client.getOrder(id);
@@ -94,7 +169,7 @@ async function lookup(id) {
     if (seq === lookupSeq) showError(describe(error, id));
   } finally {
     if (seq === lookupSeq) {
-      button.disabled = false;
+      setBusy(button, false);
       form.removeAttribute("aria-busy");
     }
   }
@@ -105,15 +180,15 @@ async function lookup(id) {
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();
-  if (client) lookup(input.value);
+  if (client && !isBusy(button)) lookup(input.value);
 });
 
 // ---- search: results are shown as the server streams them -------------------------------------
 
 const searchForm = $("search-form");
-const searchButton = $("search");
 const searchResults = $("search-results");
 const searchStatus = $("search-status");
+const searchProgress = $("search-progress");
 
 function orderSummary(order) {
   const li = document.createElement("li");
@@ -126,31 +201,49 @@ function orderSummary(order) {
     lookup(order.id);
     input.scrollIntoView({ behavior: "smooth", block: "center" });
   });
-  const details = document.createElement("span");
-  details.textContent = ` ${order.items.join(", ")} to ${order.destination}, ${money.format(order.price)}`;
-  li.append(link, details);
+  li.append(link, ` ${order.items.join(", ")} to ${order.destination}, ${money.format(order.price)}`);
   return li;
 }
 
+// The running search's controller: a new search, or leaving the page, aborts it, and the client
+// cancels the call (the server stops working on it).
+let searching = null;
+// Under the list, not in the live region: how many so far, and how many are on screen.
+const searchList = new StreamedList(searchResults, orderSummary, (list) => {
+  searchProgress.textContent = searching ? `${count(list.total, "order")} found so far. ${list.summary}` : list.summary;
+});
+addEventListener("pagehide", () => searching?.abort());
+
+// The Search button is never busy: pressing it again starts the search again.
 searchForm.addEventListener("submit", async (event) => {
   event.preventDefault();
   if (!client) return;
+  searching?.abort();
+  const controller = (searching = new AbortController());
   const text = $("search-text").value.trim();
-  searchResults.replaceChildren();
+  searchList.reset();
   searchStatus.classList.remove("error");
   searchStatus.textContent = "Searching…";
   searchStatus.hidden = false;
-  searchButton.disabled = true;
+  searchProgress.textContent = "";
+  searchForm.setAttribute("aria-busy", "true");
+  let outcome;
   try {
-    const count = await client.searchOrders(text, (order) => searchResults.append(orderSummary(order)));
+    const total = await client.searchOrders(text, (order) => searchList.push(order), controller.signal);
     const what = text ? `with an item containing “${text}”` : "in all";
-    searchStatus.textContent = count === 0 ? `No order has an item containing “${text}”.` : `${count} order${count === 1 ? "" : "s"} ${what}.`;
+    outcome = total === 0 ? `No order has an item containing “${text}”.` : `${count(total, "order")} ${what}.`;
   } catch (error) {
-    searchStatus.textContent = refusal(error) ?? `The search failed: ${error.message}`;
+    if (controller.signal.aborted) return; // a newer search took over
+    outcome = refusal(error) ?? `The search failed: ${error.message}`;
     searchStatus.classList.add("error");
   } finally {
-    searchButton.disabled = false;
+    if (searching === controller) {
+      searching = null;
+      searchForm.removeAttribute("aria-busy");
+    }
   }
+  searchStatus.textContent = outcome;
+  searchList.draw();
 });
 
 // ---- add: field errors from the server appear next to their fields ----------------------------
@@ -208,7 +301,7 @@ addForm.addEventListener("submit", async (event) => {
   };
   const text = JSON.stringify(order);
   if (pendingAdd?.text !== text) pendingAdd = { text, key: newKey() };
-  addButton.disabled = true;
+  setBusy(addButton, true);
   adding = true;
   try {
     const id = await client.addOrder(order, pendingAdd.key);
@@ -223,6 +316,8 @@ addForm.addEventListener("submit", async (event) => {
     if (error.fieldViolations?.length) {
       showFieldErrors(error.fieldViolations);
       addStatus.textContent = "Please correct the highlighted fields.";
+      // The person goes straight to the first field to fix; it names its error.
+      addForm.querySelector('[aria-invalid="true"]')?.focus();
     } else {
       addStatus.textContent = refusal(error) ?? `The order was not added: ${error.message}`;
     }
@@ -230,6 +325,7 @@ addForm.addEventListener("submit", async (event) => {
     addStatus.hidden = false;
   } finally {
     adding = false;
+    setBusy(addButton, false);
     addButton.disabled = !canWrite();
   }
 });
@@ -241,7 +337,8 @@ const importFile = $("import-file");
 const importButton = $("import");
 const importProgress = $("import-progress");
 const importStatus = $("import-status");
-const importErrors = $("import-errors");
+// A file of 10 000 bad lines gets 10 000 reasons: shown a page at a time.
+const importErrorList = new StreamedList($("import-errors"), (text) => Object.assign(document.createElement("li"), { textContent: text }));
 
 // The lines of a file as it is read, never the whole file in memory.
 async function* linesOf(file) {
@@ -330,8 +427,8 @@ function rowError(violation, lineNumbers) {
 importForm.addEventListener("submit", async (event) => {
   event.preventDefault();
   const file = importFile.files[0];
-  if (!client) return;
-  importErrors.replaceChildren();
+  if (!client || isBusy(importButton)) return;
+  importErrorList.reset();
   importStatus.hidden = true;
   importStatus.classList.remove("error");
   if (!file) {
@@ -340,7 +437,7 @@ importForm.addEventListener("submit", async (event) => {
     importStatus.hidden = false;
     return;
   }
-  importButton.disabled = true;
+  setBusy(importButton, true);
   const lineNumbers = [];
   const started = performance.now();
   const showProgress = () => {
@@ -359,16 +456,14 @@ importForm.addEventListener("submit", async (event) => {
     importStatus.textContent = violations.length
       ? `Nothing was imported: ${violations.length === 1 ? "an order is" : "orders are"} invalid.`
       : refusal(error) ?? `Nothing was imported: ${error.message}`;
-    importErrors.replaceChildren(...violations.map((violation) => {
-      const li = document.createElement("li");
-      li.textContent = rowError(violation, lineNumbers);
-      return li;
-    }));
+    for (const violation of violations) importErrorList.push(rowError(violation, lineNumbers));
+    importErrorList.draw();
     importStatus.classList.add("error");
   } finally {
     clearInterval(timer);
     showProgress();
     importStatus.hidden = false;
+    setBusy(importButton, false);
     importButton.disabled = !canWrite();
   }
 });
@@ -378,7 +473,10 @@ importForm.addEventListener("submit", async (event) => {
 const processForm = $("process-form");
 const processButton = $("process");
 const processStatus = $("process-status");
-const shipmentList = $("shipments");
+const processProgress = $("process-progress");
+const shipmentList = new StreamedList($("shipments"), shipmentSummary, (list) => {
+  processProgress.textContent = list.summary;
+});
 
 function shipmentSummary(shipment) {
   const li = document.createElement("li");
@@ -390,9 +488,9 @@ function shipmentSummary(shipment) {
 
 processForm.addEventListener("submit", async (event) => {
   event.preventDefault();
-  if (!client) return;
+  if (!client || isBusy(processButton)) return;
   const ids = $("process-ids").value.split(/[\s,]+/).filter(Boolean);
-  shipmentList.replaceChildren();
+  shipmentList.reset();
   processStatus.classList.remove("error");
   processStatus.hidden = false;
   if (!ids.length) {
@@ -401,14 +499,16 @@ processForm.addEventListener("submit", async (event) => {
     return;
   }
   processStatus.textContent = "Processing…";
-  processButton.disabled = true;
+  setBusy(processButton, true);
   try {
-    const count = await client.processOrders(ids, (shipment) => shipmentList.append(shipmentSummary(shipment)));
-    processStatus.textContent = `${ids.length} order${ids.length === 1 ? "" : "s"} in ${count} shipment${count === 1 ? "" : "s"}.`;
+    const shipments = await client.processOrders(ids, (shipment) => shipmentList.push(shipment));
+    shipmentList.draw();
+    processStatus.textContent = `${count(ids.length, "order")} in ${count(shipments, "shipment")}.`;
   } catch (error) {
     processStatus.textContent = refusal(error) ?? `Processing failed: ${error.message}`;
     processStatus.classList.add("error");
   } finally {
+    setBusy(processButton, false);
     processButton.disabled = !canWrite();
   }
 });
@@ -480,7 +580,7 @@ async function start() {
     return;
   }
   button.disabled = false;
-  searchButton.disabled = false;
+  $("search").disabled = false;
   $("import-mode").textContent = client.streamsUploads
     ? "This page streams the file to the server as it reads it (HTTP/2): files of any size."
     : `The file goes as one request, up to 4 MiB: ${client.unstreamedBecause}.`;

@@ -12,7 +12,7 @@
 //! const client = new OrderClient();            // this page's origin
 //! const order = await client.getOrder("106");  // { id, items, description, price, destination }
 //! const id = await client.addOrder({ items: ["Pixel 9"], price: 499, destination: "Seattle, WA" });
-//! const count = await client.searchOrders("google", (order) => console.log(order.id));
+//! const count = await client.searchOrders("google", (order) => console.log(order.id), signal);
 //! const summary = await client.addOrders(asyncGeneratorOfOrders);   // "added 2 orders: 107, 108"
 //! const shipments = await client.processOrders(["102", "103"], (shipment) => console.log(shipment.id));
 //! ```
@@ -123,6 +123,37 @@ pub struct OrderClient {
     uploads: Uploads,
 }
 
+#[wasm_bindgen]
+extern "C" {
+    /// The DOM's `AbortSignal`, as much of it as a call needs.
+    #[wasm_bindgen(typescript_type = "AbortSignal")]
+    pub type AbortSignal;
+    #[wasm_bindgen(method, getter)]
+    fn aborted(this: &AbortSignal) -> bool;
+    #[wasm_bindgen(method, getter)]
+    fn reason(this: &AbortSignal) -> JsValue;
+    #[wasm_bindgen(method, js_name = addEventListener)]
+    fn add_event_listener(this: &AbortSignal, kind: &str, listener: &js_sys::Function);
+}
+
+/// Runs `call` until `signal` aborts; then drops it, which aborts its `fetch` (the server sees the
+/// call cancelled), and fails with the signal's reason.
+async fn until_aborted<T>(
+    signal: &AbortSignal,
+    call: impl std::future::Future<Output = Result<T, JsValue>>,
+) -> Result<T, JsValue> {
+    if signal.aborted() {
+        return Err(signal.reason());
+    }
+    let aborted = wasm_bindgen_futures::JsFuture::from(js_sys::Promise::new(&mut |resolve, _| {
+        signal.add_event_listener("abort", &resolve)
+    }));
+    match futures::future::select(std::pin::pin!(call), aborted).await {
+        futures::future::Either::Left((result, _)) => result,
+        futures::future::Either::Right(_) => Err(signal.reason()),
+    }
+}
+
 /// How many times a write whose outcome is unknown is tried again.
 const RETRIES: u32 = 3;
 
@@ -214,32 +245,47 @@ impl OrderClient {
             .await
     }
 
-    /// `await client.searchOrders(text, onOrder)`: calls `onOrder(order)` for each order with an
-    /// item containing `text` (ignoring case) as it streams in, then resolves to how many there
-    /// were.
+    /// `await client.searchOrders(text, onOrder, signal?)`: calls `onOrder(order)` for each order
+    /// with an item containing `text` (ignoring case) as it streams in, then resolves to how many
+    /// there were. When the `AbortSignal` `signal` aborts, the call is cancelled (the server stops
+    /// searching), `onOrder` is not called again, and the promise rejects with the signal's
+    /// `reason`.
     #[wasm_bindgen(js_name = searchOrders)]
     pub async fn search_orders(
         &self,
         text: String,
         #[wasm_bindgen(js_name = onOrder, unchecked_param_type = "(order: Order) => void")]
         on_order: js_sys::Function,
+        signal: Option<AbortSignal>,
     ) -> Result<u32, JsValue> {
         let mut grpc = self.grpc.clone();
-        let mut orders = grpc
-            .search_orders(self.request(text))
-            .await
-            .map_err(|status| self.error(&status))?
-            .into_inner();
-        let mut count = 0;
-        while let Some(order) = orders
-            .message()
-            .await
-            .map_err(|status| self.error(&status))?
-        {
-            count += 1;
-            on_order.call1(&JsValue::NULL, &js::order_to_js(&order))?;
+        let search = async {
+            let mut orders = grpc
+                .search_orders(self.request(text))
+                .await
+                .map_err(|status| self.error(&status))?
+                .into_inner();
+            let mut count = 0;
+            while let Some(order) = orders
+                .message()
+                .await
+                .map_err(|status| self.error(&status))?
+            {
+                // An order decoded in the same turn as the abort is not delivered.
+                if let Some(signal) = &signal {
+                    if signal.aborted() {
+                        return Err(signal.reason());
+                    }
+                }
+                count += 1;
+                on_order.call1(&JsValue::NULL, &js::order_to_js(&order))?;
+            }
+            Ok(count)
+        };
+        match &signal {
+            None => search.await,
+            Some(signal) => until_aborted(signal, search).await,
         }
-        Ok(count)
     }
 
     /// True when this client streams its uploads (`updateOrders`, `addOrders`,

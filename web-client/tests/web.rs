@@ -116,6 +116,7 @@ async fn search_orders_streams_each_match_to_the_callback() {
         .search_orders(
             "google".into(),
             record.as_ref().unchecked_ref::<js_sys::Function>().clone(),
+            None,
         )
         .await
         .expect("search");
@@ -126,10 +127,41 @@ async fn search_orders_streams_each_match_to_the_callback() {
         .search_orders(
             "no such item".into(),
             record.as_ref().unchecked_ref::<js_sys::Function>().clone(),
+            None,
         )
         .await
         .expect("an empty search is not an error");
     assert_eq!(none, 0);
+}
+
+#[wasm_bindgen_test]
+async fn a_search_stops_when_its_signal_aborts() {
+    let controller = web_sys::AbortController::new().expect("an AbortController");
+    let signal: order_web_client::AbortSignal = controller.signal().unchecked_into();
+    let seen = std::rc::Rc::new(std::cell::Cell::new(0));
+    // Every order matches ""; the first one aborts the search.
+    let abort_on_first = {
+        let (seen, controller) = (seen.clone(), controller.clone());
+        wasm_bindgen::closure::Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
+            seen.set(seen.get() + 1);
+            controller.abort();
+        })
+    };
+    let search = |signal: &order_web_client::AbortSignal| {
+        client(SERVER).search_orders(
+            String::new(),
+            abort_on_first.as_ref().unchecked_ref::<js_sys::Function>().clone(),
+            Some(signal.clone()),
+        )
+    };
+    let error = search(&signal).await.expect_err("an aborted search rejects");
+    assert_eq!(get(&error, "name"), "AbortError", "rejects with the signal's reason");
+    assert_eq!(seen.get(), 1, "no order after the abort");
+
+    // A signal aborted already: no call, no order.
+    let error = search(&signal).await.expect_err("an aborted search rejects");
+    assert_eq!(get(&error, "name"), "AbortError");
+    assert_eq!(seen.get(), 1);
 }
 
 fn plain_order(items: &[&str], price: f64, destination: &str) -> JsValue {
@@ -298,6 +330,7 @@ async fn count_matching(client: &OrderClient, text: &str) -> u32 {
         .search_orders(
             text.into(),
             ignore.as_ref().unchecked_ref::<js_sys::Function>().clone(),
+            None,
         )
         .await
         .expect("search")

@@ -32,6 +32,11 @@ export async function example(file: File): Promise<void> {
   await client.addOrder({ items: ["x"], price: "1", destination: "y" });
 
   const found: number = await client.searchOrders("google", (o: Order) => console.log(o.id));
+  // A search the page may abandon: aborting cancels the call, and the promise rejects.
+  const stop = new AbortController();
+  const some: number = await client.searchOrders("google", (o: Order) => stop.abort(), stop.signal);
+  // @ts-expect-error a signal, not a boolean
+  await client.searchOrders("google", (o: Order) => {}, true);
 
   // Client streaming from an array, a generator or an async generator (streamed over https).
   const streamed: boolean = client.streamsUploads;
