@@ -47,7 +47,7 @@ test-interop: setup ## Clients written by others: Python grpcio and buf curl (re
 
 page-budget: setup wasm ## Measure the web client's gzipped size and time to first order on screen
 	cargo build --release -q -p order-server
-	cd e2e && ORDER_SERVER_BIN=../target/release/order-server node page-budget.js --screenshot ../docs/screenshot.png
+	cd e2e && ORDER_SERVER_BIN=../target/release/order-server node page-budget.js --screenshots ../docs
 
 bench: ## Throughput and footprint against the tutorial's Go server and a hyper ceiling; the store at 10 000 and 100 000 orders
 	@scripts/setup.sh bench

@@ -2,7 +2,9 @@
 //  - the gzipped size of the wasm module plus its JS glue (static/pkg), target < 120 KB;
 //  - the time from navigation to the first order on screen for /?id=106 on localhost (the page
 //    marks "order-shown" when it renders), median of fresh page loads, target < 300 ms.
-// Usage: node page-budget.js [--runs N] [--screenshot FILE]
+// Usage: node page-budget.js [--runs N] [--screenshots DIR]
+// --screenshots writes the README's pictures of the page into DIR: screenshot.png (light),
+// screenshot-dark.png and screenshot-phone.png (375 px wide, dark).
 import { readFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import path from "node:path";
@@ -16,7 +18,7 @@ const option = (name, fallback) => {
   return i >= 0 ? args[i + 1] : fallback;
 };
 const runs = Number(option("--runs", "20"));
-const screenshot = option("--screenshot", null);
+const screenshots = option("--screenshots", null);
 
 const pkg = path.join(root, "static/pkg");
 const files = ["order_web_client_bg.wasm", "order_web_client.js"];
@@ -47,14 +49,26 @@ try {
     const text = await page.locator("#result").innerText();
     if (!text.includes("Apple iPhone XS")) throw new Error(`order 106 not on screen: ${text}`);
     if (i > 0) times.push(shown); // the first load warms the server and the browser's processes
-    if (screenshot && i === runs) {
-      await page.setViewportSize({ width: 760, height: 600 });
+    await context.close();
+  }
+  if (screenshots) {
+    for (const [file, colorScheme, viewport] of [
+      ["screenshot.png", "light", { width: 760, height: 600 }],
+      ["screenshot-dark.png", "dark", { width: 760, height: 600 }],
+      ["screenshot-phone.png", "dark", { width: 375, height: 740 }],
+    ]) {
+      const context = await browser.newContext({ colorScheme, viewport });
+      const page = await context.newPage();
+      await page.goto(`${server.url}/?id=106`);
+      await page.locator("#result").waitFor({ state: "visible" });
       await page.getByLabel("Item contains").fill("google");
       await page.click("#search");
       await page.waitForFunction(() => /2 orders/.test(document.querySelector("#search-status").textContent));
-      await page.screenshot({ path: screenshot, fullPage: true });
+      // The phone shows the top of the page, as a person first sees it; the others all of it.
+      await page.evaluate(() => scrollTo(0, 0));
+      await page.screenshot({ path: path.join(screenshots, file), fullPage: !file.includes("phone") });
+      await context.close();
     }
-    await context.close();
   }
 } finally {
   await browser.close();

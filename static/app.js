@@ -208,7 +208,8 @@ function orderSummary(order) {
 // The running search's controller: a new search, or leaving the page, aborts it, and the client
 // cancels the call (the server stops working on it).
 let searching = null;
-// Under the list, not in the live region: how many so far, and how many are on screen.
+// Above the list, outside the live region (it changes every frame): how many so far, and how many
+// are on screen.
 const searchList = new StreamedList(searchResults, orderSummary, (list) => {
   searchProgress.textContent = searching ? `${count(list.total, "order")} found so far. ${list.summary}` : list.summary;
 });

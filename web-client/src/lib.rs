@@ -136,21 +136,23 @@ extern "C" {
     fn add_event_listener(this: &AbortSignal, kind: &str, listener: &js_sys::Function);
 }
 
-/// Runs `call` until `signal` aborts; then drops it, which aborts its `fetch` (the server sees the
-/// call cancelled), and fails with the signal's reason.
+/// Runs `call` until `signal` (if any) aborts; then drops it, which aborts its `fetch` (the server
+/// sees the call cancelled), and fails with the signal's reason.
 async fn until_aborted<T>(
-    signal: &AbortSignal,
+    signal: Option<&AbortSignal>,
     call: impl std::future::Future<Output = Result<T, JsValue>>,
 ) -> Result<T, JsValue> {
-    if signal.aborted() {
-        return Err(signal.reason());
-    }
-    let aborted = wasm_bindgen_futures::JsFuture::from(js_sys::Promise::new(&mut |resolve, _| {
-        signal.add_event_listener("abort", &resolve)
-    }));
-    match futures::future::select(std::pin::pin!(call), aborted).await {
-        futures::future::Either::Left((result, _)) => result,
-        futures::future::Either::Right(_) => Err(signal.reason()),
+    use futures::future::{pending, select, Either};
+    let aborted = match signal {
+        Some(signal) if signal.aborted() => return Err(signal.reason()),
+        Some(signal) => Either::Left(wasm_bindgen_futures::JsFuture::from(js_sys::Promise::new(
+            &mut |resolve, _| signal.add_event_listener("abort", &resolve),
+        ))),
+        None => Either::Right(pending()),
+    };
+    match select(std::pin::pin!(call), aborted).await {
+        Either::Left((result, _)) => result,
+        Either::Right(_) => Err(signal.map_or(JsValue::UNDEFINED, AbortSignal::reason)),
     }
 }
 
@@ -282,10 +284,7 @@ impl OrderClient {
             }
             Ok(count)
         };
-        match &signal {
-            None => search.await,
-            Some(signal) => until_aborted(signal, search).await,
-        }
+        until_aborted(signal.as_ref(), search).await
     }
 
     /// True when this client streams its uploads (`updateOrders`, `addOrders`,

@@ -137,7 +137,6 @@ async fn search_orders_streams_each_match_to_the_callback() {
 #[wasm_bindgen_test]
 async fn a_search_stops_when_its_signal_aborts() {
     let controller = web_sys::AbortController::new().expect("an AbortController");
-    let signal: order_web_client::AbortSignal = controller.signal().unchecked_into();
     let seen = std::rc::Rc::new(std::cell::Cell::new(0));
     // Every order matches ""; the first one aborts the search.
     let abort_on_first = {
@@ -147,19 +146,27 @@ async fn a_search_stops_when_its_signal_aborts() {
             controller.abort();
         })
     };
-    let search = |signal: &order_web_client::AbortSignal| {
-        client(SERVER).search_orders(
+    let client = client(SERVER);
+    let search = || {
+        client.search_orders(
             String::new(),
-            abort_on_first.as_ref().unchecked_ref::<js_sys::Function>().clone(),
-            Some(signal.clone()),
+            abort_on_first
+                .as_ref()
+                .unchecked_ref::<js_sys::Function>()
+                .clone(),
+            Some(controller.signal().unchecked_into()),
         )
     };
-    let error = search(&signal).await.expect_err("an aborted search rejects");
-    assert_eq!(get(&error, "name"), "AbortError", "rejects with the signal's reason");
+    let error = search().await.expect_err("an aborted search rejects");
+    assert_eq!(
+        get(&error, "name"),
+        "AbortError",
+        "rejects with the signal's reason"
+    );
     assert_eq!(seen.get(), 1, "no order after the abort");
 
     // A signal aborted already: no call, no order.
-    let error = search(&signal).await.expect_err("an aborted search rejects");
+    let error = search().await.expect_err("an aborted search rejects");
     assert_eq!(get(&error, "name"), "AbortError");
     assert_eq!(seen.get(), 1);
 }
