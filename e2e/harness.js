@@ -75,3 +75,21 @@ export function launchBrowser(extraArgs = []) {
     ],
   });
 }
+
+/** Counts the bytes each response took on the wire (headers and body), by URL path. */
+export async function wireCounter(page) {
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send("Network.enable");
+  const urls = new Map();
+  const bytes = new Map();
+  cdp.on("Network.responseReceived", ({ requestId, response }) => urls.set(requestId, new URL(response.url).pathname));
+  cdp.on("Network.loadingFinished", ({ requestId, encodedDataLength }) => {
+    const path = urls.get(requestId) ?? "?";
+    bytes.set(path, (bytes.get(path) ?? 0) + encodedDataLength);
+  });
+  return {
+    total: () => [...bytes.values()].reduce((a, b) => a + b, 0),
+    byPath: () => Object.fromEntries(bytes),
+    reset: () => bytes.clear(),
+  };
+}

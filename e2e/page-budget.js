@@ -9,7 +9,7 @@ import { readFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { startServer, launchBrowser } from "./harness.js";
+import { startServer, launchBrowser, wireCounter } from "./harness.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const args = process.argv.slice(2);
@@ -38,6 +38,7 @@ const median = (xs) => {
 const server = await startServer();
 const browser = await launchBrowser();
 const times = [];
+let wire = null;
 try {
   for (let i = 0; i < runs + 1; i++) {
     // A fresh context each time: nothing cached, as on a first visit.
@@ -49,6 +50,20 @@ try {
     const text = await page.locator("#result").innerText();
     if (!text.includes("Apple iPhone XS")) throw new Error(`order 106 not on screen: ${text}`);
     if (i > 0) times.push(shown); // the first load warms the server and the browser's processes
+    await context.close();
+  }
+  // The bytes on the wire, as Chromium counts them: a first visit, then a repeat visit.
+  {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    const counter = await wireCounter(page);
+    await page.goto(`${server.url}/?id=106`);
+    await page.locator("#result").waitFor({ state: "visible" });
+    const first = counter.total();
+    counter.reset();
+    await page.goto(`${server.url}/?id=105`);
+    await page.locator("#result").waitFor({ state: "visible" });
+    wire = { first, again: counter.total() };
     await context.close();
   }
   if (screenshots) {
@@ -77,6 +92,7 @@ try {
 
 const kb = (n) => (n / 1024).toFixed(1);
 console.log(`web client size: ${kb(gzipped)} KB gzipped (${kb(raw)} KB raw): wasm + JS glue, target < 120 KB`);
+console.log(`on the wire: first visit ${kb(wire.first)} KB, repeat visit ${kb(wire.again)} KB (targets < 140 KB and < 10 KB)`);
 console.log(
   `first order on screen (/?id=106, cold cache, ${runs} loads): median ${median(times).toFixed(0)} ms, ` +
     `min ${Math.min(...times).toFixed(0)} ms, max ${Math.max(...times).toFixed(0)} ms, target < 300 ms`,

@@ -18,3 +18,5 @@ terser "$glue" --module --compress --mangle \
   --source-map "url='order_web_client.js.map',filename='order_web_client.js'" -o "$glue.min"
 mv "$glue.min" "$glue"
 mv "$glue.min.map" "$glue.map"
+# Brotli and gzip copies beside each file, which the server sends to browsers that accept them.
+node "$root/scripts/precompress.mjs" "$root/static/pkg"

@@ -5,6 +5,12 @@
 //! 4xx, never 5xx, for anything a hostile client can send: dotfiles, symlinks that lead out of the
 //! folder, control characters, over-long names, `//` paths (which a browser would read as another
 //! host in a redirect); and redirects only ever name a path on this site.
+//!
+//! Compressed for browsers that accept it: a built file (`pkg/`) goes as the brotli or gzip copy
+//! `make wasm` wrote beside it, any other as it is sent (`Vary: Accept-Encoding` either way). Every
+//! file is `Cache-Control: no-cache`: a browser keeps it and asks before each use whether it
+//! changed (`If-Modified-Since`, answered 304 with no body), so a repeat visit costs a few
+//! hundred bytes a file and a new build is seen at once.
 
 use std::{convert::Infallible, path::PathBuf, sync::Arc};
 
@@ -17,7 +23,7 @@ use axum::{
     Router,
 };
 use tower::{service_fn, ServiceExt};
-use tower_http::{services::ServeDir, trace::TraceLayer};
+use tower_http::{compression::CompressionLayer, services::ServeDir, trace::TraceLayer};
 use tracing::debug;
 
 use crate::{config::Config, host::Hosts, metrics::Metrics};
@@ -35,6 +41,8 @@ const MAX_NAME_BYTES: usize = 255;
 pub(crate) fn files(config: &Config, hosts: Hosts, metrics: Option<Arc<Metrics>>) -> Router {
     let files = ServeDir::new(&config.static_dir)
         .append_index_html_on_directories(true)
+        .precompressed_br()
+        .precompressed_gzip()
         .not_found_service(service_fn(|_: Request| async {
             Ok::<_, Infallible>(not_found())
         }));
@@ -67,6 +75,7 @@ pub(crate) fn files(config: &Config, hosts: Hosts, metrics: Option<Arc<Metrics>>
                 }
             }
         }))
+        .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
 }
 
@@ -115,6 +124,13 @@ where
         Ok(response) => response.into_response(),
         Err(never) => match never {},
     };
+    if matches!(response.status(), StatusCode::OK | StatusCode::NOT_MODIFIED) {
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        if !headers.contains_key(header::VARY) {
+            headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        }
+    }
     if response.status().is_server_error() {
         // The file system refused the name (too long, invalid…): for the client, it is not there.
         debug!(path = %path, status = %response.status(), "file error answered as 404");

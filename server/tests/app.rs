@@ -339,3 +339,82 @@ async fn allowed_host_adds_a_name_to_a_loopback_server() {
     let response = app_with(config).await.oneshot(page).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// A request for `path` from a browser that accepts `encodings`.
+fn get_accepting(path: &str, encodings: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::ACCEPT_ENCODING, encodings)
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn built_files_go_precompressed_and_the_page_compressed_to_browsers_that_accept_it() {
+    let site = tempfile::tempdir().unwrap();
+    let script = "export const answer = 42;\n".repeat(200);
+    std::fs::write(site.path().join("app.js"), &script).unwrap();
+    std::fs::create_dir(site.path().join("pkg")).unwrap();
+    let wasm = vec![7u8; 5000];
+    std::fs::write(site.path().join("pkg/client.wasm"), &wasm).unwrap();
+    std::fs::write(site.path().join("pkg/client.wasm.br"), b"brotli bytes").unwrap();
+    std::fs::write(site.path().join("pkg/client.wasm.gz"), b"gzip bytes").unwrap();
+
+    let body_of = |response: http::Response<_>| async move {
+        let headers = response.headers().clone();
+        let body: axum::body::Bytes = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (headers, body)
+    };
+    // The precompressed copy of a built file, by the browser's preference.
+    for (accepts, encoding, bytes) in [
+        ("gzip, deflate, br, zstd", "br", &b"brotli bytes"[..]),
+        ("gzip", "gzip", &b"gzip bytes"[..]),
+    ] {
+        let response = app_for(site.path())
+            .await
+            .oneshot(get_accepting("/pkg/client.wasm", accepts))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let (headers, body) = body_of(response).await;
+        assert_eq!(headers[header::CONTENT_ENCODING], encoding, "{accepts}");
+        assert_eq!(headers[header::CONTENT_TYPE], "application/wasm");
+        assert_eq!(&body[..], bytes);
+        assert!(headers[header::VARY]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("accept-encoding"));
+        assert_eq!(
+            headers[header::CACHE_CONTROL],
+            "no-cache",
+            "kept, revalidated"
+        );
+    }
+    // A client that accepts nothing gets the file itself.
+    let response = app_for(site.path())
+        .await
+        .oneshot(get("/pkg/client.wasm"))
+        .await
+        .unwrap();
+    let (headers, body) = body_of(response).await;
+    assert!(!headers.contains_key(header::CONTENT_ENCODING));
+    assert_eq!(&body[..], &wasm[..]);
+
+    // A file of the page with no copy beside it is compressed as it is sent.
+    let response = app_for(site.path())
+        .await
+        .oneshot(get_accepting("/app.js", "gzip"))
+        .await
+        .unwrap();
+    let (headers, body) = body_of(response).await;
+    assert_eq!(headers[header::CONTENT_ENCODING], "gzip");
+    assert_eq!(headers[header::CACHE_CONTROL], "no-cache");
+    assert!(body.len() < script.len() / 10, "{} bytes", body.len());
+    let mut plain = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
+        .unwrap();
+    assert_eq!(plain, script);
+}
