@@ -30,6 +30,7 @@ use tracing::{info, warn};
 use crate::{
     auth::{Auth, AuthError},
     body::whole,
+    compress::{accepts_gzip, gzip_stream},
     config::Config,
     cors::cors,
     deadline::Deadlines,
@@ -79,6 +80,7 @@ pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
                 streamed: MethodPaths::response_streams(),
             },
             methods: MethodPaths::all(),
+            max_message_size: config.max_message_size,
         })),
         cors: cors(config),
     };
@@ -135,22 +137,22 @@ impl App {
             }
             Route::Grpc(Target::Orders, Transport::Web) => {
                 let unary = unary();
-                web(self.orders.web.clone().call(request), unary)
+                web(self.orders.web.clone().call(request), unary, false)
             }
             Route::Grpc(Target::Orders, Transport::Browser) => {
-                let unary = unary();
-                web(self.orders.browser.clone().call(request), unary)
+                let (unary, gzip) = (unary(), accepts_gzip(request.headers()));
+                web(self.orders.browser.clone().call(request), unary, gzip)
             }
             Route::Grpc(Target::Other, Transport::Native) => {
                 AppFuture::Boxed(Box::pin(self.other.native.clone().call(request)))
             }
             Route::Grpc(Target::Other, Transport::Web) => {
                 let unary = unary();
-                web(self.other.web.clone().call(request), unary)
+                web(self.other.web.clone().call(request), unary, false)
             }
             Route::Grpc(Target::Other, Transport::Browser) => {
-                let unary = unary();
-                web(self.other.browser.clone().call(request), unary)
+                let (unary, gzip) = (unary(), accepts_gzip(request.headers()));
+                web(self.other.browser.clone().call(request), unary, gzip)
             }
             Route::Page => {
                 let page = self.files.clone().call(request);
@@ -176,15 +178,17 @@ pub fn router(app: App) -> Router {
         .fallback_service(app)
 }
 
-/// A gRPC-Web call's future: unary answers are sent whole.
+/// A gRPC-Web call's future: unary answers are sent whole; a browser's answer as gzip content
+/// when it takes it (`gzip`, from its `Accept-Encoding`).
 fn web(
     call: impl Future<Output = Result<Response<GrpcBody>, Infallible>> + Send + 'static,
     unary: bool,
+    gzip: bool,
 ) -> AppFuture {
-    if unary {
-        AppFuture::Boxed(Box::pin(whole(call)))
-    } else {
-        AppFuture::Boxed(Box::pin(call))
+    match (unary, gzip) {
+        (true, gzip) => AppFuture::Boxed(Box::pin(whole(call, gzip))),
+        (false, false) => AppFuture::Boxed(Box::pin(call)),
+        (false, true) => AppFuture::Boxed(Box::pin(async move { call.await.map(gzip_stream) })),
     }
 }
 

@@ -16,11 +16,13 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use tonic::body::Body as GrpcBody;
 
-/// Waits for the whole answer of `call` and sends it with a `Content-Length`.
+/// Waits for the whole answer of `call` and sends it with a `Content-Length`; as gzip content if
+/// `gzip` and it is large enough ([`crate::compress::gzip_whole`]).
 pub(crate) async fn whole(
     call: impl Future<Output = Result<Response<GrpcBody>, Infallible>>,
+    gzip: bool,
 ) -> Result<Response<GrpcBody>, Infallible> {
-    let (parts, mut body) = call.await?.into_parts();
+    let (mut parts, mut body) = call.await?.into_parts();
     let mut chunks = Chunks::default();
     while let Some(frame) = body.frame().await {
         match frame {
@@ -31,6 +33,17 @@ pub(crate) async fn whole(
             },
             // The message could not be produced: answer with the status instead.
             Err(status) => return Ok(status.into_http()),
+        }
+    }
+    if gzip && chunks.remaining >= crate::compress::THRESHOLD as u64 {
+        let data: Vec<u8> = chunks
+            .chunks
+            .iter()
+            .flat_map(|c| c.iter().copied())
+            .collect();
+        if let Some(compressed) = crate::compress::gzip_whole(&mut parts.headers, &data) {
+            chunks = Chunks::default();
+            chunks.push(compressed);
         }
     }
     Ok(Response::from_parts(parts, GrpcBody::new(chunks)))

@@ -2,7 +2,8 @@
 //!
 //! In order: metrics (the call is counted and timed, refusals included), the host check (DNS
 //! rebinding, [`crate::host`]), authentication (the caller's token and scope, [`crate::auth`]),
-//! deadlines (`grpc-timeout` and `--max-call-duration`, [`crate::deadline`]), then the service.
+//! deadlines (`grpc-timeout` and `--max-call-duration`, [`crate::deadline`]), compression (gzip
+//! messages in, and out for a client that takes them, [`crate::compress`]), then the service.
 //! A refused call (a host not served, no token or a bad one, a missing scope, a method this server
 //! does not have) never reaches the service: it is answered trailers-only, once the first few KiB
 //! of its request body have been read and thrown away ([`drain`]). Answered before the body, a
@@ -32,6 +33,7 @@ use tower::{Layer, Service};
 use crate::{
     auth::{Auth, Need},
     body::ResetIsError,
+    compress::{deflated, Encodings, Inflate, GRPC_ENCODING},
     deadline::{Deadlines, Timer},
     host::{refusal, Hosts},
     metrics::{measured, Call, Metrics},
@@ -48,6 +50,8 @@ pub(crate) struct Edge {
     pub(crate) deadlines: Deadlines,
     /// Every method served, so that a call to any other is refused here, its body drained.
     pub(crate) methods: MethodPaths,
+    /// The largest message, as inflated from gzip (`--max-message-size`).
+    pub(crate) max_message_size: usize,
 }
 
 /// Puts [`Edge`] in front of a gRPC service.
@@ -75,7 +79,7 @@ pub(crate) struct EdgeService<S> {
 impl<S, B, ResBody> Service<Request<B>> for EdgeService<S>
 where
     B: http_body::Body + Send + 'static,
-    S: Service<Request<ResetIsError<B>>, Response = Response<ResBody>, Error = Infallible>,
+    S: Service<Request<ResetIsError<Inflate<B>>>, Response = Response<ResBody>, Error = Infallible>,
     ResBody: http_body::Body<Data = Bytes> + Default + Send + 'static,
     ResBody::Error: Into<tonic::codegen::StdError>,
 {
@@ -113,13 +117,26 @@ where
                 Err(status) => return EdgeFuture::refused(status, request.into_body(), call),
             }
         }
+        let encodings = match Encodings::of(request.headers()) {
+            Ok(encodings) => encodings,
+            Err(status) => return EdgeFuture::refused(status, request.into_body(), call),
+        };
         let timer = edge.deadlines.of(&mut request);
+        let request = if encodings.inflate {
+            // Inflated here: the service sees plain messages.
+            request.headers_mut().remove(GRPC_ENCODING);
+            let limit = edge.max_message_size;
+            request.map(|body| ResetIsError::new(Inflate::gzip(body, limit)))
+        } else {
+            request.map(|body| ResetIsError::new(Inflate::plain(body)))
+        };
         EdgeFuture {
             state: State::Called {
-                inner: self.inner.call(request.map(ResetIsError::new)),
+                inner: self.inner.call(request),
                 timer,
             },
             call,
+            deflate: encodings.deflate,
         }
     }
 }
@@ -131,6 +148,8 @@ pin_project_lite::pin_project! {
         #[pin]
         state: State<F>,
         call: Option<Call>,
+        // The client takes gzip messages.
+        deflate: bool,
     }
 
     impl<F> PinnedDrop for EdgeFuture<F> {
@@ -200,6 +219,7 @@ impl<F> EdgeFuture<F> {
                 drain: drain(body),
             },
             call,
+            deflate: false,
         }
     }
 }
@@ -235,6 +255,11 @@ where
                     .into_http()
             }
         };
-        Poll::Ready(Ok(measured(response, this.call.take())))
+        let response = measured(response, this.call.take());
+        Poll::Ready(Ok(if *this.deflate {
+            deflated(response)
+        } else {
+            response
+        }))
     }
 }

@@ -11,7 +11,8 @@
 //! - `grpc`: the one gRPC layer stack every gRPC service goes through: `cors`, tonic-web, then
 //!   `edge`, which checks every call in order with `metrics` (counted and timed), `host` (DNS
 //!   rebinding: which `Host`s are answered), `auth` (JWT bearer tokens and scopes) and
-//!   `deadline` (`grpc-timeout` and the server's ceiling on every call, streams included);
+//!   `deadline` (`grpc-timeout` and the server's ceiling on every call, streams included), and
+//!   `compress` (gzip messages both ways, and gzip content for browsers);
 //! - `body`: unary gRPC-Web answers sent whole, request bodies whose reset is an error (never a
 //!   clean end of a client stream); `files`: the static page;
 //! - `service`: the `OrderManagement` RPCs ([`OrderService`]); `process`: all of
@@ -29,6 +30,7 @@
 mod app;
 mod auth;
 mod body;
+mod compress;
 mod config;
 mod connections;
 mod cors;

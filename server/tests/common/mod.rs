@@ -420,16 +420,28 @@ pub async fn raw_h2_call(
     addr: SocketAddr,
     path: &str,
 ) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    raw_h2_call_with(addr, path, &[]).await
+}
+
+/// [`raw_h2_call`] with more request headers.
+pub async fn raw_h2_call_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
     let mut client = client.ready().await.unwrap();
-    let request = Request::post(format!("http://{addr}{path}"))
+    let mut request = Request::post(format!("http://{addr}{path}"))
         .header(CONTENT_TYPE, "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    client.send_request(request, false).unwrap()
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    client
+        .send_request(request.body(()).unwrap(), false)
+        .unwrap()
 }
 
 /// The `grpc-status` of a call made by [`raw_h2_call`], from the answer's headers or trailers,

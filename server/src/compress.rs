@@ -1,0 +1,557 @@
+//! gzip on the wire, both ways, at the edge: nothing here runs for a call that does not ask for it.
+//!
+//! - **Requests** (`grpc-encoding: gzip`): each message flagged compressed is inflated before the
+//!   service sees it ([`Inflate`]). Its *inflated* size counts against `--max-message-size`: a
+//!   small message that inflates past it (a gzip bomb) fails the call with `RESOURCE_EXHAUSTED`
+//!   once that many bytes are out, never more. Another encoding is refused with `UNIMPLEMENTED`,
+//!   naming the one this server takes.
+//! - **Answers** (`grpc-accept-encoding` naming gzip): each message of at least [`THRESHOLD`]
+//!   bytes goes compressed, flagged so in its header ([`Deflate`]); smaller ones go as they are,
+//!   where gzip would add more than it saves. The answer says `grpc-encoding: gzip`.
+//! - **Browsers** (gRPC-Web with `Accept-Encoding: gzip`, which every browser sends): the whole
+//!   answer is compressed as HTTP content ([`gzip_stream`], [`gzip_whole`]), which `fetch`
+//!   inflates before the page's client sees it: the web client needs no inflater of its own. A
+//!   stream is flushed after each chunk, so every order is on its way as soon as it is found.
+//!
+//! gRPC's message framing (a flag byte, then a four-byte big-endian length) is read with
+//! [`Frames`], which puts messages cut across chunks back together.
+
+use std::{
+    io::{Read, Write},
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use flate2::{read::GzDecoder, write::GzEncoder, Compression};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Response};
+use http_body::{Body, Frame, SizeHint};
+use tonic::{body::Body as GrpcBody, Status};
+
+/// Messages (and unary browser answers) smaller than this are never compressed.
+pub(crate) const THRESHOLD: usize = 1024;
+
+/// The compression level: fast, as it is paid on every compressed answer.
+const LEVEL: Compression = Compression::new(4);
+
+pub(crate) const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+pub(crate) const GRPC_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-encoding");
+const GZIP: HeaderValue = HeaderValue::from_static("gzip");
+
+/// The message flag of a compressed message.
+const COMPRESSED: u8 = 1;
+
+/// What a call's headers ask of compression.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Encodings {
+    /// Its messages may be compressed (`grpc-encoding: gzip`).
+    pub(crate) inflate: bool,
+    /// Its answer's messages may be (`grpc-accept-encoding` names gzip).
+    pub(crate) deflate: bool,
+}
+
+impl Encodings {
+    /// Reads `headers`; an encoding other than gzip is refused with the one this server takes.
+    pub(crate) fn of(headers: &HeaderMap) -> Result<Self, Status> {
+        let mut encodings = Encodings::default();
+        // A scan, not two hash lookups: a call carries a handful of headers (see `scan_header`).
+        for (name, value) in headers {
+            if name == GRPC_ENCODING {
+                match value.as_bytes() {
+                    b"gzip" => encodings.inflate = true,
+                    b"identity" => {}
+                    other => {
+                        let mut status = Status::unimplemented(format!(
+                            "grpc-encoding {:?} is not supported: this server accepts gzip",
+                            String::from_utf8_lossy(other)
+                        ));
+                        status
+                            .metadata_mut()
+                            .insert("grpc-accept-encoding", "gzip".parse().expect("ASCII"));
+                        return Err(status);
+                    }
+                }
+            } else if name == GRPC_ACCEPT_ENCODING {
+                encodings.deflate |= lists_gzip(value);
+            }
+        }
+        Ok(encodings)
+    }
+}
+
+/// Whether a comma-separated list of encodings (`Accept-Encoding`, `grpc-accept-encoding`) names
+/// gzip with a quality above zero.
+pub(crate) fn lists_gzip(value: &HeaderValue) -> bool {
+    value.to_str().is_ok_and(|list| {
+        list.split(',').any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            parts
+                .next()
+                .is_some_and(|name| name.eq_ignore_ascii_case("gzip"))
+                && parts.all(|param| param.replace(' ', "") != "q=0")
+        })
+    })
+}
+
+/// Whether a browser's `Accept-Encoding` takes gzip.
+pub(crate) fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .any(lists_gzip)
+}
+
+/// gRPC messages read from chunks as they come, whole.
+#[derive(Default)]
+pub(crate) struct Frames {
+    buffer: BytesMut,
+}
+
+impl Frames {
+    pub(crate) fn push(&mut self, mut data: impl Buf) {
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            self.buffer.extend_from_slice(chunk);
+            let read = chunk.len();
+            data.advance(read);
+        }
+    }
+
+    /// The next whole message: its flag byte and its bytes.
+    pub(crate) fn next(&mut self) -> Option<(u8, Bytes)> {
+        let header = self.buffer.first_chunk::<5>()?;
+        let [flag, length @ ..] = *header;
+        let length = u32::from_be_bytes(length) as usize;
+        if self.buffer.len() < 5 + length {
+            return None;
+        }
+        self.buffer.advance(5);
+        Some((flag, self.buffer.split_to(length).freeze()))
+    }
+
+    /// What is left of a message cut short.
+    pub(crate) fn rest(&mut self) -> Option<Bytes> {
+        (!self.buffer.is_empty()).then(|| self.buffer.split().freeze())
+    }
+}
+
+/// Appends one framed message to `out`.
+pub(crate) fn put_message(out: &mut BytesMut, flag: u8, message: &[u8]) {
+    out.reserve(5 + message.len());
+    out.put_u8(flag);
+    out.put_u32(u32::try_from(message.len()).expect("a message under 4 GiB"));
+    out.put_slice(message);
+}
+
+/// Inflates one gzip message, failing once it grows past `limit` bytes.
+pub(crate) fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Status> {
+    let mut message = Vec::new();
+    let read = GzDecoder::new(compressed)
+        .take((limit as u64).saturating_add(1))
+        .read_to_end(&mut message);
+    match read {
+        Ok(_) if message.len() > limit => Err(Status::resource_exhausted(format!(
+            "a compressed message inflates past the limit of {limit} bytes (--max-message-size)"
+        ))),
+        Ok(_) => Ok(message),
+        Err(error) => Err(Status::invalid_argument(format!(
+            "a message flagged gzip could not be inflated: {error}"
+        ))),
+    }
+}
+
+/// Compresses `data` as one gzip member.
+pub(crate) fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::with_capacity(data.len() / 4 + 32), LEVEL);
+    encoder.write_all(data).expect("writing to memory");
+    encoder.finish().expect("writing to memory")
+}
+
+pin_project_lite::pin_project! {
+    /// A request body whose gzip messages are inflated ([`Inflate::gzip`]), or left as it is
+    /// ([`Inflate::plain`]).
+    pub(crate) struct Inflate<B> {
+        #[pin]
+        inner: B,
+        // `None`: passed through.
+        gzip: Option<Box<Inflating>>,
+    }
+}
+
+pub(crate) struct Inflating {
+    frames: Frames,
+    limit: usize,
+    failed: bool,
+}
+
+impl<B> Inflate<B> {
+    pub(crate) fn plain(inner: B) -> Self {
+        Self { inner, gzip: None }
+    }
+
+    /// Inflates each compressed message, up to `limit` bytes.
+    pub(crate) fn gzip(inner: B, limit: usize) -> Self {
+        Self {
+            inner,
+            gzip: Some(Box::new(Inflating {
+                frames: Frames::default(),
+                limit,
+                failed: false,
+            })),
+        }
+    }
+}
+
+impl<B> Body for Inflate<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Data = Bytes;
+    type Error = tonic::codegen::StdError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        let Some(state) = this.gzip.as_deref_mut() else {
+            return this.inner.poll_frame(cx).map_err(Into::into);
+        };
+        if state.failed {
+            return Poll::Ready(None);
+        }
+        loop {
+            match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        state.frames.push(data);
+                        let mut out = BytesMut::new();
+                        while let Some((flag, message)) = state.frames.next() {
+                            if flag & COMPRESSED == 0 {
+                                put_message(&mut out, flag, &message);
+                                continue;
+                            }
+                            match inflate(&message, state.limit) {
+                                Ok(plain) => put_message(&mut out, flag & !COMPRESSED, &plain),
+                                Err(status) => {
+                                    state.failed = true;
+                                    return Poll::Ready(Some(Err(status.into())));
+                                }
+                            }
+                        }
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                        }
+                    }
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Some(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
+                // A message cut short goes on as it is: the service fails it as any cut request.
+                None => return Poll::Ready(state.frames.rest().map(|rest| Ok(Frame::data(rest)))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+            && self
+                .gzip
+                .as_ref()
+                .is_none_or(|state| state.frames.buffer.is_empty())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.gzip {
+            None => self.inner.size_hint(),
+            Some(_) => SizeHint::default(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An answer whose messages of [`THRESHOLD`] bytes or more go compressed.
+    struct Deflate {
+        #[pin]
+        inner: GrpcBody,
+        frames: Frames,
+    }
+}
+
+impl Body for Deflate {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let mut this = self.project();
+        loop {
+            match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        this.frames.push(data);
+                        let mut out = BytesMut::new();
+                        while let Some((flag, message)) = this.frames.next() {
+                            if flag & COMPRESSED == 0 && message.len() >= THRESHOLD {
+                                put_message(&mut out, flag | COMPRESSED, &deflate(&message));
+                            } else {
+                                put_message(&mut out, flag, &message);
+                            }
+                        }
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                        }
+                    }
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Some(Err(status)) => return Poll::Ready(Some(Err(status))),
+                None => return Poll::Ready(this.frames.rest().map(|rest| Ok(Frame::data(rest)))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream() && self.frames.buffer.is_empty()
+    }
+}
+
+/// Has `response` send its large messages compressed, and say so.
+pub(crate) fn deflated(response: Response<GrpcBody>) -> Response<GrpcBody> {
+    let (mut parts, body) = response.into_parts();
+    parts.headers.insert(GRPC_ENCODING, GZIP);
+    let body = Deflate {
+        inner: body,
+        frames: Frames::default(),
+    };
+    Response::from_parts(parts, GrpcBody::new(body))
+}
+
+/// Marks `headers` as gzip content for a browser.
+fn gzip_headers(headers: &mut HeaderMap) {
+    headers.insert(header::CONTENT_ENCODING, GZIP);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+}
+
+/// A whole answer, gzip-compressed as HTTP content if it is [`THRESHOLD`] bytes or more; `None`
+/// when it is smaller.
+pub(crate) fn gzip_whole(headers: &mut HeaderMap, data: &[u8]) -> Option<Bytes> {
+    if data.len() < THRESHOLD {
+        return None;
+    }
+    gzip_headers(headers);
+    Some(deflate(data).into())
+}
+
+pin_project_lite::pin_project! {
+    /// An answer compressed as HTTP content, one gzip stream flushed after each chunk.
+    struct GzipStream {
+        #[pin]
+        inner: GrpcBody,
+        encoder: Option<GzEncoder<Vec<u8>>>,
+        trailers: Option<HeaderMap>,
+    }
+}
+
+impl Body for GzipStream {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let mut this = self.project();
+        let Some(encoder) = this.encoder.as_mut() else {
+            return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+        };
+        loop {
+            let ended = match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        // Sync-flushed: the chunk's bytes go out now, whole, not when more come.
+                        let written = encoder.write_all(&data).and_then(|()| encoder.flush());
+                        written.map_err(|error| Status::internal(error.to_string()))?;
+                        let out = std::mem::take(encoder.get_mut());
+                        if out.is_empty() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(out.into()))));
+                    }
+                    Err(frame) => {
+                        *this.trailers = frame.into_trailers().ok();
+                        true
+                    }
+                },
+                Some(Err(status)) => return Poll::Ready(Some(Err(status))),
+                None => true,
+            };
+            if ended {
+                let encoder = this.encoder.take().expect("taken once");
+                let tail = encoder
+                    .finish()
+                    .map_err(|error| Status::internal(error.to_string()))?;
+                return Poll::Ready(Some(Ok(Frame::data(tail.into()))));
+            }
+        }
+    }
+}
+
+/// Has a streamed browser answer sent as gzip content.
+pub(crate) fn gzip_stream(response: Response<GrpcBody>) -> Response<GrpcBody> {
+    let (mut parts, body) = response.into_parts();
+    gzip_headers(&mut parts.headers);
+    let body = GzipStream {
+        inner: body,
+        encoder: Some(GzEncoder::new(Vec::new(), LEVEL)),
+        trailers: None,
+    };
+    Response::from_parts(parts, GrpcBody::new(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    fn framed(flag: u8, message: &[u8]) -> Bytes {
+        let mut out = BytesMut::new();
+        put_message(&mut out, flag, message);
+        out.freeze()
+    }
+
+    /// `chunks` as a body.
+    fn body_of(chunks: Vec<Bytes>) -> GrpcBody {
+        let stream = futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|chunk| Ok::<_, Status>(Frame::data(chunk))),
+        );
+        GrpcBody::new(http_body_util::StreamBody::new(stream))
+    }
+
+    async fn read(body: impl Body<Data = Bytes, Error = impl std::fmt::Debug>) -> Vec<u8> {
+        body.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[test]
+    fn encodings_are_read_from_the_headers() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(Encodings::of(&headers).unwrap(), Encodings::default());
+        headers.insert(GRPC_ENCODING, "gzip".parse().unwrap());
+        headers.insert(
+            GRPC_ACCEPT_ENCODING,
+            "identity, deflate,gzip".parse().unwrap(),
+        );
+        let both = Encodings {
+            inflate: true,
+            deflate: true,
+        };
+        assert_eq!(Encodings::of(&headers).unwrap(), both);
+        headers.insert(GRPC_ENCODING, "snappy".parse().unwrap());
+        let refused = Encodings::of(&headers).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unimplemented);
+        assert!(
+            refused.message().contains("snappy"),
+            "{}",
+            refused.message()
+        );
+        assert_eq!(
+            refused.metadata().get("grpc-accept-encoding").unwrap(),
+            "gzip"
+        );
+
+        for (list, gzip) in [
+            ("gzip, deflate, br, zstd", true),
+            ("br;q=1.0, GZIP;q=0.5", true),
+            ("gzip;q=0", false),
+            ("identity", false),
+            ("x-gzip-not", false),
+        ] {
+            assert_eq!(lists_gzip(&list.parse().unwrap()), gzip, "{list}");
+        }
+    }
+
+    #[tokio::test]
+    async fn compressed_messages_are_inflated_however_they_are_cut() {
+        let big = b"order ".repeat(1000);
+        let gz = deflate(&big);
+        let mut whole = framed(COMPRESSED, &gz).to_vec();
+        whole.extend_from_slice(&framed(0, b"plain"));
+        // Cut at every place in the first message's header and inside it.
+        for cut in [1, 3, 5, 9, whole.len() - 3] {
+            let chunks = vec![
+                Bytes::copy_from_slice(&whole[..cut]),
+                Bytes::copy_from_slice(&whole[cut..]),
+            ];
+            let out = read(Inflate::gzip(body_of(chunks), 1 << 20)).await;
+            let mut expected = framed(0, &big).to_vec();
+            expected.extend_from_slice(&framed(0, b"plain"));
+            assert_eq!(out, expected, "cut at {cut}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gzip_bomb_fails_at_the_limit() {
+        let bomb = deflate(&vec![0; 64 << 20]);
+        assert!(bomb.len() < 128 << 10, "{} bytes", bomb.len());
+        let mut body = Inflate::gzip(body_of(vec![framed(COMPRESSED, &bomb)]), 4 << 20);
+        let error = body.frame().await.unwrap().unwrap_err();
+        let status = Status::from_error(error);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().contains("4194304"), "{}", status.message());
+
+        // Not gzip at all: the client's mistake.
+        let mut body = Inflate::gzip(body_of(vec![framed(COMPRESSED, b"nope")]), 4 << 20);
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(
+            Status::from_error(error).code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[tokio::test]
+    async fn only_messages_over_the_threshold_are_compressed() {
+        let small = b"x".repeat(THRESHOLD - 1);
+        let large = b"y".repeat(THRESHOLD * 4);
+        let response = deflated(Response::new(body_of(vec![
+            framed(0, &small),
+            framed(0, &large),
+        ])));
+        assert_eq!(response.headers()[GRPC_ENCODING], "gzip");
+        let out = read(response.into_body()).await;
+        let mut frames = Frames::default();
+        frames.push(&out[..]);
+        assert_eq!(frames.next().unwrap(), (0, Bytes::from(small)));
+        let (flag, message) = frames.next().unwrap();
+        assert_eq!(flag, COMPRESSED);
+        assert!(message.len() < 100, "{} bytes", message.len());
+        assert_eq!(inflate(&message, usize::MAX).unwrap(), large);
+        assert!(frames.next().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_browser_stream_is_gzip_content_flushed_chunk_by_chunk() {
+        let first = framed(0, b"first order");
+        let second = framed(0, &b"second order ".repeat(100));
+        let response = gzip_stream(Response::new(body_of(vec![first.clone(), second.clone()])));
+        assert_eq!(response.headers()[header::CONTENT_ENCODING], "gzip");
+        let mut body = response.into_body();
+        // The first chunk alone already inflates to the first message.
+        let chunk = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+        decoder.write_all(&chunk).unwrap();
+        decoder.flush().unwrap();
+        assert_eq!(decoder.get_ref()[..], first[..]);
+        while let Some(frame) = body.frame().await {
+            decoder
+                .write_all(&frame.unwrap().into_data().unwrap())
+                .unwrap();
+        }
+        let all = decoder.finish().unwrap();
+        assert_eq!(all, [&first[..], &second[..]].concat());
+    }
+}
