@@ -3,7 +3,8 @@
 //! The client half is always generated and builds for wasm32 (no transport). The server half is
 //! generated only with the `server` feature, which the native server enables. The file descriptor
 //! set is kept for gRPC server reflection (and tells the server which methods are unary). With the
-//! `serde` feature every message also gets serde derives.
+//! `serde` feature every message also gets serde impls for protobuf's canonical JSON mapping
+//! (pbjson-build, from the same descriptor set).
 
 use std::{env, path::PathBuf};
 
@@ -23,12 +24,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // prost's codec with buffers sized for these messages (`order_api::codec`).
         .codec_path("crate::codec::OrderCodec")
         .file_descriptor_set_path(out_dir.join("order_management_descriptor.bin"))
-        // JSON for every message with the `serde` feature: the proto's JSON names (lowerCamel,
-        // as `buf curl` prints them), missing fields at their defaults, unknown fields refused.
-        .type_attribute(
-            ".",
-            "#[cfg_attr(feature = \"serde\", derive(serde::Serialize, serde::Deserialize), serde(rename_all = \"camelCase\", default, deny_unknown_fields))]",
-        )
         .compile_protos(&[proto], &includes)?;
+    if env::var_os("CARGO_FEATURE_SERDE").is_some() {
+        // Protobuf's JSON mapping, as Connect, `buf curl` and every other library read and write
+        // it: lowerCamel names out, either name in, defaults written out, unknown fields refused.
+        // The proto has no package: the impls go to one file `lib.rs` includes beside the types.
+        // pbjson-build wants every file to name a package. Ours has none (the wire paths must
+        // stay the tutorial's), so pbjson-build is shown it under `pb`, the module the types and
+        // these impls are included in: only the Rust names matter to it, never the wire.
+        let encoded = std::fs::read(out_dir.join("order_management_descriptor.bin"))?;
+        let mut set = <prost_types::FileDescriptorSet as prost::Message>::decode(&encoded[..])?;
+        for file in set.file.iter_mut().filter(|file| file.package.is_none()) {
+            file.package = Some("pb".into());
+            let fields = file
+                .message_type
+                .iter_mut()
+                .flat_map(|m| m.field.iter_mut());
+            for name in fields.filter_map(|field| field.type_name.as_mut()) {
+                if !name.starts_with(".google.") {
+                    name.insert_str(0, ".pb");
+                }
+            }
+        }
+        let descriptors = prost::Message::encode_to_vec(&set);
+        pbjson_build::Builder::new()
+            .register_descriptors(&descriptors)?
+            .exclude([".google"])
+            .emit_fields()
+            .generate(&["."], |_package| {
+                Ok(std::fs::File::create(
+                    out_dir.join("order_management.serde.rs"),
+                )?)
+            })?;
+    }
     Ok(())
 }

@@ -13,6 +13,8 @@
 #[allow(missing_docs, non_camel_case_types, clippy::all)]
 pub mod pb {
     tonic::include_proto!("_");
+    #[cfg(feature = "serde")]
+    include!(concat!(env!("OUT_DIR"), "/order_management.serde.rs"));
 }
 
 /// The encoded `FileDescriptorSet` of the proto (with its imports), for gRPC server reflection.
