@@ -52,9 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .exclude([".google"])
             .emit_fields()
             .generate(&["."], |_package| {
-                Ok(std::fs::File::create(
-                    out_dir.join("order_management.serde.rs"),
-                )?)
+                std::fs::File::create(out_dir.join("order_management.serde.rs"))
             })?;
     }
     Ok(())

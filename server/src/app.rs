@@ -32,6 +32,7 @@ use crate::{
     body::whole,
     compress::{accepts_gzip, gzip_stream},
     config::Config,
+    connect::Methods,
     cors::cors,
     deadline::Deadlines,
     edge::{Edge, EdgeFuture, EdgeLayer},
@@ -83,6 +84,7 @@ pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
             max_message_size: config.max_message_size,
         })),
         cors: cors(config),
+        connect: (Arc::new(Methods::new()), config.max_message_size),
     };
     let health = HealthReporter::new();
     let health_service = tonic_health::pb::health_server::HealthServer::new(
@@ -142,6 +144,12 @@ impl App {
             Route::Grpc(Target::Orders, Transport::Browser) => {
                 let (unary, gzip) = (unary(), accepts_gzip(request.headers()));
                 web(self.orders.browser.clone().call(request), unary, gzip)
+            }
+            Route::Grpc(Target::Orders, Transport::Connect) => {
+                AppFuture::Boxed(Box::pin(self.orders.connect.clone().call(request)))
+            }
+            Route::Grpc(Target::Other, Transport::Connect) => {
+                AppFuture::Boxed(Box::pin(self.other.connect.clone().call(request)))
             }
             Route::Grpc(Target::Other, Transport::Native) => {
                 AppFuture::Boxed(Box::pin(self.other.native.clone().call(request)))

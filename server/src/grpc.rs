@@ -8,15 +8,22 @@
 //!   service;
 //! - **web** (gRPC-Web without `Origin`, so not from a browser): tonic-web's translation, then as
 //!   natively;
-//! - **browser** (gRPC-Web from a page): CORS from the allowlist, then as gRPC-Web.
+//! - **browser** (gRPC-Web from a page): CORS from the allowlist, then as gRPC-Web;
+//! - **connect** (the Connect protocol, from a page or not): CORS, then the translation to gRPC
+//!   ([`crate::connect`]), then as natively.
 //!
 //! A new check on every call goes into the edge, and a new layer into [`stack`], nowhere else.
+
+use std::sync::Arc;
 
 use tonic_web::{GrpcWebLayer, GrpcWebService};
 use tower::Layer;
 use tower_http::cors::Cors;
 
-use crate::edge::{EdgeLayer, EdgeService};
+use crate::{
+    connect::{ConnectService, Methods},
+    edge::{EdgeLayer, EdgeService},
+};
 
 /// A gRPC service as native gRPC clients reach it.
 pub(crate) type Native<S> = EdgeService<S>;
@@ -24,6 +31,8 @@ pub(crate) type Native<S> = EdgeService<S>;
 pub(crate) type Web<S> = GrpcWebService<Native<S>>;
 /// A gRPC service as browsers reach it.
 pub(crate) type Browser<S> = Cors<Web<S>>;
+/// A gRPC service as Connect clients reach it.
+pub(crate) type Connect<S> = Cors<ConnectService<Native<S>>>;
 
 /// One gRPC service in each of its three transports, sharing one inner service.
 #[derive(Clone)]
@@ -31,6 +40,7 @@ pub(crate) struct Stack<S> {
     pub(crate) native: Native<S>,
     pub(crate) web: Web<S>,
     pub(crate) browser: Browser<S>,
+    pub(crate) connect: Connect<S>,
 }
 
 /// What every stack is built from, made once: the edge (metrics, the hosts served, the token
@@ -39,6 +49,8 @@ pub(crate) struct Stack<S> {
 pub(crate) struct Layers {
     pub(crate) edge: EdgeLayer,
     pub(crate) cors: tower_http::cors::CorsLayer,
+    /// The message types of each method (for Connect's JSON) and `--max-message-size`.
+    pub(crate) connect: (Arc<Methods>, usize),
 }
 
 /// Wraps `service` in the gRPC layers, once per transport.
@@ -46,9 +58,16 @@ pub(crate) fn stack<S: Clone>(service: S, layers: &Layers) -> Stack<S> {
     let native = layers.edge.layer(service);
     let web = GrpcWebLayer::new().layer(native.clone());
     let browser = layers.cors.layer(web.clone());
+    let (methods, max_message_size) = &layers.connect;
+    let connect = layers.cors.layer(ConnectService::new(
+        native.clone(),
+        methods.clone(),
+        *max_message_size,
+    ));
     Stack {
         native,
         web,
         browser,
+        connect,
     }
 }

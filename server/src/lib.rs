@@ -32,6 +32,7 @@ mod auth;
 mod body;
 mod compress;
 mod config;
+mod connect;
 mod connections;
 mod cors;
 mod deadline;

@@ -29,6 +29,8 @@ pub(crate) enum Transport {
     Web,
     /// gRPC-Web (or a CORS preflight) from a page, which always sends `Origin`.
     Browser,
+    /// The Connect protocol ([`crate::connect`]), from a page or not.
+    Connect,
 }
 
 /// Where a request goes.
@@ -126,6 +128,9 @@ pub(crate) struct GrpcMethod {
     /// The method's name (`getOrder`).
     pub(crate) name: String,
     pub(crate) kind: Kind,
+    /// Its message types' full names (`.Order`, `.google.protobuf.StringValue`).
+    pub(crate) input: String,
+    pub(crate) output: String,
 }
 
 impl GrpcMethod {
@@ -176,6 +181,8 @@ pub(crate) fn methods(set: &prost_types::FileDescriptorSet) -> Vec<GrpcMethod> {
                     service: full_name.clone(),
                     name: method.name().to_owned(),
                     kind,
+                    input: method.input_type().to_owned(),
+                    output: method.output_type().to_owned(),
                 });
             }
         }
@@ -214,6 +221,9 @@ impl Route {
                     Transport::Web
                 };
                 Route::Grpc(target, transport)
+            }
+            _ if crate::connect::Shape::of(request).is_some() => {
+                Route::Grpc(target, Transport::Connect)
             }
             _ if request.method() == Method::OPTIONS
                 && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) =>

@@ -1,0 +1,839 @@
+//! The Connect protocol (<https://connectrpc.com/docs/protocol>) on the same port, as a translation
+//! in front of the native gRPC stack: a Connect call becomes a gRPC call to the same edge and the
+//! same service (so the same auth, idempotency keys, metrics, limits and logs), and its answer
+//! becomes Connect's. Nothing of it runs for a gRPC or gRPC-Web call.
+//!
+//! - **Unary** (`POST` with `application/json` or `application/proto`, or `GET` with
+//!   `?encoding=json|proto&message=…`): the body is the message itself. An error is HTTP status
+//!   from its code and a JSON body `{"code", "message", "details"}`, each detail as `type`, `value`
+//!   (base64) and `debug` (its JSON, for `google.rpc.BadRequest`).
+//! - **Streaming** (`application/connect+json`, `application/connect+proto`): messages framed as
+//!   gRPC frames them (a flag byte, then a four-byte length), the last one flagged `0x02` and
+//!   holding the end of the call as JSON (`{"error": …, "metadata": …}`).
+//! - `Connect-Timeout-Ms` is the call's deadline; gzip is `Content-Encoding` for a unary body and
+//!   `Connect-Content-Encoding` for streamed messages, their answers compressed when
+//!   `Accept-Encoding` / `Connect-Accept-Encoding` take gzip.
+//!
+//! JSON is protobuf's JSON mapping for the generated types (`order-api`'s `serde` feature, by
+//! pbjson), for the order service's methods; other services (health, reflection) take Connect in
+//! binary only.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use base64::{
+    engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD},
+    Engine,
+};
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full, Limited};
+use order_api::pb::{CombinedShipment, Order};
+use prost::Message;
+use tonic::{body::Body as GrpcBody, Code, Status};
+
+use crate::compress::{self, Frames, GRPC_ACCEPT_ENCODING, GRPC_ENCODING, THRESHOLD};
+
+const CONNECT_TIMEOUT_MS: HeaderName = HeaderName::from_static("connect-timeout-ms");
+const CONNECT_CONTENT_ENCODING: HeaderName = HeaderName::from_static("connect-content-encoding");
+const CONNECT_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("connect-accept-encoding");
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// A message flagged as compressed, and the end of a Connect stream.
+const COMPRESSED: u8 = 0x01;
+const END_STREAM: u8 = 0x02;
+
+/// The two encodings of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Codec {
+    Json,
+    Proto,
+}
+
+/// What kind of Connect request a request is, from its method and content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    Unary(Codec),
+    /// A unary call in a `GET`'s query.
+    Get,
+    Stream(Codec),
+}
+
+impl Shape {
+    /// `None`: not Connect.
+    pub(crate) fn of<B>(request: &Request<B>) -> Option<Shape> {
+        if request.method() == Method::GET {
+            let query = request.uri().query()?;
+            let connect = query.split('&').any(|pair| pair.starts_with("encoding="));
+            return (connect && crate::route::order_method(request.uri().path()).is_some())
+                .then_some(Shape::Get);
+        }
+        if request.method() != Method::POST {
+            return None;
+        }
+        let content_type = request.headers().get(header::CONTENT_TYPE)?.as_bytes();
+        let essence = content_type
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        match essence {
+            b"application/json" => Some(Shape::Unary(Codec::Json)),
+            b"application/proto" => Some(Shape::Unary(Codec::Proto)),
+            b"application/connect+json" => Some(Shape::Stream(Codec::Json)),
+            b"application/connect+proto" => Some(Shape::Stream(Codec::Proto)),
+            _ => None,
+        }
+    }
+}
+
+/// The message types of a method, for JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Type {
+    /// `google.protobuf.StringValue`: a JSON string.
+    String,
+    Order,
+    Shipment,
+    /// Anything else: binary only.
+    Other,
+}
+
+impl Type {
+    fn of(name: &str) -> Type {
+        match name {
+            ".google.protobuf.StringValue" => Type::String,
+            ".Order" => Type::Order,
+            ".CombinedShipment" => Type::Shipment,
+            _ => Type::Other,
+        }
+    }
+
+    /// The binary message of `json`.
+    fn encode_json(self, json: &[u8]) -> Result<Vec<u8>, Status> {
+        fn parse<T: serde::de::DeserializeOwned + Message>(json: &[u8]) -> Result<Vec<u8>, Status> {
+            serde_json::from_slice::<T>(json)
+                .map(|message| message.encode_to_vec())
+                .map_err(|error| {
+                    Status::invalid_argument(format!(
+                        "the message is not valid JSON for its type: {error}"
+                    ))
+                })
+        }
+        match self {
+            Type::String => parse::<String>(json),
+            Type::Order => parse::<Order>(json),
+            Type::Shipment => parse::<CombinedShipment>(json),
+            Type::Other => Err(json_unsupported()),
+        }
+    }
+
+    /// The JSON of the binary message `bytes`.
+    fn decode_to_json(self, bytes: &[u8]) -> Result<Vec<u8>, Status> {
+        fn print<T: serde::Serialize + Message + Default>(bytes: &[u8]) -> Result<Vec<u8>, Status> {
+            let message = T::decode(bytes).map_err(|error| Status::internal(error.to_string()))?;
+            serde_json::to_vec(&message).map_err(|error| Status::internal(error.to_string()))
+        }
+        match self {
+            Type::String => print::<String>(bytes),
+            Type::Order => print::<Order>(bytes),
+            Type::Shipment => print::<CombinedShipment>(bytes),
+            Type::Other => Err(json_unsupported()),
+        }
+    }
+}
+
+fn json_unsupported() -> Status {
+    Status::unimplemented(
+        "JSON is served for the OrderManagement service only: use application/proto",
+    )
+}
+
+/// The input and output types of every method served, by wire path.
+pub(crate) struct Methods(Vec<(String, Type, Type)>);
+
+impl Methods {
+    pub(crate) fn new() -> Self {
+        Self(
+            crate::route::served_methods()
+                .into_iter()
+                .map(|m| (m.path(), Type::of(&m.input), Type::of(&m.output)))
+                .collect(),
+        )
+    }
+
+    fn of(&self, path: &str) -> (Type, Type) {
+        self.0
+            .iter()
+            .find(|(p, ..)| p == path)
+            .map_or((Type::Other, Type::Other), |&(_, input, output)| {
+                (input, output)
+            })
+    }
+}
+
+/// The Connect side of a gRPC stack: translates, calls `inner` (the native stack), translates back.
+#[derive(Clone)]
+pub(crate) struct ConnectService<S> {
+    inner: S,
+    methods: Arc<Methods>,
+    max_message_size: usize,
+}
+
+impl<S> ConnectService<S> {
+    pub(crate) fn new(inner: S, methods: Arc<Methods>, max_message_size: usize) -> Self {
+        Self {
+            inner,
+            methods,
+            max_message_size,
+        }
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<GrpcBody>, Infallible>> + Send>>;
+
+impl<S, B> tower::Service<Request<B>> for ConnectService<S>
+where
+    S: tower::Service<Request<GrpcBody>, Response = Response<GrpcBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = Response<GrpcBody>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> BoxFuture {
+        let inner = self.inner.clone();
+        let methods = self.methods.clone();
+        let limit = self.max_message_size;
+        Box::pin(async move {
+            let Some(shape) = Shape::of(&request) else {
+                return Ok(unary_error(
+                    &Status::unimplemented("not a Connect request"),
+                    &HeaderMap::new(),
+                ));
+            };
+            let (input, output) = methods.of(request.uri().path());
+            Ok(match shape {
+                Shape::Stream(codec) => stream(inner, request, codec, (input, output), limit).await,
+                Shape::Unary(_) | Shape::Get => {
+                    unary(inner, request, shape, input, output, limit).await
+                }
+            })
+        })
+    }
+}
+
+/// The gRPC request of a Connect one: its headers but Connect's own, its deadline, `body`.
+fn grpc_request(parts: &http::request::Parts, body: GrpcBody) -> Result<Request<GrpcBody>, Status> {
+    let mut request = Request::new(body);
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = http::Uri::builder()
+        .path_and_query(parts.uri.path())
+        .build()
+        .map_err(|error| Status::invalid_argument(error.to_string()))?;
+    *request.version_mut() = parts.version;
+    *request.extensions_mut() = parts.extensions.clone();
+    let headers = request.headers_mut();
+    for (name, value) in &parts.headers {
+        let connect = name.as_str().starts_with("connect-");
+        let replaced = matches!(
+            *name,
+            header::CONTENT_TYPE
+                | header::CONTENT_LENGTH
+                | header::CONTENT_ENCODING
+                | header::ACCEPT_ENCODING
+                | header::TE
+        ) || name == GRPC_TIMEOUT
+            || name == GRPC_ENCODING
+            || name == GRPC_ACCEPT_ENCODING;
+        if !connect && !replaced {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if let Some(timeout) = parts.headers.get(CONNECT_TIMEOUT_MS) {
+        let ms = timeout
+            .to_str()
+            .ok()
+            .filter(|ms| !ms.is_empty() && ms.len() <= 10 && ms.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "Connect-Timeout-Ms must be a number of milliseconds, at most 10 digits",
+                )
+            })?;
+        // gRPC's own unit: at most 8 digits, so whole seconds past that.
+        let value = if ms.len() <= 8 {
+            format!("{ms}m")
+        } else {
+            format!("{}S", ms.parse::<u64>().unwrap_or(0) / 1000)
+        };
+        headers.insert(GRPC_TIMEOUT, value.parse().expect("digits"));
+    }
+    Ok(request)
+}
+
+/// One Connect unary call.
+async fn unary<S, B>(
+    mut inner: S,
+    request: Request<B>,
+    shape: Shape,
+    input: Type,
+    output: Type,
+    limit: usize,
+) -> Response<GrpcBody>
+where
+    S: tower::Service<Request<GrpcBody>, Response = Response<GrpcBody>, Error = Infallible>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    let (parts, body) = request.into_parts();
+    let gzip_answer = compress::accepts_gzip(&parts.headers);
+    let read = match shape {
+        Shape::Get => message_of_query(parts.uri.query().unwrap_or_default(), limit),
+        Shape::Unary(codec) => read_body(body, &parts.headers, limit)
+            .await
+            .map(|bytes| (codec, bytes)),
+        Shape::Stream(_) => unreachable!("streams are not unary"),
+    };
+    let (codec, message) = match read.and_then(|(codec, bytes)| match codec {
+        Codec::Json => input.encode_json(&bytes).map(|proto| (codec, proto)),
+        Codec::Proto => Ok((codec, bytes.to_vec())),
+    }) {
+        Ok(read) => read,
+        Err(status) => return unary_error(&status, &HeaderMap::new()),
+    };
+    let mut framed = BytesMut::new();
+    compress::put_message(&mut framed, 0, &message);
+    let grpc = match grpc_request(&parts, GrpcBody::new(Full::new(framed.freeze()))) {
+        Ok(grpc) => grpc,
+        Err(status) => return unary_error(&status, &HeaderMap::new()),
+    };
+    let response = match inner.call(grpc).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let (head, body) = response.into_parts();
+    let collected = match body.collect().await {
+        Ok(collected) => collected,
+        Err(status) => return unary_error(&status, &HeaderMap::new()),
+    };
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let status = Status::from_header_map(&head.headers)
+        .or_else(|| Status::from_header_map(&trailers))
+        .unwrap_or_else(|| Status::unknown("the call ended without a status"));
+    if status.code() != Code::Ok {
+        return unary_error(&status, &metadata_of(&head.headers, &trailers));
+    }
+    let mut frames = Frames::default();
+    frames.push(collected.to_bytes());
+    let Some((_, message)) = frames.next() else {
+        return unary_error(
+            &Status::internal("the call answered no message"),
+            &HeaderMap::new(),
+        );
+    };
+    let body = match codec {
+        Codec::Json => match output.decode_to_json(&message) {
+            Ok(json) => Bytes::from(json),
+            Err(status) => return unary_error(&status, &HeaderMap::new()),
+        },
+        Codec::Proto => message,
+    };
+    let mut response = Response::new(GrpcBody::empty());
+    let headers = response.headers_mut();
+    headers.extend(metadata_of(&head.headers, &trailers));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(match codec {
+            Codec::Json => "application/json",
+            Codec::Proto => "application/proto",
+        }),
+    );
+    let body = match gzip_answer
+        .then(|| compress::gzip_whole(headers, &body))
+        .flatten()
+    {
+        Some(compressed) => compressed,
+        None => body,
+    };
+    *response.body_mut() = GrpcBody::new(Full::new(body));
+    response
+}
+
+/// A unary request's message: the whole body, inflated if it says gzip, at most `limit` bytes.
+async fn read_body<B>(body: B, headers: &HeaderMap, limit: usize) -> Result<Bytes, Status>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    let gzip = match headers
+        .get(header::CONTENT_ENCODING)
+        .map(HeaderValue::as_bytes)
+    {
+        None | Some(b"identity") => false,
+        Some(b"gzip") => true,
+        Some(other) => {
+            return Err(Status::unimplemented(format!(
+                "Content-Encoding {:?} is not supported: this server accepts gzip",
+                String::from_utf8_lossy(other)
+            )))
+        }
+    };
+    let bytes = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|error| {
+            if error.is::<http_body_util::LengthLimitError>() {
+                Status::resource_exhausted(format!(
+                    "the message is over the limit of {limit} bytes (--max-message-size)"
+                ))
+            } else {
+                Status::from_error(error)
+            }
+        })?
+        .to_bytes();
+    if gzip {
+        compress::inflate(&bytes, limit).map(Bytes::from)
+    } else {
+        Ok(bytes)
+    }
+}
+
+/// The message of a `GET`: `encoding`, `message` (percent-encoded; URL-safe base64 with
+/// `base64=1`), `compression`.
+fn message_of_query(query: &str, limit: usize) -> Result<(Codec, Bytes), Status> {
+    let (mut codec, mut message, mut base64, mut gzip) = (None, None, false, false);
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value =
+            percent_encoding::percent_decode_str(&value.replace('+', " ")).collect::<Vec<u8>>();
+        match name {
+            "encoding" => {
+                codec = Some(match &value[..] {
+                    b"json" => Codec::Json,
+                    b"proto" => Codec::Proto,
+                    _ => return Err(Status::invalid_argument("encoding must be json or proto")),
+                })
+            }
+            "message" => message = Some(value),
+            "base64" => base64 = value == b"1",
+            "compression" => match &value[..] {
+                b"gzip" => gzip = true,
+                b"identity" | b"" => {}
+                other => {
+                    return Err(Status::unimplemented(format!(
+                        "compression {:?} is not supported: this server accepts gzip",
+                        String::from_utf8_lossy(other)
+                    )))
+                }
+            },
+            _ => {}
+        }
+    }
+    let codec = codec.ok_or_else(|| {
+        Status::invalid_argument("a Connect GET needs encoding=json or encoding=proto")
+    })?;
+    let mut message = message.unwrap_or_default();
+    if base64 {
+        message = [URL_SAFE_NO_PAD, URL_SAFE]
+            .iter()
+            .find_map(|engine| engine.decode(&message).ok())
+            .ok_or_else(|| Status::invalid_argument("message is not URL-safe base64"))?;
+    }
+    if gzip {
+        message = compress::inflate(&message, limit)?;
+    }
+    if message.len() > limit {
+        return Err(Status::resource_exhausted(format!(
+            "the message is over the limit of {limit} bytes"
+        )));
+    }
+    Ok((codec, message.into()))
+}
+
+/// Connect's name of a code.
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "canceled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// The HTTP status of a unary error, as Connect maps codes.
+pub(crate) fn http_status(code: Code) -> StatusCode {
+    let status = match code {
+        Code::Ok => 200,
+        Code::Cancelled => 499,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+        Code::DeadlineExceeded => 504,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::PermissionDenied => 403,
+        Code::ResourceExhausted => 429,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::Unauthenticated => 401,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
+    };
+    StatusCode::from_u16(status).expect("a valid status")
+}
+
+/// Connect's JSON error of `status`: code, message, and each detail as type, base64 value and,
+/// for the details this server sends, its JSON as `debug`.
+pub(crate) fn error_json(status: &Status) -> serde_json::Value {
+    let mut error = serde_json::json!({ "code": code_name(status.code()) });
+    if !status.message().is_empty() {
+        error["message"] = status.message().into();
+    }
+    let details: Vec<serde_json::Value> = tonic_types::pb::Status::decode(status.details())
+        .map(|rich| rich.details)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|any| {
+            let kind = any.type_url.rsplit('/').next().unwrap_or_default().to_owned();
+            let mut detail = serde_json::json!({ "type": kind, "value": STANDARD_NO_PAD.encode(&any.value) });
+            if kind == "google.rpc.BadRequest" {
+                if let Ok(bad) = tonic_types::pb::BadRequest::decode(&any.value[..]) {
+                    let violations: Vec<_> = bad
+                        .field_violations
+                        .iter()
+                        .map(|v| serde_json::json!({ "field": v.field, "description": v.description }))
+                        .collect();
+                    detail["debug"] = serde_json::json!({ "fieldViolations": violations });
+                }
+            }
+            detail
+        })
+        .collect();
+    if !details.is_empty() {
+        error["details"] = details.into();
+    }
+    error
+}
+
+/// A unary call's error answer, with the call's metadata as headers.
+fn unary_error(status: &Status, metadata: &HeaderMap) -> Response<GrpcBody> {
+    let body = serde_json::to_vec(&error_json(status)).expect("JSON of JSON values");
+    let mut response = Response::new(GrpcBody::new(Full::new(Bytes::from(body))));
+    *response.status_mut() = http_status(status.code());
+    response.headers_mut().extend(metadata.clone());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The metadata of a gRPC answer as Connect unary headers: its headers, and its trailers as
+/// `trailer-` headers, gRPC's own left out.
+fn metadata_of(headers: &HeaderMap, trailers: &HeaderMap) -> HeaderMap {
+    let mut metadata = HeaderMap::new();
+    let own = |name: &HeaderName| {
+        name.as_str().starts_with("grpc-")
+            || matches!(
+                *name,
+                header::CONTENT_TYPE | header::CONTENT_LENGTH | header::DATE
+            )
+    };
+    for (name, value) in headers.iter().filter(|(name, _)| !own(name)) {
+        metadata.append(name.clone(), value.clone());
+    }
+    for (name, value) in trailers.iter().filter(|(name, _)| !own(name)) {
+        if let Ok(name) = HeaderName::try_from(format!("trailer-{name}")) {
+            metadata.append(name, value.clone());
+        }
+    }
+    metadata
+}
+
+/// One Connect streaming call.
+async fn stream<S, B>(
+    mut inner: S,
+    request: Request<B>,
+    codec: Codec,
+    (input, output): (Type, Type),
+    limit: usize,
+) -> Response<GrpcBody>
+where
+    S: tower::Service<Request<GrpcBody>, Response = Response<GrpcBody>, Error = Infallible>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    let (parts, body) = request.into_parts();
+    let content_type = HeaderValue::from_static(match codec {
+        Codec::Json => "application/connect+json",
+        Codec::Proto => "application/connect+proto",
+    });
+    let gzip_in = match parts
+        .headers
+        .get(CONNECT_CONTENT_ENCODING)
+        .map(HeaderValue::as_bytes)
+    {
+        None | Some(b"identity") => false,
+        Some(b"gzip") => true,
+        Some(other) => {
+            let status = Status::unimplemented(format!(
+                "Connect-Content-Encoding {:?} is not supported: this server accepts gzip",
+                String::from_utf8_lossy(other)
+            ));
+            return end_only(&status, content_type);
+        }
+    };
+    let gzip_out = parts
+        .headers
+        .get(CONNECT_ACCEPT_ENCODING)
+        .is_some_and(compress::lists_gzip);
+    let body = GrpcBody::new(RequestMessages {
+        inner: body,
+        frames: Frames::default(),
+        codec,
+        input,
+        limit,
+    });
+    let mut grpc = match grpc_request(&parts, body) {
+        Ok(grpc) => grpc,
+        Err(status) => return end_only(&status, content_type),
+    };
+    if gzip_in {
+        // The edge inflates flagged messages (JSON ones are inflated here first).
+        if codec == Codec::Proto {
+            grpc.headers_mut()
+                .insert(GRPC_ENCODING, HeaderValue::from_static("gzip"));
+        }
+    }
+    let response = match inner.call(grpc).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let (head, body) = response.into_parts();
+    let mut response = Response::new(GrpcBody::new(AnswerMessages {
+        inner: body,
+        frames: Frames::default(),
+        codec,
+        output,
+        gzip: gzip_out,
+        limit,
+        head: Some(head.headers.clone()),
+        done: false,
+    }));
+    let headers = response.headers_mut();
+    headers.extend(metadata_of(&head.headers, &HeaderMap::new()));
+    headers.insert(header::CONTENT_TYPE, content_type);
+    if gzip_out {
+        headers.insert(CONNECT_CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    response
+}
+
+/// A stream answered with its end alone.
+fn end_only(status: &Status, content_type: HeaderValue) -> Response<GrpcBody> {
+    let mut out = BytesMut::new();
+    compress::put_message(
+        &mut out,
+        END_STREAM,
+        &end_json(Some(status), &HeaderMap::new()),
+    );
+    let mut response = Response::new(GrpcBody::new(Full::new(out.freeze())));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, content_type);
+    response
+}
+
+/// The end-of-stream message: the error, if any, and the trailers as metadata.
+fn end_json(status: Option<&Status>, trailers: &HeaderMap) -> Vec<u8> {
+    let mut end = serde_json::json!({});
+    if let Some(status) = status.filter(|status| status.code() != Code::Ok) {
+        end["error"] = error_json(status);
+    }
+    let mut metadata = serde_json::Map::new();
+    for (name, value) in trailers
+        .iter()
+        .filter(|(name, _)| !name.as_str().starts_with("grpc-"))
+    {
+        if let Ok(value) = value.to_str() {
+            let values = metadata
+                .entry(name.as_str())
+                .or_insert_with(|| serde_json::json!([]));
+            values.as_array_mut().expect("an array").push(value.into());
+        }
+    }
+    if !metadata.is_empty() {
+        end["metadata"] = metadata.into();
+    }
+    serde_json::to_vec(&end).expect("JSON of JSON values")
+}
+
+pin_project_lite::pin_project! {
+    /// A Connect request stream as gRPC messages: binary ones as they are, JSON ones encoded.
+    struct RequestMessages<B> {
+        #[pin]
+        inner: B,
+        frames: Frames,
+        codec: Codec,
+        input: Type,
+        limit: usize,
+    }
+}
+
+impl<B> Body for RequestMessages<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let mut this = self.project();
+        loop {
+            match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if *this.codec == Codec::Proto => {
+                        return Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Ok(data) => {
+                        this.frames.push(data);
+                        let mut out = BytesMut::new();
+                        while let Some((flag, message)) = this.frames.next() {
+                            let json = if flag & COMPRESSED != 0 {
+                                compress::inflate(&message, *this.limit).map(Bytes::from)?
+                            } else {
+                                message
+                            };
+                            compress::put_message(&mut out, 0, &this.input.encode_json(&json)?);
+                        }
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                        }
+                    }
+                    Err(_trailers) => {}
+                },
+                Some(Err(error)) => {
+                    return Poll::Ready(Some(Err(Status::from_error(error.into()))))
+                }
+                None => return Poll::Ready(this.frames.rest().map(|rest| Ok(Frame::data(rest)))),
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A gRPC answer as a Connect stream: its messages, then the end-of-stream message.
+    struct AnswerMessages {
+        #[pin]
+        inner: GrpcBody,
+        frames: Frames,
+        codec: Codec,
+        output: Type,
+        gzip: bool,
+        limit: usize,
+        // The answer's headers, where a trailers-only answer has its status.
+        head: Option<HeaderMap>,
+        done: bool,
+    }
+}
+
+impl Body for AnswerMessages {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let mut this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            let trailers = match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        this.frames.push(data);
+                        let mut out = BytesMut::new();
+                        while let Some((flag, message)) = this.frames.next() {
+                            let message = match *this.codec {
+                                Codec::Proto => message,
+                                Codec::Json => {
+                                    let plain = if flag & COMPRESSED != 0 {
+                                        compress::inflate(&message, *this.limit).map(Bytes::from)?
+                                    } else {
+                                        message
+                                    };
+                                    this.output.decode_to_json(&plain)?.into()
+                                }
+                            };
+                            if *this.gzip && message.len() >= THRESHOLD {
+                                compress::put_message(
+                                    &mut out,
+                                    COMPRESSED,
+                                    &compress::deflate(&message),
+                                );
+                            } else {
+                                compress::put_message(&mut out, 0, &message);
+                            }
+                        }
+                        if out.is_empty() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                    }
+                    Err(frame) => frame.into_trailers().unwrap_or_default(),
+                },
+                Some(Err(status)) => {
+                    *this.done = true;
+                    let end = end_json(Some(&status), &HeaderMap::new());
+                    let mut out = BytesMut::new();
+                    compress::put_message(&mut out, END_STREAM, &end);
+                    return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                }
+                None => HeaderMap::new(),
+            };
+            *this.done = true;
+            let head = this.head.take().unwrap_or_default();
+            let status = Status::from_header_map(&trailers)
+                .or_else(|| Status::from_header_map(&head))
+                .unwrap_or_else(|| Status::unknown("the call ended without a status"));
+            let mut out = BytesMut::new();
+            compress::put_message(&mut out, END_STREAM, &end_json(Some(&status), &trailers));
+            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+        }
+    }
+}
