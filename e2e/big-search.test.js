@@ -108,3 +108,24 @@ test("a second search started mid-stream cancels the first on the server", async
   assert.equal(await searchesEnded("Canceled"), cancelledBefore + 1, "the first search was cancelled");
   assert.match(await page.locator("#search-results li").first().innerText(), /spare/, "only the second search's results");
 });
+
+test("an import with 10 000 bad lines names the first and counts the rest, without freezing", async () => {
+  await page.evaluate(() => {
+    globalThis.importLongTasks = [];
+    new PerformanceObserver((list) => {
+      for (const entry of list.getEntries()) globalThis.importLongTasks.push(Math.round(entry.duration));
+    }).observe({ type: "longtask" });
+  });
+  const lines = ["items,price,destination"];
+  for (let i = 0; i < 10_000; i++) lines.push(`bad ${i},-1,Reno NV`);
+  await page.setInputFiles("#import-file", { name: "bad.csv", mimeType: "text/csv", buffer: Buffer.from(lines.join("\n")) });
+  await page.click("#import");
+  await page.waitForFunction(() => /Nothing was imported/.test(document.querySelector("#import-status").textContent), null, { timeout: 120_000 });
+  // The server names the first ten bad fields and counts the others; the page says both.
+  assert.equal(await page.locator("#import-errors li").count(), 10);
+  assert.match(await page.locator("#import-errors li").first().innerText(), /^Line 2: price must not be negative/);
+  assert.match(await page.locator("#import-status").innerText(), /first 10 problems are listed; [\d,]+ more were found/);
+  assert.ok((await nodes()) < 5000, `${await nodes()} DOM nodes`);
+  const long = await page.evaluate(() => globalThis.importLongTasks.filter((ms) => ms > 100));
+  assert.deepEqual(long, [], "no task over 100 ms");
+});

@@ -454,8 +454,11 @@ importForm.addEventListener("submit", async (event) => {
     importForm.reset();
   } catch (error) {
     const violations = error.fieldViolations ?? [];
+    // The server names the first few bad fields and counts the rest ("…; and 9990 more").
+    const more = Number(/; and (\d+) more$/.exec(error.message ?? "")?.[1] ?? 0);
     importStatus.textContent = violations.length
-      ? `Nothing was imported: ${violations.length === 1 ? "an order is" : "orders are"} invalid.`
+      ? `Nothing was imported: ${violations.length === 1 && !more ? "an order is" : "orders are"} invalid.` +
+        (more ? ` The first ${count(violations.length, "problem")} are listed; ${more.toLocaleString("en-US")} more were found.` : "")
       : refusal(error) ?? `Nothing was imported: ${error.message}`;
     for (const violation of violations) importErrorList.push(rowError(violation, lineNumbers));
     importErrorList.draw();
