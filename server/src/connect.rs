@@ -837,3 +837,150 @@ impl Body for AnswerMessages {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The code table of the Connect protocol's specification ("Error Codes").
+    #[test]
+    fn codes_have_connects_names_and_http_statuses() {
+        let table = [
+            (Code::Cancelled, "canceled", 499),
+            (Code::Unknown, "unknown", 500),
+            (Code::InvalidArgument, "invalid_argument", 400),
+            (Code::DeadlineExceeded, "deadline_exceeded", 504),
+            (Code::NotFound, "not_found", 404),
+            (Code::AlreadyExists, "already_exists", 409),
+            (Code::PermissionDenied, "permission_denied", 403),
+            (Code::ResourceExhausted, "resource_exhausted", 429),
+            (Code::FailedPrecondition, "failed_precondition", 400),
+            (Code::Aborted, "aborted", 409),
+            (Code::OutOfRange, "out_of_range", 400),
+            (Code::Unimplemented, "unimplemented", 501),
+            (Code::Internal, "internal", 500),
+            (Code::Unavailable, "unavailable", 503),
+            (Code::DataLoss, "data_loss", 500),
+            (Code::Unauthenticated, "unauthenticated", 401),
+        ];
+        for (code, name, http) in table {
+            assert_eq!(code_name(code), name);
+            assert_eq!(http_status(code).as_u16(), http, "{name}");
+        }
+    }
+
+    /// The specification's GET example, `?connect=v1&encoding=json&message=…`, and its base64 form.
+    #[test]
+    fn a_get_query_gives_its_message() {
+        let (codec, message) = message_of_query(
+            "connect=v1&encoding=json&message=%7B%22sentence%22%3A%22Hello%22%7D",
+            1024,
+        )
+        .unwrap();
+        assert_eq!(codec, Codec::Json);
+        assert_eq!(&message[..], br#"{"sentence":"Hello"}"#);
+        let (codec, message) =
+            message_of_query("encoding=proto&base64=1&message=CgVIZWxsbw", 1024).unwrap();
+        assert_eq!(codec, Codec::Proto);
+        assert_eq!(&message[..], b"\n\x05Hello");
+        for bad in [
+            "message=x",
+            "encoding=xml&message=x",
+            "encoding=proto&base64=1&message=%%%",
+        ] {
+            let status = message_of_query(bad, 1024).unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{bad}");
+        }
+        let status = message_of_query("encoding=json&compression=br&message=x", 1024).unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented);
+    }
+
+    /// The specification's error example: code, message, and a detail's type, value and debug.
+    #[test]
+    fn an_error_is_connects_json() {
+        let status = Status::not_found("order 999 not found");
+        assert_eq!(
+            error_json(&status),
+            serde_json::json!({ "code": "not_found", "message": "order 999 not found" })
+        );
+        let details =
+            tonic_types::ErrorDetails::with_bad_request_violation("price", "must not be negative");
+        let status = <Status as tonic_types::StatusExt>::with_error_details(
+            Code::InvalidArgument,
+            "bad order",
+            details,
+        );
+        let json = error_json(&status);
+        assert_eq!(json["details"][0]["type"], "google.rpc.BadRequest");
+        assert_eq!(
+            json["details"][0]["debug"]["fieldViolations"][0]["field"],
+            "price"
+        );
+        let value = STANDARD_NO_PAD
+            .decode(json["details"][0]["value"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(
+            tonic_types::pb::BadRequest::decode(&value[..])
+                .unwrap()
+                .field_violations[0]
+                .description,
+            "must not be negative"
+        );
+    }
+
+    /// The end of a stream: `{}` when it succeeded, the error otherwise, and the trailers.
+    #[test]
+    fn a_stream_ends_with_its_status_and_trailers() {
+        assert_eq!(end_json(Some(&Status::ok("")), &HeaderMap::new()), b"{}");
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-shipments", "3".parse().unwrap());
+        trailers.insert("grpc-status", "5".parse().unwrap());
+        let end: serde_json::Value =
+            serde_json::from_slice(&end_json(Some(&Status::not_found("gone")), &trailers)).unwrap();
+        assert_eq!(end["error"]["code"], "not_found");
+        assert_eq!(end["metadata"], serde_json::json!({ "x-shipments": ["3"] }));
+    }
+
+    #[test]
+    fn connect_requests_are_told_by_method_and_content_type() {
+        let request = |method: Method, uri: &str, content_type: Option<&str>| {
+            let mut builder = Request::builder().method(method).uri(uri);
+            if let Some(content_type) = content_type {
+                builder = builder.header(header::CONTENT_TYPE, content_type);
+            }
+            Shape::of(&builder.body(()).unwrap())
+        };
+        let path = "/OrderManagement/getOrder";
+        assert_eq!(
+            request(Method::POST, path, Some("application/json")),
+            Some(Shape::Unary(Codec::Json))
+        );
+        assert_eq!(
+            request(Method::POST, path, Some("application/proto")),
+            Some(Shape::Unary(Codec::Proto))
+        );
+        assert_eq!(
+            request(
+                Method::POST,
+                path,
+                Some("application/connect+json; charset=utf-8")
+            ),
+            Some(Shape::Stream(Codec::Json))
+        );
+        assert_eq!(
+            request(
+                Method::GET,
+                &format!("{path}?encoding=json&message=1"),
+                None
+            ),
+            Some(Shape::Get)
+        );
+        assert_eq!(
+            request(Method::GET, "/index.html?encoding=json", None),
+            None
+        );
+        assert_eq!(request(Method::GET, path, None), None);
+        assert_eq!(request(Method::POST, path, Some("application/grpc")), None);
+        assert_eq!(request(Method::PUT, path, Some("application/json")), None);
+    }
+}
