@@ -1,7 +1,9 @@
 """Clients written by others against the tutorial's proto, calling a live order-server.
 
 - Python grpcio, with code generated from proto/order_management.proto at test time;
-- `buf curl` over gRPC-Web and native gRPC, with no .proto file (server reflection).
+- `buf curl` over gRPC-Web, native gRPC and the Connect protocol, with no .proto file (server
+  reflection);
+- plain `curl` with JSON (the Connect protocol's unary calls).
 
 Run by `make test` (python3 -m unittest, in the project's .venv).
 """
@@ -132,6 +134,19 @@ class PythonGrpcio(unittest.TestCase):
         self.assertEqual(len(bad_requests), 1)
         fields = [v.field for v in bad_requests[0].field_violations]
         self.assertEqual(fields, ["items[1]", "price", "destination"])
+
+    def test_gzip_both_ways(self):
+        # grpcio compresses its requests (the server inflates them) and always accepts gzip, so
+        # large answers come back compressed.
+        channel = grpc.insecure_channel(SERVER.address, compression=grpc.Compression.Gzip)
+        stub = pb_grpc.OrderManagementStub(channel)
+        items = [f"gzip item {i} " + "p" * 150 for i in range(30)]
+        order_id = stub.addOrder(pb.Order(items=items, price=3, destination="Erie, PA"), timeout=5).value
+        # (grpcio keeps grpc-encoding to itself: that the answer is compressed on the wire is
+        # checked with raw HTTP/2 frames in server/tests/compression.rs.)
+        order = stub.getOrder(wrappers.StringValue(value=order_id), timeout=5)
+        self.assertEqual(list(order.items), items)
+        channel.close()
 
     def test_search_streams_the_matches(self):
         found = [o.id for o in self.stub.searchOrders(wrappers.StringValue(value="Google"), timeout=5)]
@@ -396,6 +411,53 @@ class BufCurl(unittest.TestCase):
             orders.append(order)
             text = text[end:].strip()
         self.assertEqual([o["id"] for o in orders], ["102", "104"])
+
+    def test_connect_protocol_gets_106_and_streams_a_search(self):
+        # Reflection over the Connect protocol too (a bidi stream: HTTP/2).
+        for protocol_args in (["--protocol", "connect"], ["--protocol", "connect", "--http2-prior-knowledge"]):
+            result = buf_curl(
+                *protocol_args, "-d", '"106"', f"http://{SERVER.address}/OrderManagement/getOrder"
+            ) if "--http2-prior-knowledge" in protocol_args else buf_curl(
+                *protocol_args, "--schema", str(ROOT / "proto" / "order_management.proto"),
+                "-d", '"106"', f"http://{SERVER.address}/OrderManagement/getOrder",
+            )
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(json.loads(result.stdout)["id"], "106")
+        result = buf_curl(
+            "--protocol", "connect", "--http2-prior-knowledge", "-d", '"echo"',
+            f"http://{SERVER.address}/OrderManagement/searchOrders",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.count('"id"'), 2, result.stdout)
+        result = buf_curl(
+            "--protocol", "connect", "--http2-prior-knowledge", "-d", '"999"',
+            f"http://{SERVER.address}/OrderManagement/getOrder",
+        )
+        self.assertNotEqual(result.returncode, 0)
+        self.assertEqual(json.loads(result.stdout or result.stderr)["code"], "not_found")
+
+    def test_plain_curl_with_json(self):
+        def curl(path, body, *extra):
+            result = subprocess.run(
+                ["curl", "-sS", "-w", "\n%{http_code}", "-H", "content-type: application/json", *extra,
+                 "-d", body, f"http://{SERVER.address}/OrderManagement/{path}"],
+                capture_output=True, text=True, timeout=30,
+            )
+            self.assertEqual(result.returncode, 0, result.stderr)
+            text, status = result.stdout.rsplit("\n", 1)
+            return int(status), json.loads(text)
+
+        status, order = curl("getOrder", '"106"')
+        self.assertEqual((status, order["id"]), (200, "106"))
+        status, new_id = curl("addOrder", '{"items": ["curl mug"], "price": 4.5, "destination": "Tulsa, OK"}')
+        self.assertEqual(status, 200)
+        status, order = curl("getOrder", json.dumps(new_id), "--compressed")
+        self.assertEqual(order["items"], ["curl mug"])
+        status, error = curl("addOrder", '{"items": [], "price": 1, "destination": "x"}')
+        self.assertEqual(status, 400)
+        self.assertEqual(error["code"], "invalid_argument")
+        self.assertEqual(error["details"][0]["type"], "google.rpc.BadRequest")
+        self.assertEqual(error["details"][0]["debug"]["fieldViolations"][0]["field"], "items")
 
     def test_not_found_over_grpc_web(self):
         result = buf_curl(
