@@ -37,7 +37,7 @@ test-wasm: setup ## wasm-pack test --headless --chrome against a live server
 test-types: setup wasm ## tsc --noEmit over a typed example of the web client's whole JavaScript surface
 	e2e/node_modules/.bin/tsc -p web-client/ts
 
-test-e2e: setup wasm ## The page in headless Chromium and Firefox, driven like a person would; Node's http clients against refusals
+test-e2e: setup wasm ## The page in headless Chromium and Firefox, driven like a person would; Node's http clients against refusals; Connect-ES
 	cargo build -q -p order-server
 	cd e2e && node --test
 

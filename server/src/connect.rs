@@ -154,26 +154,29 @@ fn json_unsupported() -> Status {
     )
 }
 
-/// The input and output types of every method served, by wire path.
-pub(crate) struct Methods(Vec<(String, Type, Type)>);
+/// The input and output types of every method served, and whether it is unary, by wire path.
+pub(crate) struct Methods(Vec<(String, Type, Type, bool)>);
 
 impl Methods {
     pub(crate) fn new() -> Self {
         Self(
             crate::route::served_methods()
                 .into_iter()
-                .map(|m| (m.path(), Type::of(&m.input), Type::of(&m.output)))
+                .map(|m| {
+                    let unary = m.kind == crate::route::Kind::Unary;
+                    (m.path(), Type::of(&m.input), Type::of(&m.output), unary)
+                })
                 .collect(),
         )
     }
 
-    fn of(&self, path: &str) -> (Type, Type) {
-        self.0
-            .iter()
-            .find(|(p, ..)| p == path)
-            .map_or((Type::Other, Type::Other), |&(_, input, output)| {
-                (input, output)
-            })
+    /// The types of the method at `path`, and whether it streams; unknown methods are left to
+    /// the edge, which refuses them.
+    fn of(&self, path: &str) -> (Type, Type, bool) {
+        self.0.iter().find(|(p, ..)| p == path).map_or(
+            (Type::Other, Type::Other, false),
+            |&(_, input, output, unary)| (input, output, !unary),
+        )
     }
 }
 
@@ -226,9 +229,17 @@ where
                     &HeaderMap::new(),
                 ));
             };
-            let (input, output) = methods.of(request.uri().path());
+            let (input, output, streams) = methods.of(request.uri().path());
             Ok(match shape {
                 Shape::Stream(codec) => stream(inner, request, codec, (input, output), limit).await,
+                // One message in, one out: a streaming method would lose the rest of its answer.
+                Shape::Unary(_) | Shape::Get if streams => {
+                    let status = Status::unimplemented(format!(
+                        "{} streams: call it with application/connect+json or application/connect+proto",
+                        request.uri().path()
+                    ));
+                    unary_error(&status, &HeaderMap::new())
+                }
                 Shape::Unary(_) | Shape::Get => {
                     unary(inner, request, shape, input, output, limit).await
                 }

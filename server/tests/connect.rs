@@ -277,6 +277,21 @@ async fn the_edge_judges_connect_calls_as_any_other() {
         .unwrap()
         .contains("Connect-Timeout-Ms"));
 
+    // A streaming method called as unary: refused, naming the content type to use.
+    let (status, _, body) = send(
+        &server,
+        Method::POST,
+        "/OrderManagement/searchOrders",
+        &[JSON],
+        "\"google\"",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
+    assert!(json(&body)["message"]
+        .as_str()
+        .unwrap()
+        .contains("application/connect+json"));
+
     // An unknown method: unimplemented, 501.
     let (status, _, body) = send(
         &server,
