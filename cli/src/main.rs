@@ -1,6 +1,7 @@
 //! `order-client`: the tutorial's client, in Rust. Calls an `order-server` (or any server of the
-//! OrderManagement contract) over native gRPC, in all four RPC modes. Its own crate, depending on
-//! `order-api` only; orders are JSON through the serde derives `order-api` generates.
+//! OrderManagement contract) over native gRPC, gRPC-Web or the Connect protocol (`--protocol`),
+//! in all four RPC modes. Its own crate, depending on `order-api` only; orders are JSON through
+//! the serde impls `order-api` generates (protobuf's JSON mapping).
 //!
 //! ```text
 //! order-client get 106
@@ -15,6 +16,8 @@
 //! (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `ABORTED`, `UNKNOWN`): the server applies it once, however
 //! many attempts reach it.
 
+mod protocol;
+
 use std::{io::BufRead, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
@@ -22,7 +25,7 @@ use order_api::pb::{order_management_client::OrderManagementClient, CombinedShip
 use tonic::{
     metadata::{Ascii, MetadataValue},
     service::{interceptor::InterceptedService, Interceptor},
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+    transport::{Certificate, ClientTlsConfig, Endpoint},
 };
 
 /// Sends the bearer token, if any, with every call.
@@ -43,17 +46,22 @@ impl Interceptor for Token {
     }
 }
 
-/// The generated client over a channel that sends the token.
-type Client = OrderManagementClient<InterceptedService<Channel, Token>>;
+/// The generated client over a channel, in the chosen protocol, that sends the token.
+type Client = OrderManagementClient<InterceptedService<protocol::Transport, Token>>;
 use tonic_types::StatusExt;
 
-/// Call the OrderManagement service over native gRPC.
+/// Call the OrderManagement service over native gRPC, gRPC-Web or the Connect protocol.
 #[derive(Debug, Parser)]
 #[command(name = "order-client", version, about, long_about = None)]
 struct Cli {
     /// Address of the server.
     #[arg(long, env = "ORDER_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
+
+    /// The protocol to call it by: native gRPC, gRPC-Web (as browsers) or Connect (as `curl` and
+    /// Connect-ES), each over HTTP/2. The server speaks all three on the same port.
+    #[arg(long, env = "ORDER_PROTOCOL", value_enum, default_value_t = protocol::Protocol::Grpc)]
+    protocol: protocol::Protocol,
 
     /// Bearer token sent with every call, for a server that checks tokens (see `order-server
     /// token`).
@@ -194,7 +202,8 @@ async fn execute(cli: Cli) -> Result<(), String> {
             source_chain(&e)
         )
     })?;
-    let mut client = OrderManagementClient::with_interceptor(channel, Token(token));
+    let transport = protocol::transport(channel, cli.protocol);
+    let mut client = OrderManagementClient::with_interceptor(transport, Token(token));
     let key = match cli.idempotency_key {
         Some(key) => key,
         None => new_key(),

@@ -450,3 +450,57 @@ fn the_same_idempotency_key_from_another_run_gets_the_first_answer() {
     );
     assert_eq!(add("run-2"), "added order 108");
 }
+
+#[test]
+fn every_protocol_covers_all_four_modes_and_errors_with_details() {
+    let server = LiveServer::start();
+    for protocol in ["grpc", "grpc-web", "connect"] {
+        let run = |args: &[&str]| {
+            let output = client(&server, &[&["--protocol", protocol][..], args].concat());
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            (output, text)
+        };
+        let (found, text) = run(&["get", "106"]);
+        assert!(found.status.success(), "{protocol}: {found:?}");
+        assert!(text.contains("Apple iPhone XS"), "{protocol}: {text}");
+
+        let (missing, _) = run(&["get", "999"]);
+        let stderr = String::from_utf8_lossy(&missing.stderr);
+        assert!(stderr.contains("NotFound"), "{protocol}: {stderr}");
+
+        let (rejected, _) = run(&["add", "--item", "", "--destination", "X", "--price", "-1"]);
+        let stderr = String::from_utf8_lossy(&rejected.stderr);
+        assert!(
+            stderr.contains("  price: must not be negative"),
+            "{protocol}: {stderr}"
+        );
+
+        let id = format!("P-{protocol}");
+        let (added, text) = run(&[
+            "add",
+            "--id",
+            &id,
+            "--item",
+            "Lamp",
+            "--destination",
+            "Reno, NV",
+            "--price",
+            "5",
+        ]);
+        assert!(added.status.success(), "{protocol}: {added:?}");
+        assert_eq!(text.trim(), format!("added order {id}"));
+
+        let (_, text) = run(&["search", "lamp"]);
+        assert!(text.contains(&format!("Order {id}")), "{protocol}: {text}");
+
+        let update =
+            format!(r#"{{"id":"{id}","items":["Lamp"],"destination":"Reno, NV","price":6}}"#);
+        let (updated, text) = run(&["update", &update]);
+        assert!(updated.status.success(), "{protocol}: {updated:?}");
+        assert!(text.contains(&id), "{protocol}: {text}");
+
+        let (processed, text) = run(&["process", "102", &id]);
+        assert!(processed.status.success(), "{protocol}: {processed:?}");
+        assert_eq!(text.lines().count(), 2, "{protocol}: {text}");
+    }
+}
