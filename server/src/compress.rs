@@ -129,6 +129,21 @@ impl Frames {
         Some((flag, self.buffer.split_to(length).freeze()))
     }
 
+    /// Takes `data`, and hands each message it makes whole to `each` (its flag and bytes), which
+    /// writes what goes on in their place; the chunk written, or `None` when nothing is yet.
+    pub(crate) fn map(
+        &mut self,
+        data: impl Buf,
+        mut each: impl FnMut(u8, Bytes, &mut BytesMut) -> Result<(), Status>,
+    ) -> Result<Option<Bytes>, Status> {
+        self.push(data);
+        let mut out = BytesMut::new();
+        while let Some((flag, message)) = self.next() {
+            each(flag, message, &mut out)?;
+        }
+        Ok((!out.is_empty()).then(|| out.freeze()))
+    }
+
     /// What is left of a message cut short.
     pub(crate) fn rest(&mut self) -> Option<Bytes> {
         (!self.buffer.is_empty()).then(|| self.buffer.split().freeze())
@@ -157,6 +172,23 @@ pub(crate) fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Status
         Err(error) => Err(Status::invalid_argument(format!(
             "a message flagged gzip could not be inflated: {error}"
         ))),
+    }
+}
+
+/// A message as it was sent: inflated if its flag says compressed (at most `limit` bytes).
+pub(crate) fn plain(flag: u8, message: Bytes, limit: usize) -> Result<Bytes, Status> {
+    if flag & COMPRESSED == 0 {
+        return Ok(message);
+    }
+    inflate(&message, limit).map(Bytes::from)
+}
+
+/// Appends `message` to `out`, compressed if it is [`THRESHOLD`] bytes or more.
+pub(crate) fn put_deflated(out: &mut BytesMut, message: &[u8]) {
+    if message.len() >= THRESHOLD {
+        put_message(out, COMPRESSED, &deflate(message));
+    } else {
+        put_message(out, 0, message);
     }
 }
 
@@ -225,23 +257,19 @@ where
             match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
-                        state.frames.push(data);
-                        let mut out = BytesMut::new();
-                        while let Some((flag, message)) = state.frames.next() {
-                            if flag & COMPRESSED == 0 {
-                                put_message(&mut out, flag, &message);
-                                continue;
+                        let limit = state.limit;
+                        let inflated = state.frames.map(data, |flag, message, out| {
+                            let message = plain(flag, message, limit)?;
+                            put_message(out, flag & !COMPRESSED, &message);
+                            Ok(())
+                        });
+                        match inflated {
+                            Ok(Some(out)) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                            Ok(None) => {}
+                            Err(status) => {
+                                state.failed = true;
+                                return Poll::Ready(Some(Err(status.into())));
                             }
-                            match inflate(&message, state.limit) {
-                                Ok(plain) => put_message(&mut out, flag & !COMPRESSED, &plain),
-                                Err(status) => {
-                                    state.failed = true;
-                                    return Poll::Ready(Some(Err(status.into())));
-                                }
-                            }
-                        }
-                        if !out.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
                         }
                     }
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
@@ -291,17 +319,15 @@ impl Body for Deflate {
             match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
-                        this.frames.push(data);
-                        let mut out = BytesMut::new();
-                        while let Some((flag, message)) = this.frames.next() {
-                            if flag & COMPRESSED == 0 && message.len() >= THRESHOLD {
-                                put_message(&mut out, flag | COMPRESSED, &deflate(&message));
-                            } else {
-                                put_message(&mut out, flag, &message);
+                        let deflated = this.frames.map(data, |flag, message, out| {
+                            match flag & COMPRESSED {
+                                0 => put_deflated(out, &message),
+                                _ => put_message(out, flag, &message),
                             }
-                        }
-                        if !out.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                            Ok(())
+                        })?;
+                        if let Some(out) = deflated {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
                         }
                     }
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),

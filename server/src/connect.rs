@@ -38,15 +38,14 @@ use order_api::pb::{CombinedShipment, Order};
 use prost::Message;
 use tonic::{body::Body as GrpcBody, Code, Status};
 
-use crate::compress::{self, Frames, GRPC_ACCEPT_ENCODING, GRPC_ENCODING, THRESHOLD};
+use crate::compress::{self, Frames, GRPC_ACCEPT_ENCODING, GRPC_ENCODING};
 
 const CONNECT_TIMEOUT_MS: HeaderName = HeaderName::from_static("connect-timeout-ms");
 const CONNECT_CONTENT_ENCODING: HeaderName = HeaderName::from_static("connect-content-encoding");
 const CONNECT_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("connect-accept-encoding");
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
-/// A message flagged as compressed, and the end of a Connect stream.
-const COMPRESSED: u8 = 0x01;
+/// The flag of a Connect stream's end message.
 const END_STREAM: u8 = 0x02;
 
 /// The two encodings of a message.
@@ -740,18 +739,14 @@ where
                         return Poll::Ready(Some(Ok(Frame::data(data))))
                     }
                     Ok(data) => {
-                        this.frames.push(data);
-                        let mut out = BytesMut::new();
-                        while let Some((flag, message)) = this.frames.next() {
-                            let json = if flag & COMPRESSED != 0 {
-                                compress::inflate(&message, *this.limit).map(Bytes::from)?
-                            } else {
-                                message
-                            };
-                            compress::put_message(&mut out, 0, &this.input.encode_json(&json)?);
-                        }
-                        if !out.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                        let (input, limit) = (*this.input, *this.limit);
+                        let encoded = this.frames.map(data, |flag, message, out| {
+                            let json = compress::plain(flag, message, limit)?;
+                            compress::put_message(out, 0, &input.encode_json(&json)?);
+                            Ok(())
+                        })?;
+                        if let Some(out) = encoded {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
                         }
                     }
                     Err(_trailers) => {}
@@ -797,34 +792,24 @@ impl Body for AnswerMessages {
             let trailers = match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
-                        this.frames.push(data);
-                        let mut out = BytesMut::new();
-                        while let Some((flag, message)) = this.frames.next() {
-                            let message = match *this.codec {
+                        let (codec, output, limit, gzip) =
+                            (*this.codec, *this.output, *this.limit, *this.gzip);
+                        let translated = this.frames.map(data, |flag, message, out| {
+                            let message = compress::plain(flag, message, limit)?;
+                            let message = match codec {
                                 Codec::Proto => message,
-                                Codec::Json => {
-                                    let plain = if flag & COMPRESSED != 0 {
-                                        compress::inflate(&message, *this.limit).map(Bytes::from)?
-                                    } else {
-                                        message
-                                    };
-                                    this.output.decode_to_json(&plain)?.into()
-                                }
+                                Codec::Json => output.decode_to_json(&message)?.into(),
                             };
-                            if *this.gzip && message.len() >= THRESHOLD {
-                                compress::put_message(
-                                    &mut out,
-                                    COMPRESSED,
-                                    &compress::deflate(&message),
-                                );
-                            } else {
-                                compress::put_message(&mut out, 0, &message);
+                            match gzip {
+                                true => compress::put_deflated(out, &message),
+                                false => compress::put_message(out, 0, &message),
                             }
+                            Ok(())
+                        })?;
+                        match translated {
+                            Some(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                            None => continue,
                         }
-                        if out.is_empty() {
-                            continue;
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
                     }
                     Err(frame) => frame.into_trailers().unwrap_or_default(),
                 },
