@@ -61,6 +61,12 @@ CELLS = {
         "args": ["--h1", "-c", "64", "-m", "1", "-H", "content-type: application/grpc-web+proto",
                  "-H", "x-grpc-web: 1"],
     },
+    # The Connect protocol with JSON, as curl and Connect-ES send it: the body is the string "106".
+    "connect": {
+        "title": "Connect JSON, HTTP/1.1, 64 conns",
+        "args": ["--h1", "-c", "64", "-m", "1", "-H", "content-type: application/json"],
+        "body": b'"106"',
+    },
     "add": {
         "title": "addOrder, native, 4 conns x 4 streams",
         "args": ["-c", "4", "-m", "4", "-H", "content-type: application/grpc", "-H", "te: trailers"],
@@ -100,6 +106,7 @@ def peak_rss_kib(pid):
 
 def h2load(url, cell, body_file, cpu, duration=None, requests=None):
     args = CELLS[cell]["args"]
+    body_file = CELLS[cell].get("body_file", body_file)
     if requests == 1:
         # One call on one connection: h2load wants at least as many requests as clients.
         args = [a if args[i - 1] not in ("-c", "-m") else "1" for i, a in enumerate(args)]
@@ -306,8 +313,11 @@ def measure_keyed_adds(server, args):
 
 def check_answers(server, cell, body_file):
     """Order 106 with grpc-status 0, asked the way the load generator asks."""
-    headers = ["-H", "content-type: application/grpc-web+proto"] if cell == "web" else [
-        "--http2-prior-knowledge", "-H", "content-type: application/grpc", "-H", "te: trailers"]
+    body_file = CELLS[cell].get("body_file", body_file)
+    headers = {
+        "web": ["-H", "content-type: application/grpc-web+proto"],
+        "connect": ["-H", "content-type: application/json"],
+    }.get(cell, ["--http2-prior-knowledge", "-H", "content-type: application/grpc", "-H", "te: trailers"])
     out = subprocess.run(["curl", "-sS", "-i", "--data-binary", f"@{body_file}", *headers,
                           f"{server.url}/{SERVICE}/getOrder"], capture_output=True, timeout=10).stdout
     if b"Apple iPhone XS" not in out:
@@ -334,6 +344,10 @@ def main():
     body_file.write_bytes(GET_106)
     add_file = ROOT / "target/bench/add-order.bin"
     add_file.write_bytes(ADD_ORDER)
+    for cell in CELLS.values():
+        if "body" in cell:
+            cell["body_file"] = ROOT / "target/bench" / f"{cell['title'].split()[0].lower()}.body"
+            cell["body_file"].write_bytes(cell["body"])
 
     # The default durable store, as `make run` uses it, in a folder of the benchmark's own.
     data = tempfile.mkdtemp(prefix="order-bench-")
@@ -342,7 +356,7 @@ def main():
                                            "--database", database]
 
     servers = [
-        ("order-server", lambda port: order_server(port, sqlite_url), ["native", "web"]),
+        ("order-server", lambda port: order_server(port, sqlite_url), ["native", "web", "connect"]),
         # The same server without /metrics, to measure what recording them costs per call.
         ("no metrics", lambda port: order_server(port, f"sqlite:{data}/quiet.db") + ["--no-metrics"],
          ["native", "web"]),
@@ -401,6 +415,9 @@ def main():
             entries = [(running[name], cell) for name, _, cells in servers if cell in cells]
             if cell == "native":
                 entries.extend((running[name], twin_cell) for name, (_, twin_cell, _) in twins.items())
+            if cell == "web":
+                # Connect's JSON getOrder takes its turns with the gRPC-Web cell, which it is beside.
+                entries.append((running["order-server"], "connect"))
             print(f"  measuring {CELLS[cell]['title']}: {', '.join(s.name for s, _ in entries)}, "
                   "rounds alternated ...", file=sys.stderr, flush=True)
             results.update(measure_alternated(entries, body_file, args))
@@ -506,6 +523,12 @@ def main():
         cost = 1 - per_round_ratio(results, ("axum Router", cell), ("order-server", cell))
         print(f"  {cell}: an axum Router at the top costs {cost * 100:.1f}% of order-server's req/s "
               f"(the hand-written top level stays only if > 5%)")
+
+    connect = results[("order-server", "connect")]
+    print(f"\n{CELLS['connect']['title']} (getOrder): {connect['rps']:.0f} req/s, {connect['cpu_us']:.1f} µs CPU/req, "
+          f"{connect['failed']} failed; "
+          f"{per_round_ratio(results, ('order-server', 'connect'), ('order-server', 'web')):.2f}x the gRPC-Web cell "
+          "(same rounds)")
 
     tls_result = results[tls_key]
     to_plain = per_round_ratio(results, tls_key, ("order-server", "native"))

@@ -16,6 +16,8 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use tonic::body::Body as GrpcBody;
 
+use crate::compress::Inflater;
+
 /// Waits for the whole answer of `call` and sends it with a `Content-Length`; as gzip content if
 /// `gzip` and it is large enough ([`crate::compress::gzip_whole`]).
 pub(crate) async fn whole(
@@ -99,19 +101,26 @@ pin_project_lite::pin_project! {
     /// applied. Here the failure keeps its meaning as `ABORTED`, so the stream fails and nothing
     /// of it is applied. The decoder also takes a body that ends right after a whole message
     /// header, with none of its message, for a clean end: here that end is `ABORTED` too.
-    /// Every other frame and error passes through unchanged.
+    /// Every other frame and error passes through unchanged, but for a call that said
+    /// `grpc-encoding: gzip`, whose compressed messages are inflated here
+    /// ([`crate::compress::Inflater`]): one layer for both, the service's body on every call.
     pub(crate) struct ResetIsError<B> {
         #[pin]
         inner: B,
         framing: Framing,
+        // `Some` for a call whose messages may be compressed.
+        gzip: Option<Box<Inflater>>,
     }
 }
 
 impl<B> ResetIsError<B> {
-    pub(crate) fn new(inner: B) -> Self {
+    /// `inflate`: the largest message, inflated, for a call whose messages may be compressed;
+    /// `None` for any other.
+    pub(crate) fn new(inner: B, inflate: Option<usize>) -> Self {
         Self {
             inner,
             framing: Framing::default(),
+            gzip: inflate.map(|limit| Box::new(Inflater::new(limit))),
         }
     }
 }
@@ -183,28 +192,49 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        let this = self.project();
-        match std::task::ready!(this.inner.poll_frame(cx)) {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    this.framing.read(data);
+        let mut this = self.project();
+        loop {
+            let frame = match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => {
+                    let status = tonic::Status::from_error(error.into());
+                    return Poll::Ready(Some(Err(match status.code() {
+                        tonic::Code::Cancelled => tonic::Status::aborted(RESET_MESSAGE),
+                        _ => status,
+                    })));
                 }
-                Poll::Ready(Some(Ok(frame)))
+                None => {
+                    // A message cut short in a compressed stream goes on as it is, and is cut.
+                    if let Some(rest) = this.gzip.as_deref_mut().and_then(Inflater::rest) {
+                        this.framing.read(&rest);
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                    return Poll::Ready(match this.framing.between_messages() {
+                        true => None,
+                        false => Some(Err(tonic::Status::aborted(CUT_MESSAGE))),
+                    });
+                }
+            };
+            let frame = match (this.gzip.as_deref_mut(), frame.into_data()) {
+                (None, Ok(data)) => Frame::data(data),
+                (Some(gzip), Ok(data)) => match gzip.push(data)? {
+                    Some(inflated) => Frame::data(inflated),
+                    // No message is whole yet.
+                    None => continue,
+                },
+                (_, Err(frame)) => frame,
+            };
+            if let Some(data) = frame.data_ref() {
+                this.framing.read(data);
             }
-            Some(Err(error)) => {
-                let status = tonic::Status::from_error(error.into());
-                Poll::Ready(Some(Err(match status.code() {
-                    tonic::Code::Cancelled => tonic::Status::aborted(RESET_MESSAGE),
-                    _ => status,
-                })))
-            }
-            None if this.framing.between_messages() => Poll::Ready(None),
-            None => Poll::Ready(Some(Err(tonic::Status::aborted(CUT_MESSAGE)))),
+            return Poll::Ready(Some(Ok(frame)));
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream() && self.framing.between_messages()
+        self.inner.is_end_stream()
+            && self.framing.between_messages()
+            && self.gzip.as_ref().is_none_or(|gzip| gzip.is_empty())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -237,7 +267,7 @@ mod tests {
         let reset = Failing(Some(tonic::Status::cancelled(
             "h2 protocol error: stream reset",
         )));
-        let status = ResetIsError::new(reset)
+        let status = ResetIsError::new(reset, None)
             .frame()
             .await
             .expect("an error, not an end");
@@ -249,7 +279,11 @@ mod tests {
         let other = Failing(Some(tonic::Status::internal(
             "tonic-web: malformed base64 request",
         )));
-        let status = ResetIsError::new(other).frame().await.unwrap().unwrap_err();
+        let status = ResetIsError::new(other, None)
+            .frame()
+            .await
+            .unwrap()
+            .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Internal);
     }
 
@@ -259,7 +293,7 @@ mod tests {
         for chunk in chunks {
             whole.push(Bytes::from_static(chunk));
         }
-        let mut body = ResetIsError::new(whole);
+        let mut body = ResetIsError::new(whole, None);
         loop {
             match body.frame().await {
                 None => return None,

@@ -1,7 +1,7 @@
 //! gzip on the wire, both ways, at the edge: nothing here runs for a call that does not ask for it.
 //!
 //! - **Requests** (`grpc-encoding: gzip`): each message flagged compressed is inflated before the
-//!   service sees it ([`Inflate`]). Its *inflated* size counts against `--max-message-size`: a
+//!   service sees it ([`Inflater`]). Its *inflated* size counts against `--max-message-size`: a
 //!   small message that inflates past it (a gzip bomb) fails the call with `RESOURCE_EXHAUSTED`
 //!   once that many bytes are out, never more. Another encoding is refused with `UNIMPLEMENTED`,
 //!   naming the one this server takes.
@@ -25,7 +25,7 @@ use std::{
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use flate2::{read::GzDecoder, write::GzEncoder, Compression};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use tonic::{body::Body as GrpcBody, Status};
 
 /// Messages (and unary browser answers) smaller than this are never compressed.
@@ -199,101 +199,40 @@ pub(crate) fn deflate(data: &[u8]) -> Vec<u8> {
     encoder.finish().expect("writing to memory")
 }
 
-pin_project_lite::pin_project! {
-    /// A request body whose gzip messages are inflated ([`Inflate::gzip`]), or left as it is
-    /// ([`Inflate::plain`]).
-    pub(crate) struct Inflate<B> {
-        #[pin]
-        inner: B,
-        // `None`: passed through.
-        gzip: Option<Box<Inflating>>,
-    }
-}
-
-pub(crate) struct Inflating {
+/// Inflates the compressed messages of a request body, chunk by chunk ([`crate::body::ResetIsError`]
+/// runs it on the bodies of calls that say `grpc-encoding: gzip`).
+pub(crate) struct Inflater {
     frames: Frames,
     limit: usize,
-    failed: bool,
 }
 
-impl<B> Inflate<B> {
-    pub(crate) fn plain(inner: B) -> Self {
-        Self { inner, gzip: None }
-    }
-
-    /// Inflates each compressed message, up to `limit` bytes.
-    pub(crate) fn gzip(inner: B, limit: usize) -> Self {
+impl Inflater {
+    /// Inflates messages up to `limit` bytes each.
+    pub(crate) fn new(limit: usize) -> Self {
         Self {
-            inner,
-            gzip: Some(Box::new(Inflating {
-                frames: Frames::default(),
-                limit,
-                failed: false,
-            })),
-        }
-    }
-}
-
-impl<B> Body for Inflate<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<tonic::codegen::StdError>,
-{
-    type Data = Bytes;
-    type Error = tonic::codegen::StdError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let mut this = self.project();
-        let Some(state) = this.gzip.as_deref_mut() else {
-            return this.inner.poll_frame(cx).map_err(Into::into);
-        };
-        if state.failed {
-            return Poll::Ready(None);
-        }
-        loop {
-            match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        let limit = state.limit;
-                        let inflated = state.frames.map(data, |flag, message, out| {
-                            let message = plain(flag, message, limit)?;
-                            put_message(out, flag & !COMPRESSED, &message);
-                            Ok(())
-                        });
-                        match inflated {
-                            Ok(Some(out)) => return Poll::Ready(Some(Ok(Frame::data(out)))),
-                            Ok(None) => {}
-                            Err(status) => {
-                                state.failed = true;
-                                return Poll::Ready(Some(Err(status.into())));
-                            }
-                        }
-                    }
-                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
-                },
-                Some(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
-                // A message cut short goes on as it is: the service fails it as any cut request.
-                None => return Poll::Ready(state.frames.rest().map(|rest| Ok(Frame::data(rest)))),
-            }
+            frames: Frames::default(),
+            limit,
         }
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-            && self
-                .gzip
-                .as_ref()
-                .is_none_or(|state| state.frames.buffer.is_empty())
+    /// The messages `data` completes, each inflated if it was compressed; `None` when it
+    /// completes none.
+    pub(crate) fn push(&mut self, data: Bytes) -> Result<Option<Bytes>, Status> {
+        let limit = self.limit;
+        self.frames.map(data, |flag, message, out| {
+            let message = plain(flag, message, limit)?;
+            put_message(out, flag & !COMPRESSED, &message);
+            Ok(())
+        })
     }
 
-    fn size_hint(&self) -> SizeHint {
-        match self.gzip {
-            None => self.inner.size_hint(),
-            Some(_) => SizeHint::default(),
-        }
+    /// What is left of a message cut short, to pass on as it is (the service fails the cut).
+    pub(crate) fn rest(&mut self) -> Option<Bytes> {
+        self.frames.rest()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.frames.buffer.is_empty()
     }
 }
 
@@ -513,7 +452,11 @@ mod tests {
                 Bytes::copy_from_slice(&whole[..cut]),
                 Bytes::copy_from_slice(&whole[cut..]),
             ];
-            let out = read(Inflate::gzip(body_of(chunks), 1 << 20)).await;
+            let out = read(crate::body::ResetIsError::new(
+                body_of(chunks),
+                Some(1 << 20),
+            ))
+            .await;
             let mut expected = framed(0, &big).to_vec();
             expected.extend_from_slice(&framed(0, b"plain"));
             assert_eq!(out, expected, "cut at {cut}");
@@ -524,19 +467,19 @@ mod tests {
     async fn a_gzip_bomb_fails_at_the_limit() {
         let bomb = deflate(&vec![0; 64 << 20]);
         assert!(bomb.len() < 128 << 10, "{} bytes", bomb.len());
-        let mut body = Inflate::gzip(body_of(vec![framed(COMPRESSED, &bomb)]), 4 << 20);
-        let error = body.frame().await.unwrap().unwrap_err();
-        let status = Status::from_error(error);
+        let mut body =
+            crate::body::ResetIsError::new(body_of(vec![framed(COMPRESSED, &bomb)]), Some(4 << 20));
+        let status = body.frame().await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert!(status.message().contains("4194304"), "{}", status.message());
 
         // Not gzip at all: the client's mistake.
-        let mut body = Inflate::gzip(body_of(vec![framed(COMPRESSED, b"nope")]), 4 << 20);
-        let error = body.frame().await.unwrap().unwrap_err();
-        assert_eq!(
-            Status::from_error(error).code(),
-            tonic::Code::InvalidArgument
+        let mut body = crate::body::ResetIsError::new(
+            body_of(vec![framed(COMPRESSED, b"nope")]),
+            Some(4 << 20),
         );
+        let status = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
     }
 
     #[tokio::test]

@@ -33,7 +33,7 @@ use tower::{Layer, Service};
 use crate::{
     auth::{Auth, Need},
     body::ResetIsError,
-    compress::{deflated, Encodings, Inflate, GRPC_ENCODING},
+    compress::{deflated, Encodings, GRPC_ENCODING},
     deadline::{Deadlines, Timer},
     host::{refusal, Hosts},
     metrics::{measured, Call, Metrics},
@@ -79,7 +79,7 @@ pub(crate) struct EdgeService<S> {
 impl<S, B, ResBody> Service<Request<B>> for EdgeService<S>
 where
     B: http_body::Body + Send + 'static,
-    S: Service<Request<ResetIsError<Inflate<B>>>, Response = Response<ResBody>, Error = Infallible>,
+    S: Service<Request<ResetIsError<B>>, Response = Response<ResBody>, Error = Infallible>,
     ResBody: http_body::Body<Data = Bytes> + Default + Send + 'static,
     ResBody::Error: Into<tonic::codegen::StdError>,
 {
@@ -122,21 +122,20 @@ where
             Err(status) => return EdgeFuture::refused(status, request.into_body(), call),
         };
         let timer = edge.deadlines.of(&mut request);
-        let request = if encodings.inflate {
-            // Inflated here: the service sees plain messages.
+        // Inflated here, if compressed: the service sees plain messages.
+        let inflate = encodings.inflate.then(|| {
             request.headers_mut().remove(GRPC_ENCODING);
-            let limit = edge.max_message_size;
-            request.map(|body| ResetIsError::new(Inflate::gzip(body, limit)))
-        } else {
-            request.map(|body| ResetIsError::new(Inflate::plain(body)))
-        };
+            edge.max_message_size
+        });
         EdgeFuture {
             state: State::Called {
-                inner: self.inner.call(request),
+                inner: self
+                    .inner
+                    .call(request.map(|body| ResetIsError::new(body, inflate))),
                 timer,
+                deflate: encodings.deflate,
             },
             call,
-            deflate: encodings.deflate,
         }
     }
 }
@@ -148,8 +147,6 @@ pin_project_lite::pin_project! {
         #[pin]
         state: State<F>,
         call: Option<Call>,
-        // The client takes gzip messages.
-        deflate: bool,
     }
 
     impl<F> PinnedDrop for EdgeFuture<F> {
@@ -164,8 +161,8 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = StateProj]
     enum State<F> {
-        /// Passed to the service, under its deadline.
-        Called { #[pin] inner: F, timer: Timer },
+        /// Passed to the service, under its deadline; `deflate`: its client takes gzip messages.
+        Called { #[pin] inner: F, timer: Timer, deflate: bool },
         /// Refused at the edge (taken when answered), once its request body is drained.
         Refused { status: Option<Box<Status>>, drain: Option<Drain> },
     }
@@ -219,7 +216,6 @@ impl<F> EdgeFuture<F> {
                 drain: drain(body),
             },
             call,
-            deflate: false,
         }
     }
 }
@@ -234,11 +230,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = match this.state.project() {
-            StateProj::Called { inner, timer } => match inner.poll(cx) {
-                Poll::Ready(Ok(response)) => response,
+        let (response, deflate) = match this.state.project() {
+            StateProj::Called {
+                inner,
+                timer,
+                deflate,
+            } => match inner.poll(cx) {
+                Poll::Ready(Ok(response)) => (response, *deflate),
                 Poll::Pending => match timer.poll_expired(cx) {
-                    Poll::Ready(status) => status.into_http(),
+                    Poll::Ready(status) => (status.into_http(), false),
                     Poll::Pending => return Poll::Pending,
                 },
             },
@@ -249,17 +249,17 @@ where
                     }
                     *drain = None;
                 }
-                status
+                let status = status
                     .take()
-                    .expect("an edge future is not polled after it is ready")
-                    .into_http()
+                    .expect("an edge future is not polled after it is ready");
+                (status.into_http(), false)
             }
         };
         let response = measured(response, this.call.take());
-        Poll::Ready(Ok(if *this.deflate {
-            deflated(response)
-        } else {
-            response
-        }))
+        if deflate {
+            // Only for a client that asked: the hot path moves the answer once.
+            return Poll::Ready(Ok(deflated(response)));
+        }
+        Poll::Ready(Ok(response))
     }
 }
