@@ -195,7 +195,16 @@ where
         let mut this = self.project();
         loop {
             let frame = match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
-                Some(Ok(frame)) => frame,
+                // A plain call (nearly all): the frame as it is.
+                Some(Ok(frame)) if this.gzip.is_none() => frame,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => match this.gzip.as_deref_mut().expect("gzip").push(data)? {
+                        Some(inflated) => Frame::data(inflated),
+                        // No message is whole yet.
+                        None => continue,
+                    },
+                    Err(frame) => frame,
+                },
                 Some(Err(error)) => {
                     let status = tonic::Status::from_error(error.into());
                     return Poll::Ready(Some(Err(match status.code() {
@@ -214,15 +223,6 @@ where
                         false => Some(Err(tonic::Status::aborted(CUT_MESSAGE))),
                     });
                 }
-            };
-            let frame = match (this.gzip.as_deref_mut(), frame.into_data()) {
-                (None, Ok(data)) => Frame::data(data),
-                (Some(gzip), Ok(data)) => match gzip.push(data)? {
-                    Some(inflated) => Frame::data(inflated),
-                    // No message is whole yet.
-                    None => continue,
-                },
-                (_, Err(frame)) => frame,
             };
             if let Some(data) = frame.data_ref() {
                 this.framing.read(data);
