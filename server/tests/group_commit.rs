@@ -216,3 +216,26 @@ async fn calls_waiting_together_share_one_commit_and_one_failure_fails_no_other(
         delta("order_server_commits_total")
     );
 }
+
+/// A batch's key lookup reads only its own keys, never the whole key table, even when its plan
+/// was made while the table was empty (as it is at start, and then cached on each connection):
+/// the very statement the store runs, planned on a new database.
+#[tokio::test]
+async fn the_key_lookup_goes_through_the_index_even_planned_on_an_empty_table() {
+    let db = Db::Postgres.create().await;
+    let store = common::open_store(&config_on(&db)).await;
+    let mut connection = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let sql = include_str!("../src/store/stored_keys.pg.sql");
+    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {sql}"))
+        .bind(r#"[["anonymous", "a-key", 0]]"#)
+        .fetch_all(&mut connection)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Scan using idempotency_keys_pkey"),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan on idempotency_keys"), "{plan}");
+    drop(store);
+}
