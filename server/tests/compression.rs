@@ -5,8 +5,8 @@ mod common;
 
 use std::io::{Read, Write};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use common::TestServer;
+use bytes::Bytes;
+use common::{framed, messages, TestServer};
 use http::{header, Request};
 use http_body_util::BodyExt;
 use order_api::pb::Order;
@@ -38,26 +38,6 @@ fn gunzip(data: &[u8]) -> Vec<u8> {
         .read_to_end(&mut out)
         .unwrap();
     out
-}
-
-fn framed(flag: u8, message: &[u8]) -> Bytes {
-    let mut out = BytesMut::new();
-    out.put_u8(flag);
-    out.put_u32(message.len() as u32);
-    out.put_slice(message);
-    out.freeze()
-}
-
-/// The messages of a gRPC body: flag and bytes.
-fn messages(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut found = Vec::new();
-    while body.len() >= 5 {
-        let flag = body.get_u8();
-        let length = body.get_u32() as usize;
-        found.push((flag, body[..length].to_vec()));
-        body.advance(length);
-    }
-    found
 }
 
 #[tokio::test]

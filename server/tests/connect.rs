@@ -6,8 +6,8 @@ mod common;
 
 use std::io::Write;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use common::TestServer;
+use bytes::Bytes;
+use common::{framed, messages, TestServer};
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use order_api::pb::Order;
@@ -41,26 +41,6 @@ const JSON: (&str, &str) = ("content-type", "application/json");
 
 fn json(body: &Bytes) -> serde_json::Value {
     serde_json::from_slice(body).unwrap_or_else(|_| panic!("JSON: {body:?}"))
-}
-
-fn envelope(flag: u8, message: &[u8]) -> Bytes {
-    let mut out = BytesMut::new();
-    out.put_u8(flag);
-    out.put_u32(message.len() as u32);
-    out.put_slice(message);
-    out.freeze()
-}
-
-fn envelopes(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut found = Vec::new();
-    while body.len() >= 5 {
-        let flag = body.get_u8();
-        let length = body.get_u32() as usize;
-        found.push((flag, body[..length].to_vec()));
-        body.advance(length);
-    }
-    assert!(body.is_empty(), "a cut envelope");
-    found
 }
 
 #[tokio::test]
@@ -182,12 +162,12 @@ async fn streams_end_with_their_status_in_the_last_message() {
         Method::POST,
         "/OrderManagement/searchOrders",
         &stream_json,
-        envelope(0, b"\"google\""),
+        framed(0, b"\"google\""),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers[header::CONTENT_TYPE], "application/connect+json");
-    let found = envelopes(&body);
+    let found = messages(&body);
     assert_eq!(found.len(), 3, "two orders and the end");
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&found[0].1).unwrap()["id"],
@@ -197,8 +177,8 @@ async fn streams_end_with_their_status_in_the_last_message() {
 
     // A client stream refused: the end message carries the error, HTTP status stays 200.
     let orders = [
-        envelope(0, br#"{"items":["lamp"],"price":1,"destination":"Reno"}"#),
-        envelope(0, br#"{"items":[],"price":1,"destination":"Reno"}"#),
+        framed(0, br#"{"items":["lamp"],"price":1,"destination":"Reno"}"#),
+        framed(0, br#"{"items":[],"price":1,"destination":"Reno"}"#),
     ]
     .concat();
     let (status, _, body) = send(
@@ -210,7 +190,7 @@ async fn streams_end_with_their_status_in_the_last_message() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let found = envelopes(&body);
+    let found = messages(&body);
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].0, 2);
     let end: serde_json::Value = serde_json::from_slice(&found[0].1).unwrap();
@@ -226,10 +206,10 @@ async fn streams_end_with_their_status_in_the_last_message() {
         Method::POST,
         "/OrderManagement/searchOrders",
         &[("content-type", "application/connect+proto")],
-        envelope(0, &"echo".to_owned().encode_to_vec()),
+        framed(0, &"echo".to_owned().encode_to_vec()),
     )
     .await;
-    let found = envelopes(&body);
+    let found = messages(&body);
     assert_eq!(found.len(), 3);
     assert_eq!(Order::decode(&found[1].1[..]).unwrap().id, "106");
     server.stop().await.unwrap();
@@ -250,7 +230,7 @@ async fn the_edge_judges_connect_calls_as_any_other() {
         .unwrap();
     futures::SinkExt::send(
         &mut tx,
-        Ok(http_body::Frame::data(envelope(
+        Ok(http_body::Frame::data(framed(
             0,
             br#"{"items":["a"],"price":1,"destination":"B"}"#,
         ))),
@@ -259,7 +239,7 @@ async fn the_edge_judges_connect_calls_as_any_other() {
     .unwrap();
     let response = common::http1_client().oneshot(request).await.unwrap();
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    let found = envelopes(&body);
+    let found = messages(&body);
     let end: serde_json::Value = serde_json::from_slice(&found.last().unwrap().1).unwrap();
     assert_eq!(end["error"]["code"], "deadline_exceeded", "{end}");
     drop(tx);

@@ -464,3 +464,27 @@ pub async fn raw_h2_status(response: h2::client::ResponseFuture) -> Result<Strin
         .ok_or("no grpc-status")?;
     Ok(status.to_str().unwrap().to_owned())
 }
+
+/// One message framed as gRPC (and Connect's streams) frame it: a flag byte, a four-byte
+/// big-endian length, the message.
+pub fn framed(flag: u8, message: &[u8]) -> Bytes {
+    let mut out = bytes::BytesMut::with_capacity(5 + message.len());
+    bytes::BufMut::put_u8(&mut out, flag);
+    bytes::BufMut::put_u32(&mut out, message.len() as u32);
+    bytes::BufMut::put_slice(&mut out, message);
+    out.freeze()
+}
+
+/// The framed messages of a body, each as its flag and bytes; a message cut short fails.
+pub fn messages(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    use bytes::Buf;
+    let mut found = Vec::new();
+    while body.len() >= 5 {
+        let flag = body.get_u8();
+        let length = body.get_u32() as usize;
+        found.push((flag, body[..length].to_vec()));
+        body.advance(length);
+    }
+    assert!(body.is_empty(), "a message cut short");
+    found
+}
