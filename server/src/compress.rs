@@ -237,15 +237,34 @@ impl Inflater {
 }
 
 pin_project_lite::pin_project! {
-    /// An answer whose messages of [`THRESHOLD`] bytes or more go compressed.
-    struct Deflate {
+    /// A body of gRPC messages, each rewritten by `map` once it is whole ([`Frames::map`]):
+    /// trailers pass through, and what is left of a message cut short goes on as it is, for the
+    /// reader to fail. The answers of a client that takes gzip ([`deflated`]) and Connect's JSON
+    /// request streams ([`crate::connect`]) go through it.
+    pub(crate) struct MapMessages<B, F> {
         #[pin]
-        inner: GrpcBody,
+        inner: B,
         frames: Frames,
+        map: F,
     }
 }
 
-impl Body for Deflate {
+impl<B, F> MapMessages<B, F> {
+    pub(crate) fn new(inner: B, map: F) -> Self {
+        Self {
+            inner,
+            frames: Frames::default(),
+            map,
+        }
+    }
+}
+
+impl<B, F> Body for MapMessages<B, F>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<tonic::codegen::StdError>,
+    F: FnMut(u8, Bytes, &mut BytesMut) -> Result<(), Status>,
+{
     type Data = Bytes;
     type Error = Status;
 
@@ -258,20 +277,15 @@ impl Body for Deflate {
             match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
-                        let deflated = this.frames.map(data, |flag, message, out| {
-                            match flag & COMPRESSED {
-                                0 => put_deflated(out, &message),
-                                _ => put_message(out, flag, &message),
-                            }
-                            Ok(())
-                        })?;
-                        if let Some(out) = deflated {
+                        if let Some(out) = this.frames.map(data, &mut *this.map)? {
                             return Poll::Ready(Some(Ok(Frame::data(out))));
                         }
                     }
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
                 },
-                Some(Err(status)) => return Poll::Ready(Some(Err(status))),
+                Some(Err(error)) => {
+                    return Poll::Ready(Some(Err(Status::from_error(error.into()))))
+                }
                 None => return Poll::Ready(this.frames.rest().map(|rest| Ok(Frame::data(rest)))),
             }
         }
@@ -286,10 +300,13 @@ impl Body for Deflate {
 pub(crate) fn deflated(response: Response<GrpcBody>) -> Response<GrpcBody> {
     let (mut parts, body) = response.into_parts();
     parts.headers.insert(GRPC_ENCODING, GZIP);
-    let body = Deflate {
-        inner: body,
-        frames: Frames::default(),
-    };
+    let body = MapMessages::new(body, |flag, message: Bytes, out: &mut BytesMut| {
+        match flag & COMPRESSED {
+            0 => put_deflated(out, &message),
+            _ => put_message(out, flag, &message),
+        }
+        Ok(())
+    });
     Response::from_parts(parts, GrpcBody::new(body))
 }
 

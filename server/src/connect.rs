@@ -626,13 +626,18 @@ where
         .headers
         .get(CONNECT_ACCEPT_ENCODING)
         .is_some_and(compress::lists_gzip);
-    let body = GrpcBody::new(RequestMessages {
-        inner: body,
-        frames: Frames::default(),
-        codec,
-        input,
-        limit,
-    });
+    // Binary messages go as they are; JSON ones are encoded, one by one as each is whole.
+    let body = match codec {
+        Codec::Proto => GrpcBody::new(body),
+        Codec::Json => GrpcBody::new(compress::MapMessages::new(
+            body,
+            move |flag, message, out: &mut BytesMut| {
+                let json = compress::plain(flag, message, limit)?;
+                compress::put_message(out, 0, &input.encode_json(&json)?);
+                Ok(())
+            },
+        )),
+    };
     let mut grpc = match grpc_request(&parts, body) {
         Ok(grpc) => grpc,
         Err(status) => return end_only(&status, content_type),
@@ -705,59 +710,6 @@ fn end_json(status: Option<&Status>, trailers: &HeaderMap) -> Vec<u8> {
         end["metadata"] = metadata.into();
     }
     serde_json::to_vec(&end).expect("JSON of JSON values")
-}
-
-pin_project_lite::pin_project! {
-    /// A Connect request stream as gRPC messages: binary ones as they are, JSON ones encoded.
-    struct RequestMessages<B> {
-        #[pin]
-        inner: B,
-        frames: Frames,
-        codec: Codec,
-        input: Type,
-        limit: usize,
-    }
-}
-
-impl<B> Body for RequestMessages<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<tonic::codegen::StdError>,
-{
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let mut this = self.project();
-        loop {
-            match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if *this.codec == Codec::Proto => {
-                        return Poll::Ready(Some(Ok(Frame::data(data))))
-                    }
-                    Ok(data) => {
-                        let (input, limit) = (*this.input, *this.limit);
-                        let encoded = this.frames.map(data, |flag, message, out| {
-                            let json = compress::plain(flag, message, limit)?;
-                            compress::put_message(out, 0, &input.encode_json(&json)?);
-                            Ok(())
-                        })?;
-                        if let Some(out) = encoded {
-                            return Poll::Ready(Some(Ok(Frame::data(out))));
-                        }
-                    }
-                    Err(_trailers) => {}
-                },
-                Some(Err(error)) => {
-                    return Poll::Ready(Some(Err(Status::from_error(error.into()))))
-                }
-                None => return Poll::Ready(this.frames.rest().map(|rest| Ok(Frame::data(rest)))),
-            }
-        }
-    }
 }
 
 pin_project_lite::pin_project! {
