@@ -206,6 +206,51 @@ test("a 50 MB file imports through the page by streaming, with the tab's memory 
   await page.close();
 });
 
+test("an upload's large orders go gzipped on the wire, as Chromium's own net log counts them", async () => {
+  // 500 orders of about 5 KB, each a message over the web client's 1 KiB threshold.
+  const items = Array.from({ length: 20 }, (_, i) => `gzip item ${i} for the wire `.padEnd(200, "z"));
+  const lines = Array.from({ length: 500 }, (_, n) => JSON.stringify({ items,
+    description: `order ${n} `.repeat(100), price: 2.5, destination: "Omaha, NE" }));
+  const file = path.join(dir, "large.jsonl");
+  writeFileSync(file, lines.join("\n") + "\n");
+  // A browser of its own, writing every HTTP/2 frame it sends to a net log.
+  const log = path.join(dir, "net-log.json");
+  const logged = await launchBrowser(["--ignore-certificate-errors", `--log-net-log=${log}`]);
+  let status;
+  let first;
+  try {
+    const page = await (await logged.newContext({ ignoreHTTPSErrors: true })).newPage();
+    await page.goto(`${server.url}/`);
+    await page.waitForSelector("#import:not([disabled])");
+    await page.setInputFiles("#import-file", file);
+    await page.click("#import");
+    await page.waitForSelector("#import-status:not([hidden])", { timeout: 60_000 });
+    status = await page.locator("#import-status").innerText();
+    assert.match(status, /Imported large\.jsonl in [\d.]+ s: added 500 orders: /, status);
+    // The server inflated each order whole.
+    first = /added 500 orders: (\d+)/.exec(status)[1];
+    await page.getByLabel("Order ID", { exact: true }).fill(first);
+    await page.click("#lookup");
+    await page.locator("#result").waitFor({ state: "visible" });
+    assert.match(await page.locator("#result").innerText(), /gzip item 19 for the wire z+/);
+  } finally {
+    await logged.close();
+  }
+  // The addOrders stream's request headers and the DATA bytes sent on it.
+  const net = JSON.parse(readFileSync(log, "utf8"));
+  const type = (name) => net.constants.logEventTypes[name];
+  const upload = net.events.find((e) => e.type === type("HTTP2_SESSION_SEND_HEADERS")
+    && e.params.headers.includes(":path: /OrderManagement/addOrders"));
+  assert.ok(upload, "the net log has no addOrders stream");
+  assert.ok(upload.params.headers.includes("grpc-encoding: gzip"), upload.params.headers.join("\n"));
+  const sent = net.events.filter((e) => e.type === type("HTTP2_SESSION_SEND_DATA")
+    && e.params.stream_id === upload.params.stream_id && e.source.id === upload.source.id)
+    .reduce((sum, e) => sum + e.params.size, 0);
+  const bytes = statSync(file).size;
+  console.log(`# an upload of ${(bytes / 1e6).toFixed(2)} MB of orders: ${(sent / 1024).toFixed(0)} KB on the wire`);
+  assert.ok(sent > 0 && sent * 4 < bytes, `${sent} bytes on the wire for a ${bytes}-byte file`);
+});
+
 test("a file with bad lines imports nothing and names each bad line; a good one imports", async () => {
   const bad = path.join(dir, "bad.csv");
   writeFileSync(bad, [

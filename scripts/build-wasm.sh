@@ -18,5 +18,11 @@ terser "$glue" --module --compress --mangle \
   --source-map "url='order_web_client.js.map',filename='order_web_client.js'" -o "$glue.min"
 mv "$glue.min" "$glue"
 mv "$glue.min.map" "$glue.map"
+# The client's JavaScript snippets (`inline_js`, under pkg/snippets/) likewise.
+for snippet in "$root"/static/pkg/snippets/*/*.js; do
+  [ -e "$snippet" ] || continue
+  terser "$snippet" --module --compress --mangle -o "$snippet.min"
+  mv "$snippet.min" "$snippet"
+done
 # Brotli and gzip copies beside each file, which the server sends to browsers that accept them.
 node "$root/scripts/precompress.mjs" "$root/static/pkg"

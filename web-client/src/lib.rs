@@ -116,44 +116,14 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 #[wasm_bindgen]
 pub struct OrderClient {
     grpc: OrderManagementClient<Transport>,
+    /// What `grpc` sends with, for a call that needs fetch options of its own (an abort signal).
+    transport: Transport,
+    timeout: Duration,
     base_url: String,
     /// `Bearer <token>`, sent with every call when set.
     authorization: RefCell<Option<MetadataValue<Ascii>>>,
     /// How client streams are sent to this server from this browser.
     uploads: Uploads,
-}
-
-#[wasm_bindgen]
-extern "C" {
-    /// The DOM's `AbortSignal`, as much of it as a call needs.
-    #[wasm_bindgen(typescript_type = "AbortSignal")]
-    pub type AbortSignal;
-    #[wasm_bindgen(method, getter)]
-    fn aborted(this: &AbortSignal) -> bool;
-    #[wasm_bindgen(method, getter)]
-    fn reason(this: &AbortSignal) -> JsValue;
-    #[wasm_bindgen(method, js_name = addEventListener)]
-    fn add_event_listener(this: &AbortSignal, kind: &str, listener: &js_sys::Function);
-}
-
-/// Runs `call` until `signal` (if any) aborts; then drops it, which aborts its `fetch` (the server
-/// sees the call cancelled), and fails with the signal's reason.
-async fn until_aborted<T>(
-    signal: Option<&AbortSignal>,
-    call: impl std::future::Future<Output = Result<T, JsValue>>,
-) -> Result<T, JsValue> {
-    use futures::future::{pending, select, Either};
-    let aborted = match signal {
-        Some(signal) if signal.aborted() => return Err(signal.reason()),
-        Some(signal) => Either::Left(wasm_bindgen_futures::JsFuture::from(js_sys::Promise::new(
-            &mut |resolve, _| signal.add_event_listener("abort", &resolve),
-        ))),
-        None => Either::Right(pending()),
-    };
-    match select(std::pin::pin!(call), aborted).await {
-        Either::Left((result, _)) => result,
-        Either::Right(_) => Err(signal.map_or(JsValue::UNDEFINED, AbortSignal::reason)),
-    }
 }
 
 /// How many times a write whose outcome is unknown is tried again.
@@ -184,7 +154,9 @@ impl OrderClient {
             uploads: client(timeout.max(upload::UPLOAD_TIMEOUT)),
         };
         let client = OrderClient {
-            grpc: OrderManagementClient::new(transport),
+            grpc: OrderManagementClient::new(transport.clone()),
+            transport,
+            timeout,
             uploads: Uploads::for_server(&base_url),
             base_url,
             authorization: RefCell::new(None),
@@ -249,42 +221,55 @@ impl OrderClient {
 
     /// `await client.searchOrders(text, onOrder, signal?)`: calls `onOrder(order)` for each order
     /// with an item containing `text` (ignoring case) as it streams in, then resolves to how many
-    /// there were. When the `AbortSignal` `signal` aborts, the call is cancelled (the server stops
-    /// searching), `onOrder` is not called again, and the promise rejects with the signal's
-    /// `reason`.
+    /// there were. When the `AbortSignal` `signal` aborts, the call is cancelled (its `fetch` is
+    /// aborted, and the server stops searching), `onOrder` is not called again, and the promise
+    /// rejects with the signal's `reason`.
     #[wasm_bindgen(js_name = searchOrders)]
     pub async fn search_orders(
         &self,
         text: String,
         #[wasm_bindgen(js_name = onOrder, unchecked_param_type = "(order: Order) => void")]
         on_order: js_sys::Function,
-        signal: Option<AbortSignal>,
+        signal: Option<web_sys::AbortSignal>,
     ) -> Result<u32, JsValue> {
-        let mut grpc = self.grpc.clone();
-        let search = async {
-            let mut orders = grpc
-                .search_orders(self.request(text))
-                .await
-                .map_err(|status| self.error(&status))?
-                .into_inner();
-            let mut count = 0;
-            while let Some(order) = orders
+        // The signal goes to the fetch itself: aborting it ends the call like a network failure,
+        // which is then told apart by the signal.
+        let aborted = || {
+            signal
+                .as_ref()
+                .filter(|signal| signal.aborted())
+                .map(|s| s.reason())
+        };
+        let mut grpc = match &signal {
+            None => self.grpc.clone(),
+            Some(signal) => {
+                let mut transport = self.transport.clone();
+                let options = FetchOptions::new()
+                    .timeout(self.timeout)
+                    .signal(signal.clone());
+                transport.calls.with_options(options);
+                OrderManagementClient::new(transport)
+            }
+        };
+        let mut orders = grpc
+            .search_orders(self.request(text))
+            .await
+            .map_err(|status| aborted().unwrap_or_else(|| self.error(&status)))?
+            .into_inner();
+        let mut count = 0;
+        loop {
+            let order = orders
                 .message()
                 .await
-                .map_err(|status| self.error(&status))?
-            {
-                // An order decoded in the same turn as the abort is not delivered.
-                if let Some(signal) = &signal {
-                    if signal.aborted() {
-                        return Err(signal.reason());
-                    }
-                }
-                count += 1;
-                on_order.call1(&JsValue::NULL, &js::order_to_js(&order))?;
+                .map_err(|status| aborted().unwrap_or_else(|| self.error(&status)))?;
+            // An order decoded in the same turn as the abort is not delivered.
+            if let Some(reason) = aborted() {
+                return Err(reason);
             }
-            Ok(count)
-        };
-        until_aborted(signal.as_ref(), search).await
+            let Some(order) = order else { return Ok(count) };
+            count += 1;
+            on_order.call1(&JsValue::NULL, &js::order_to_js(&order))?;
+        }
     }
 
     /// True when this client streams its uploads (`updateOrders`, `addOrders`,

@@ -40,7 +40,7 @@ use futures::{
 use js_sys::{Function, Promise, Reflect, Symbol};
 use tonic::codegen::{http, Body as HttpBody, Bytes, Service};
 use tonic::{Code, Status};
-use tonic_web_wasm_client::{Client, ResponseBody, StreamRequestBody};
+use tonic_web_wasm_client::{Client, CompressRequestMessages, ResponseBody, StreamRequestBody};
 use wasm_bindgen::{closure::Closure, JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
@@ -257,6 +257,11 @@ impl Service<http::Request<tonic::body::Body>> for Transport {
             })
         });
         request.extensions_mut().insert(StreamRequestBody);
+        // Large messages go compressed by the browser (the server inflates them at its edge);
+        // small ones would not shrink.
+        request
+            .extensions_mut()
+            .insert(CompressRequestMessages { min_bytes: 1024 });
         self.uploads.call(request)
     }
 }

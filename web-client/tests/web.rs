@@ -154,7 +154,7 @@ async fn a_search_stops_when_its_signal_aborts() {
                 .as_ref()
                 .unchecked_ref::<js_sys::Function>()
                 .clone(),
-            Some(controller.signal().unchecked_into()),
+            Some(controller.signal()),
         )
     };
     let error = search().await.expect_err("an aborted search rejects");

@@ -20,6 +20,53 @@ use crate::{Error, ResponseBody, fetch::fetch, options::FetchOptions};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamRequestBody;
 
+/// Put in a streamed request's extensions beside [`StreamRequestBody`], this has each message of
+/// at least `min_bytes` sent gzip-compressed by the browser's own `CompressionStream` (no
+/// compressor in the module), flagged so in its header, with `grpc-encoding: gzip`. Messages stay
+/// separate, so each still goes as soon as it is produced; what is left at the end (a message cut
+/// short) goes as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressRequestMessages {
+    pub min_bytes: u32,
+}
+
+// In JavaScript, where the browser's streams are: a few lines of glue instead of Rust stream
+// combinators in the module (which cost it 1.9 KB gzipped).
+#[wasm_bindgen::prelude::wasm_bindgen(inline_js = r#"
+export function gzipMessages(stream, min) {
+  let rest = new Uint8Array(0);
+  return stream.pipeThrough(new TransformStream({
+    async transform(chunk, out) {
+      const b = new Uint8Array(rest.length + chunk.length);
+      b.set(rest);
+      b.set(chunk, rest.length);
+      let at = 0;
+      while (b.length - at >= 5) {
+        const n = new DataView(b.buffer, at + 1, 4).getUint32(0);
+        if (b.length - at < 5 + n) break;
+        const flag = b[at], message = b.subarray(at + 5, at + 5 + n);
+        at += 5 + n;
+        if (n < min || flag & 1) { out.enqueue(b.slice(at - 5 - n, at)); continue; }
+        const gz = new Response(new Blob([message]).stream().pipeThrough(new CompressionStream("gzip")));
+        const z = new Uint8Array(await gz.arrayBuffer());
+        const framed = new Uint8Array(5 + z.length);
+        framed[0] = flag | 1;
+        new DataView(framed.buffer).setUint32(1, z.length);
+        framed.set(z, 5);
+        out.enqueue(framed);
+      }
+      rest = b.slice(at);
+    },
+    flush(out) { if (rest.length) out.enqueue(rest); },
+  }));
+}
+"#)]
+extern "C" {
+    /// `stream` of gRPC frames, with each message of at least `min` bytes gzip-compressed.
+    #[wasm_bindgen(js_name = gzipMessages)]
+    fn gzip_messages(stream: &JsValue, min: u32) -> JsValue;
+}
+
 pub async fn call(
     mut base_url: String,
     request: Request<Body>,
@@ -29,8 +76,16 @@ pub async fn call(
 
     let headers = prepare_headers(request.headers())?;
     let streamed = request.extensions().get::<StreamRequestBody>().is_some();
+    let compress = request.extensions().get::<CompressRequestMessages>().copied();
     let body = if streamed {
-        Some(stream_body(request.into_body()))
+        let body = stream_body(request.into_body());
+        Some(match compress {
+            None => body,
+            Some(CompressRequestMessages { min_bytes }) => {
+                headers.set("grpc-encoding", "gzip").map_err(Error::js_error)?;
+                gzip_messages(&body, min_bytes)
+            }
+        })
     } else {
         prepare_body(request).await?
     };

@@ -55,5 +55,5 @@ pub mod options;
 mod response_body;
 
 pub use self::{
-    call::StreamRequestBody, client::Client, error::Error, response_body::ResponseBody,
+    call::{CompressRequestMessages, StreamRequestBody}, client::Client, error::Error, response_body::ResponseBody,
 };

@@ -41,6 +41,10 @@ pub struct FetchOptions {
 
     /// Request's timeout duration
     pub timeout: Option<Duration>,
+
+    /// The caller's `AbortSignal`: the `fetch` is aborted when it aborts, as when the call is
+    /// dropped or times out
+    pub signal: Option<web_sys::AbortSignal>,
 }
 
 impl FetchOptions {
@@ -97,6 +101,12 @@ impl FetchOptions {
         self
     }
 
+    /// Set the caller's `AbortSignal`
+    pub fn signal(mut self, signal: web_sys::AbortSignal) -> Self {
+        self.signal = Some(signal);
+        self
+    }
+
     pub(crate) fn request_init(&self) -> Result<(RequestInit, AbortGuard), crate::Error> {
         let init = RequestInit::new();
 
@@ -134,7 +144,13 @@ impl FetchOptions {
             abort.timeout(timeout);
         }
 
-        init.set_signal(Some(&abort.signal()));
+        match &self.signal {
+            None => init.set_signal(Some(&abort.signal())),
+            Some(caller) => {
+                let both = js_sys::Array::of2(&abort.signal(), caller);
+                init.set_signal(Some(&web_sys::AbortSignal::any(&both)));
+            }
+        }
 
         Ok((init, abort))
     }
