@@ -51,31 +51,28 @@ pub(crate) struct Encodings {
 }
 
 impl Encodings {
-    /// Reads `headers`; an encoding other than gzip is refused with the one this server takes.
-    pub(crate) fn of(headers: &HeaderMap) -> Result<Self, Status> {
-        let mut encodings = Encodings::default();
-        // A scan, not two hash lookups: a call carries a handful of headers (see `scan_header`).
-        for (name, value) in headers {
-            if name == GRPC_ENCODING {
-                match value.as_bytes() {
-                    b"gzip" => encodings.inflate = true,
-                    b"identity" => {}
-                    other => {
-                        let mut status = Status::unimplemented(format!(
-                            "grpc-encoding {:?} is not supported: this server accepts gzip",
-                            String::from_utf8_lossy(other)
-                        ));
-                        status
-                            .metadata_mut()
-                            .insert("grpc-accept-encoding", "gzip".parse().expect("ASCII"));
-                        return Err(status);
-                    }
-                }
-            } else if name == GRPC_ACCEPT_ENCODING {
-                encodings.deflate |= lists_gzip(value);
+    /// From a call's `grpc-encoding` and whether its `grpc-accept-encoding` names gzip (read by
+    /// the edge in its one scan of the headers); an encoding other than gzip is refused with the
+    /// one this server takes.
+    pub(crate) fn of(encoding: Option<&HeaderValue>, accepts_gzip: bool) -> Result<Self, Status> {
+        let inflate = match encoding.map(HeaderValue::as_bytes) {
+            None | Some(b"identity") => false,
+            Some(b"gzip") => true,
+            Some(other) => {
+                let mut status = Status::unimplemented(format!(
+                    "grpc-encoding {:?} is not supported: this server accepts gzip",
+                    String::from_utf8_lossy(other)
+                ));
+                status
+                    .metadata_mut()
+                    .insert("grpc-accept-encoding", "gzip".parse().expect("ASCII"));
+                return Err(status);
             }
-        }
-        Ok(encodings)
+        };
+        Ok(Encodings {
+            inflate,
+            deflate: accepts_gzip,
+        })
     }
 }
 
@@ -421,20 +418,19 @@ mod tests {
 
     #[test]
     fn encodings_are_read_from_the_headers() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(Encodings::of(&headers).unwrap(), Encodings::default());
-        headers.insert(GRPC_ENCODING, "gzip".parse().unwrap());
-        headers.insert(
-            GRPC_ACCEPT_ENCODING,
-            "identity, deflate,gzip".parse().unwrap(),
-        );
+        assert_eq!(Encodings::of(None, false).unwrap(), Encodings::default());
+        let gzip = HeaderValue::from_static("gzip");
         let both = Encodings {
             inflate: true,
             deflate: true,
         };
-        assert_eq!(Encodings::of(&headers).unwrap(), both);
-        headers.insert(GRPC_ENCODING, "snappy".parse().unwrap());
-        let refused = Encodings::of(&headers).unwrap_err();
+        assert_eq!(Encodings::of(Some(&gzip), true).unwrap(), both);
+        let identity = HeaderValue::from_static("identity");
+        assert_eq!(
+            Encodings::of(Some(&identity), false).unwrap(),
+            Encodings::default()
+        );
+        let refused = Encodings::of(Some(&HeaderValue::from_static("snappy")), true).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unimplemented);
         assert!(
             refused.message().contains("snappy"),

@@ -1,7 +1,7 @@
 //! Deadlines on every call: the client's (`grpc-timeout`) and the server's ceiling
 //! (`--max-call-duration`), whichever comes first.
 //!
-//! At the edge ([`crate::edge`]), [`Deadlines::of`] reads the header and, for the methods whose
+//! At the edge ([`crate::edge`]), [`Deadlines::of`] takes the header's value and, for the methods whose
 //! response is a stream, records the [`Deadline`] in the request's extensions, where they find it
 //! to bound their response streams with [`until_deadline`]; a [`Timer`] bounds the call's
 //! response future. A call past its deadline ends with `DEADLINE_EXCEEDED`, its message saying
@@ -16,11 +16,11 @@ use std::{
 };
 
 use futures::{stream::BoxStream, Stream, StreamExt};
-use http::{HeaderName, Request};
+use http::Request;
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
-use crate::route::{scan_header, MethodPaths};
+use crate::route::MethodPaths;
 
 /// When the call must be over, and whose limit that is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,9 +44,6 @@ impl Deadline {
     }
 }
 
-/// The header a gRPC client sends its deadline in.
-const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-
 /// Applies `grpc-timeout` and the server's ceiling (`None`: no ceiling) to every gRPC call.
 #[derive(Debug, Default)]
 pub(crate) struct Deadlines {
@@ -60,13 +57,13 @@ pub(crate) struct Deadlines {
 impl Deadlines {
     /// The timer of the call `request` begins, with its deadline recorded in the request if its
     /// response is a stream.
-    pub(crate) fn of<B>(&self, request: &mut Request<B>) -> Timer {
-        let client = scan_header(request.headers(), &GRPC_TIMEOUT)
-            .and_then(|value| parse_grpc_timeout(value.as_bytes()))
-            .map(|after| Limit {
-                after,
-                client: true,
-            });
+    /// The timer of `request`, whose client asked for `timeout` (its `grpc-timeout`, read by the
+    /// edge in its one scan of the headers).
+    pub(crate) fn of<B>(&self, request: &mut Request<B>, timeout: Option<Duration>) -> Timer {
+        let client = timeout.map(|after| Limit {
+            after,
+            client: true,
+        });
         let ceiling = self.max.map(|after| Limit {
             after,
             client: false,

@@ -25,7 +25,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes};
-use http::{Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use tonic::{body::Body as GrpcBody, Status};
 use tower::{Layer, Service};
@@ -33,8 +33,8 @@ use tower::{Layer, Service};
 use crate::{
     auth::{Auth, Need},
     body::ResetIsError,
-    compress::{deflated, Encodings, GRPC_ENCODING},
-    deadline::{Deadlines, Timer},
+    compress::{deflated, lists_gzip, Encodings, GRPC_ENCODING},
+    deadline::{parse_grpc_timeout, Deadlines, Timer},
     host::{refusal, Hosts},
     metrics::{measured, Call, Metrics},
     route::MethodPaths,
@@ -117,11 +117,15 @@ where
                 Err(status) => return EdgeFuture::refused(status, request.into_body(), call),
             }
         }
-        let encodings = match Encodings::of(request.headers()) {
+        let headers = CallHeaders::of(request.headers());
+        let encodings = match Encodings::of(headers.encoding, headers.accepts_gzip) {
             Ok(encodings) => encodings,
             Err(status) => return EdgeFuture::refused(status, request.into_body(), call),
         };
-        let timer = edge.deadlines.of(&mut request);
+        let timeout = headers
+            .timeout
+            .and_then(|value| parse_grpc_timeout(value.as_bytes()));
+        let timer = edge.deadlines.of(&mut request, timeout);
         // Inflated here, if compressed: the service sees plain messages.
         let inflate = encodings.inflate.then(|| {
             request.headers_mut().remove(GRPC_ENCODING);
@@ -137,6 +141,34 @@ where
             },
             call,
         }
+    }
+}
+
+/// The gRPC headers the edge reads of every call, found in one scan of its headers: a call
+/// carries a handful, and comparing names costs a few instructions each where hashing a custom
+/// name costs about 150 (see [`crate::route::scan_header`]). Of a header sent twice, the first.
+#[derive(Debug, Default)]
+struct CallHeaders<'a> {
+    /// `grpc-timeout`.
+    timeout: Option<&'a HeaderValue>,
+    /// `grpc-encoding`.
+    encoding: Option<&'a HeaderValue>,
+    /// Whether a `grpc-accept-encoding` names gzip.
+    accepts_gzip: bool,
+}
+
+impl<'a> CallHeaders<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        let mut found = CallHeaders::default();
+        for (name, value) in headers {
+            match name.as_str() {
+                "grpc-timeout" => _ = found.timeout.get_or_insert(value),
+                "grpc-encoding" => _ = found.encoding.get_or_insert(value),
+                "grpc-accept-encoding" => found.accepts_gzip |= lists_gzip(value),
+                _ => {}
+            }
+        }
+        found
     }
 }
 
@@ -261,5 +293,32 @@ where
             return Poll::Ready(Ok(deflated(response)));
         }
         Poll::Ready(Ok(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_scan_finds_each_grpc_header_the_edge_reads() {
+        let mut headers = HeaderMap::new();
+        let none = CallHeaders::of(&headers);
+        assert!(none.timeout.is_none() && none.encoding.is_none() && !none.accepts_gzip);
+
+        headers.insert("content-type", "application/grpc".parse().unwrap());
+        headers.insert("grpc-timeout", "250m".parse().unwrap());
+        headers.insert("grpc-encoding", "gzip".parse().unwrap());
+        headers.append("grpc-accept-encoding", "identity".parse().unwrap());
+        headers.append("grpc-accept-encoding", "deflate, gzip".parse().unwrap());
+        headers.insert("x-grpc-encoding", "snappy".parse().unwrap());
+        let found = CallHeaders::of(&headers);
+        assert_eq!(found.timeout.unwrap(), "250m");
+        assert_eq!(found.encoding.unwrap(), "gzip");
+        // Any of the lists may name gzip.
+        assert!(found.accepts_gzip);
+
+        headers.insert("grpc-accept-encoding", "gzip;q=0".parse().unwrap());
+        assert!(!CallHeaders::of(&headers).accepts_gzip);
     }
 }
