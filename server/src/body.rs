@@ -180,6 +180,22 @@ pub(crate) const RESET_MESSAGE: &str =
 pub(crate) const CUT_MESSAGE: &str =
     "the request ended in the middle of a message: nothing of it is applied";
 
+/// What the service sees when the client's HTTP/1.1 connection closed before its request body
+/// ended.
+pub(crate) const DROPPED_MESSAGE: &str =
+    "the client's connection closed before its request ended: nothing of it is applied";
+
+/// Whether `error` (or what caused it) is the end of an HTTP/1.1 connection in the middle of a
+/// request body (hyper's reading a chunk or a `Content-Length` body fails with `UnexpectedEof`),
+/// which would otherwise reach the service as `UNKNOWN`.
+fn connection_dropped(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |error| error.source()).any(|error| {
+        error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|error| error.kind() == std::io::ErrorKind::UnexpectedEof)
+    })
+}
+
 impl<B> http_body::Body for ResetIsError<B>
 where
     B: http_body::Body<Data = Bytes>,
@@ -206,9 +222,12 @@ where
                     Err(frame) => frame,
                 },
                 Some(Err(error)) => {
-                    let status = tonic::Status::from_error(error.into());
+                    let error = error.into();
+                    let dropped = connection_dropped(&*error);
+                    let status = tonic::Status::from_error(error);
                     return Poll::Ready(Some(Err(match status.code() {
                         tonic::Code::Cancelled => tonic::Status::aborted(RESET_MESSAGE),
+                        _ if dropped => tonic::Status::aborted(DROPPED_MESSAGE),
                         _ => status,
                     })));
                 }

@@ -804,3 +804,72 @@ async fn a_client_stream_that_ends_in_the_middle_of_a_message_applies_nothing() 
     let stored = common::search(server.h2c(), "Cut short").await;
     assert!(stored.is_empty(), "{stored:?}");
 }
+
+/// Finding 1 over the Connect protocol: a streaming upload whose client goes away half-way, its
+/// socket closed (HTTP/1.1, a chunked body never ended) or its stream reset (HTTP/2), stores
+/// nothing, in JSON or binary.
+#[rstest]
+#[tokio::test]
+async fn a_connect_upload_cut_off_half_way_stores_nothing(
+    #[values("application/connect+json", "application/connect+proto")] content_type: &str,
+    #[values(1, 2)] http: u8,
+) {
+    use tokio::io::AsyncWriteExt;
+
+    let (server, store, _db) = start(Config::for_tests(), Db::Sqlite).await;
+    let ids = ["cut1", "cut2", "cut3"];
+    let sent: Vec<u8> = ids
+        .iter()
+        .flat_map(|id| match content_type {
+            "application/connect+json" => {
+                let json = format!(
+                    r#"{{"id":"{id}","items":["cut off"],"price":1,"destination":"Galle"}}"#
+                );
+                framed_message(json.as_bytes())
+            }
+            _ => framed(&order(id, "cut off")),
+        })
+        .collect();
+    let path = "/OrderManagement/addOrders";
+    match http {
+        1 => {
+            let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\n\
+                 transfer-encoding: chunked\r\n\r\n{:x}\r\n",
+                server.addr,
+                sent.len()
+            );
+            socket.write_all(head.as_bytes()).await.unwrap();
+            socket.write_all(&sent).await.unwrap();
+            socket.write_all(b"\r\n").await.unwrap();
+            received(&server, "addOrders", 3.0).await;
+            // The client dies: the socket closes with the body's last chunk never sent.
+            drop(socket);
+        }
+        _ => {
+            let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+            let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(connection);
+            let mut client = client.ready().await.unwrap();
+            let request = http::Request::post(format!("http://{}{path}", server.addr))
+                .header("content-type", content_type)
+                .body(())
+                .unwrap();
+            let (_response, mut body) = client.send_request(request, false).unwrap();
+            body.send_data(sent.into(), false).unwrap();
+            received(&server, "addOrders", 3.0).await;
+            body.send_reset(h2::Reason::CANCEL);
+        }
+    }
+    // The service fails the stream (`ABORTED`), whether it saw a reset or a body cut off.
+    ended(&server, &store, "addOrders", &["Aborted"]).await;
+    missing(&store, &ids).await;
+    let stored = common::search(server.h2c(), "cut off").await;
+    assert!(stored.is_empty(), "{stored:?}");
+}
+
+/// `message` as one frame of a Connect stream (the same five-byte header as gRPC's).
+fn framed_message(message: &[u8]) -> Vec<u8> {
+    common::framed(0, message).to_vec()
+}
