@@ -344,4 +344,31 @@ mod tests {
             assert_eq!(status.message(), CUT_MESSAGE);
         }
     }
+
+    #[test]
+    fn framing_follows_messages_however_they_are_cut() {
+        // Messages of 300 (a length over a byte), 0 and 2 bytes.
+        let mut stream = vec![0, 0, 0, 1, 44];
+        stream.extend([7; 300]);
+        stream.extend([0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 8, 9]);
+        let ends = [0, 305, 310, stream.len()];
+        for cut in 0..=stream.len() {
+            // Read in two pieces split at `cut`, and byte by byte up to it.
+            let mut two = Framing::default();
+            two.read(&stream[..cut]);
+            let mut bytes = Framing::default();
+            for byte in &stream[..cut] {
+                bytes.read(std::slice::from_ref(byte));
+            }
+            let between = ends.contains(&cut);
+            assert_eq!(two.between_messages(), between, "after {cut} bytes");
+            assert_eq!(
+                bytes.between_messages(),
+                between,
+                "after {cut} bytes, one at a time"
+            );
+            two.read(&stream[cut..]);
+            assert!(two.between_messages(), "the rest after {cut} bytes");
+        }
+    }
 }

@@ -16,7 +16,7 @@ use std::{
 };
 
 use futures::{stream::BoxStream, Stream, StreamExt};
-use http::Request;
+use http::{HeaderName, Request};
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
@@ -43,6 +43,9 @@ impl Deadline {
         }
     }
 }
+
+/// The header a gRPC client sends its deadline in.
+pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// Applies `grpc-timeout` and the server's ceiling (`None`: no ceiling) to every gRPC call.
 #[derive(Debug, Default)]

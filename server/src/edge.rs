@@ -33,7 +33,8 @@ use tower::{Layer, Service};
 use crate::{
     auth::{Auth, Need},
     body::ResetIsError,
-    compress::{deflated, lists_gzip, Encodings, GRPC_ENCODING},
+    compress::{deflated, lists_gzip, Encodings, GRPC_ACCEPT_ENCODING, GRPC_ENCODING},
+    deadline::GRPC_TIMEOUT,
     deadline::{parse_grpc_timeout, Deadlines, Timer},
     host::{refusal, Hosts},
     metrics::{measured, Call, Metrics},
@@ -160,12 +161,15 @@ struct CallHeaders<'a> {
 impl<'a> CallHeaders<'a> {
     fn of(headers: &'a HeaderMap) -> Self {
         let mut found = CallHeaders::default();
+        // Names compared as `HeaderName`s: a standard header (`content-type`, `te`...) differs
+        // from these custom ones at its first comparison, with no string made of it.
         for (name, value) in headers {
-            match name.as_str() {
-                "grpc-timeout" => _ = found.timeout.get_or_insert(value),
-                "grpc-encoding" => _ = found.encoding.get_or_insert(value),
-                "grpc-accept-encoding" => found.accepts_gzip |= lists_gzip(value),
-                _ => {}
+            if name == GRPC_TIMEOUT {
+                found.timeout.get_or_insert(value);
+            } else if name == GRPC_ENCODING {
+                found.encoding.get_or_insert(value);
+            } else if name == GRPC_ACCEPT_ENCODING {
+                found.accepts_gzip |= lists_gzip(value);
             }
         }
         found
