@@ -187,13 +187,15 @@ where
 }
 
 /// Stores `key` with the write's `answer` in the write's transaction ([`INSERT_KEY`]), on either
-/// engine; `ABORTED` when the key was stored meanwhile (on PostgreSQL, by another server's
-/// transaction, which this one waited for).
+/// engine, at `now`, over a key stored before `expired_before` (Unix milliseconds both: the
+/// write's `Commit` has them); `ABORTED` when the key was stored meanwhile (on PostgreSQL, by
+/// another server's transaction, which this one waited for).
 pub(super) async fn remember<'c, DB>(
     conn: impl sqlx::Executor<'c, Database = DB>,
     key: &KeyRecord,
     answer: &str,
-    commit: &super::write::Commit,
+    now: i64,
+    expired_before: i64,
 ) -> Result<(), Error>
 where
     DB: sqlx::Database,
@@ -209,8 +211,8 @@ where
         .bind(key.method)
         .bind(key.digest.as_slice())
         .bind(answer)
-        .bind(commit.now)
-        .bind(commit.keys_expired_before)
+        .bind(now)
+        .bind(expired_before)
         .execute(conn)
         .await?;
     match stored.rows() {

@@ -285,7 +285,13 @@ impl Staging for PgStaging {
             let answer = self.written.to_string();
             until(
                 commit.deadline,
-                remember(&mut *self.tx, key, &answer, &commit),
+                remember(
+                    &mut *self.tx,
+                    key,
+                    &answer,
+                    commit.now,
+                    commit.keys_expired_before,
+                ),
             )
             .await?;
         }
@@ -555,7 +561,14 @@ impl Backend for Postgres {
         };
         commit.still_wanted()?;
         let mut tx = self.pool.begin().await?;
-        remember(&mut *tx, key, &answer, &commit).await?;
+        remember(
+            &mut *tx,
+            key,
+            &answer,
+            commit.now,
+            commit.keys_expired_before,
+        )
+        .await?;
         commit.commit(tx).await
     }
 

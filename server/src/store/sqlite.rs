@@ -660,7 +660,14 @@ async fn commit_keyed(
     answer: &str,
 ) -> Result<(), Error> {
     if let Some(key) = &commit.key {
-        remember(&mut *tx, key, answer, commit).await?;
+        remember(
+            &mut *tx,
+            key,
+            answer,
+            commit.now,
+            commit.keys_expired_before,
+        )
+        .await?;
     }
     commit.commit(tx).await
 }
