@@ -69,11 +69,9 @@ pub enum Error {
     )]
     Idle(std::time::Duration),
     /// The `idempotency-key` metadata is not a key.
-    #[error(
-        "idempotency-key must be 1 to {} visible ASCII characters",
-        crate::store::MAX_KEY_CHARS
-    )]
-    BadKey,
+    /// (The most characters a key may have: the store's `MAX_KEY_CHARS`.)
+    #[error("idempotency-key must be 1 to {0} visible ASCII characters")]
+    BadKey(usize),
     /// The key was used before, for another request.
     #[error("idempotency-key {} was used before for a different {method} request: use a new key for a new request", Echo(.key))]
     KeyReused {
@@ -109,23 +107,6 @@ impl Error {
             other => other,
         }
     }
-}
-
-/// Why the server could not start or stopped serving.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The database could not be opened.
-    #[error(transparent)]
-    Store(#[from] crate::store::OpenError),
-    /// The authentication key could not be used.
-    #[error(transparent)]
-    Auth(#[from] crate::auth::AuthError),
-    /// The TLS certificate or key could not be used.
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-    /// Serving failed.
-    #[error("cannot serve: {0}")]
-    Io(#[from] std::io::Error),
 }
 
 /// What a client is told when the database cannot be reached. The cause is in the server's log.
@@ -200,7 +181,7 @@ impl From<Error> for Status {
         match error {
             Error::NotFound(_) => Status::new(Code::NotFound, message),
             Error::AlreadyExists(_) => Status::new(Code::AlreadyExists, message),
-            Error::Empty(_) | Error::Duplicate(_) | Error::BadKey => {
+            Error::Empty(_) | Error::Duplicate(_) | Error::BadKey(_) => {
                 Status::new(Code::InvalidArgument, message)
             }
             Error::KeyReused { .. } => Status::new(Code::FailedPrecondition, message),

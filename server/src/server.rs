@@ -16,12 +16,28 @@ use crate::{
     app::app,
     config::Config,
     connections::{Connection, Connections, Counted},
-    error::RunError,
     service::OrderService,
     store::Store,
     timer::CoarseTimer,
     tls::Tls,
 };
+
+/// Why the server could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::OpenError),
+    /// The authentication key could not be used.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    /// The TLS certificate or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// Serving failed.
+    #[error("cannot serve: {0}")]
+    Io(#[from] std::io::Error),
+}
 
 /// Opens the database the configuration names (creating and seeding it if it is new), then
 /// serves on `listener` until `shutdown` completes and lets in-flight calls finish for up to

@@ -15,7 +15,7 @@ use crate::{
     metrics::Messages,
     order::ValidOrder,
     process,
-    store::{Key, OrderStream, Store},
+    store::{Key, OrderStream, Store, MAX_KEY_CHARS},
     streams::OpenStreams,
 };
 
@@ -94,7 +94,7 @@ fn idempotency_key<T>(request: &Request<T>) -> Result<Option<Key>, Error> {
     let Some(value) = request.metadata().get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
-    let value = value.to_str().map_err(|_| Error::BadKey)?;
+    let value = value.to_str().map_err(|_| Error::BadKey(MAX_KEY_CHARS))?;
     Key::new(subject(request), value).map(Some)
 }
 

@@ -38,7 +38,7 @@ impl Key {
             && value.len() <= MAX_KEY_CHARS
             && value.bytes().all(|b| b.is_ascii_graphic());
         if !valid {
-            return Err(Error::BadKey);
+            return Err(Error::BadKey(MAX_KEY_CHARS));
         }
         Ok(Self {
             caller,
