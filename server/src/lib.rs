@@ -30,6 +30,7 @@
 mod app;
 mod auth;
 mod body;
+mod client_stream;
 mod compress;
 mod config;
 mod connect;

@@ -1,6 +1,6 @@
 //! `processOrders`, all of it: the stream of IDs in, orders batched by destination, each full
 //! batch numbered from the database's shipment sequence and sent at once, the rest when the
-//! client's stream ends. At most [`crate::service::MAX_ORDERS_PER_CALL`] IDs a call; a client
+//! client's stream ends. At most [`MAX_ORDERS_PER_CALL`] IDs a call; a client
 //! silent for `--stream-idle-timeout` ends it. With an idempotency key, a retry gets the same
 //! shipment numbers ([`Keyed`]).
 
@@ -15,9 +15,9 @@ use tonic::{Status, Streaming};
 use tracing::info;
 
 use crate::{
+    client_stream::{next_within, MAX_ORDERS_PER_CALL},
     error::{Echo, Error},
     metrics::Messages,
-    service::next_within,
     store::{Claim, Digest, Key, Store, Stored},
 };
 
@@ -90,8 +90,8 @@ pub(crate) fn shipments(
             let Some(id) = next_within(idle, ids.message()).await?? else { break };
             messages.received();
             numbers.digest(&id);
-            if numbers.ids == crate::service::MAX_ORDERS_PER_CALL {
-                Err(Error::TooMany(crate::service::MAX_ORDERS_PER_CALL))?;
+            if numbers.ids == MAX_ORDERS_PER_CALL {
+                Err(Error::TooMany(MAX_ORDERS_PER_CALL))?;
             }
             numbers.ids += 1;
             let order = store.get(&id).await?;

@@ -10,6 +10,7 @@ use tracing::{debug, info, instrument};
 
 use crate::{
     auth::Caller,
+    client_stream::{next_within, MAX_ORDERS_PER_CALL},
     deadline::{until_deadline, Deadline},
     error::{Echo, Error, FieldViolation},
     metrics::Messages,
@@ -18,9 +19,6 @@ use crate::{
     store::{Key, OrderStream, Store, MAX_KEY_CHARS},
     streams::OpenStreams,
 };
-
-/// Most orders one `updateOrders` or `addOrders` call may carry.
-pub const MAX_ORDERS_PER_CALL: usize = 10_000;
 
 /// The implementation of `OrderManagement` behind both native gRPC and gRPC-Web. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -164,17 +162,6 @@ fn checked(
             yield Err(Error::InvalidOrder { id, violations });
         }
     })
-}
-
-/// The client stream's next message (`next`), or [`Error::Idle`] if the client sends nothing for
-/// `idle` (`--stream-idle-timeout`).
-pub(crate) async fn next_within<F: std::future::Future>(
-    idle: Duration,
-    next: F,
-) -> Result<F::Output, Error> {
-    tokio::time::timeout(idle, next)
-        .await
-        .map_err(|_| Error::Idle(idle))
 }
 
 // The stream types are named after the tutorial's lowerCamel RPC names.
