@@ -38,8 +38,9 @@ use crate::{
     edge::{Edge, EdgeFuture, EdgeLayer},
     files::files,
     grpc::{stack, Layers, Stack},
+    methods::MethodPaths,
     metrics::Metrics,
-    route::{MethodPaths, Route, Target, Transport},
+    route::{Route, Target, Transport},
     service::OrderService,
 };
 

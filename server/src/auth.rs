@@ -38,7 +38,7 @@ pub(crate) enum Need {
 impl Need {
     /// What a call to `path` needs.
     pub(crate) fn of(path: &str) -> Need {
-        match crate::route::order_method(path) {
+        match crate::methods::order_method(path) {
             None => Need::Nothing,
             Some(method) if READ_METHODS.contains(&method) => Need::Read,
             Some(_) => Need::Write,

@@ -70,7 +70,7 @@ impl Shape {
         if request.method() == Method::GET {
             let query = request.uri().query()?;
             let connect = query.split('&').any(|pair| pair.starts_with("encoding="));
-            return (connect && crate::route::order_method(request.uri().path()).is_some())
+            return (connect && crate::methods::order_method(request.uri().path()).is_some())
                 .then_some(Shape::Get);
         }
         if request.method() != Method::POST {
@@ -159,10 +159,10 @@ pub(crate) struct Methods(Vec<(String, Type, Type, bool)>);
 impl Methods {
     pub(crate) fn new() -> Self {
         Self(
-            crate::route::served_methods()
+            crate::methods::served_methods()
                 .into_iter()
                 .map(|m| {
-                    let unary = m.kind == crate::route::Kind::Unary;
+                    let unary = m.kind == crate::methods::Kind::Unary;
                     (m.path(), Type::of(&m.input), Type::of(&m.output), unary)
                 })
                 .collect(),

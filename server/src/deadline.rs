@@ -20,7 +20,7 @@ use http::{HeaderName, Request};
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
-use crate::route::MethodPaths;
+use crate::methods::MethodPaths;
 
 /// When the call must be over, and whose limit that is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -37,8 +37,8 @@ use crate::{
     deadline::GRPC_TIMEOUT,
     deadline::{parse_grpc_timeout, Deadlines, Timer},
     host::{refusal, Hosts},
+    methods::MethodPaths,
     metrics::{measured, Call, Metrics},
-    route::MethodPaths,
 };
 
 /// What every call is checked and measured against: made once, shared by every stack.
@@ -147,7 +147,7 @@ where
 
 /// The gRPC headers the edge reads of every call, found in one scan of its headers: a call
 /// carries a handful, and comparing names costs a few instructions each where hashing a custom
-/// name costs about 150 (see [`crate::route::scan_header`]). Of a header sent twice, the first.
+/// name costs about 150 (as `metrics` finds `grpc-status`). Of a header sent twice, the first.
 #[derive(Debug, Default)]
 struct CallHeaders<'a> {
     /// `grpc-timeout`.

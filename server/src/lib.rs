@@ -42,6 +42,7 @@ mod error;
 mod files;
 mod grpc;
 mod host;
+mod methods;
 mod metrics;
 mod order;
 mod process;

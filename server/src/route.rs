@@ -3,12 +3,12 @@
 //! Requests are split by what they are, not by path: gRPC and gRPC-Web are recognised by content
 //! type on any path (so an unknown service gets `UNIMPLEMENTED`, as any gRPC client expects, never
 //! a 404), CORS preflights go to the gRPC side (only gRPC-Web needs CORS), everything else is a
-//! page request. The order service's name and which of its methods are unary come from the
-//! generated code and the embedded descriptor set, never from literals here.
+//! page request. Which calls are the order service's comes from the generated code
+//! ([`crate::methods`]), never from literals here.
 
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Version};
-use order_api::pb::order_management_server::SERVICE_NAME;
-use prost::Message;
+use http::{header, Method, Request, Version};
+
+use crate::methods::order_method;
 
 /// Which gRPC service takes the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,161 +40,6 @@ pub(crate) enum Route {
     Grpc(Target, Transport),
     /// A page request: the static files.
     Page,
-}
-
-/// Some of the served methods (of the order service and of the health service), as wire paths
-/// (`/OrderManagement/getOrder`). A handful of paths, so a scan (length first) beats hashing.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct MethodPaths(Vec<String>);
-
-impl MethodPaths {
-    /// The unary methods: their gRPC-Web answers are sent whole (see [`crate::body`]).
-    pub(crate) fn unary() -> Self {
-        Self::of(|kind| kind == Kind::Unary)
-    }
-
-    /// The methods whose response is a stream (server and bidirectional streaming): their
-    /// requests carry their deadline (see [`crate::deadline`]).
-    pub(crate) fn response_streams() -> Self {
-        Self::of(|kind| matches!(kind, Kind::ServerStream | Kind::BidiStream))
-    }
-
-    /// Every method this server has: the order service's, health's and reflection's. A call to
-    /// any other is refused at the edge ([`crate::edge`]).
-    pub(crate) fn all() -> Self {
-        let mut paths = Self::of(|_| true);
-        let reflection = methods_of(&[
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ]);
-        paths.0.extend(reflection.iter().map(GrpcMethod::path));
-        paths
-    }
-
-    fn of(wanted: impl Fn(Kind) -> bool) -> Self {
-        // In the descriptor's order, so that `getOrder`, the first, is found first.
-        Self(
-            served_methods()
-                .into_iter()
-                .filter(|method| wanted(method.kind))
-                .map(|method| method.path())
-                .collect(),
-        )
-    }
-
-    pub(crate) fn contains(&self, path: &str) -> bool {
-        self.0.iter().any(|method| method == path)
-    }
-}
-
-/// The first value of the header `name` in `headers`, found by a scan. gRPC's own headers
-/// (`grpc-timeout` in a request, `grpc-status` in trailers) are looked up on every call, and a
-/// request or trailers hold a handful of headers: comparing names costs a few instructions each,
-/// where hashing a custom name costs about 150, found or not.
-pub(crate) fn scan_header<'a>(
-    headers: &'a HeaderMap,
-    name: &HeaderName,
-) -> Option<&'a HeaderValue> {
-    headers
-        .iter()
-        .find_map(|(found, value)| (found == name).then_some(value))
-}
-
-/// Which side of a call streams, named as gRPC's metrics name it (`grpc_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Unary,
-    ClientStream,
-    ServerStream,
-    BidiStream,
-}
-
-impl Kind {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Kind::Unary => "unary",
-            Kind::ClientStream => "client_stream",
-            Kind::ServerStream => "server_stream",
-            Kind::BidiStream => "bidi_stream",
-        }
-    }
-}
-
-/// One gRPC method of a descriptor set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct GrpcMethod {
-    /// The service's full name (`OrderManagement`, `grpc.health.v1.Health`).
-    pub(crate) service: String,
-    /// The method's name (`getOrder`).
-    pub(crate) name: String,
-    pub(crate) kind: Kind,
-    /// Its message types' full names (`.Order`, `.google.protobuf.StringValue`).
-    pub(crate) input: String,
-    pub(crate) output: String,
-}
-
-impl GrpcMethod {
-    /// Its wire path, `/service/method`.
-    pub(crate) fn path(&self) -> String {
-        format!("/{}/{}", self.service, self.name)
-    }
-}
-
-/// Every method this server serves: the order service's and the health service's (reflection
-/// is left out: tools call it, it has no answers to send whole and nothing to measure).
-pub(crate) fn served_methods() -> Vec<GrpcMethod> {
-    methods_of(&[
-        order_api::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-    ])
-}
-
-/// Every method of the encoded descriptor sets embedded at build time.
-fn methods_of(encoded: &[&[u8]]) -> Vec<GrpcMethod> {
-    encoded
-        .iter()
-        .flat_map(|encoded| {
-            let set = prost_types::FileDescriptorSet::decode(*encoded)
-                .expect("the descriptor sets embedded at build time are valid");
-            methods(&set)
-        })
-        .collect()
-}
-
-/// Every method of every service in `set`.
-pub(crate) fn methods(set: &prost_types::FileDescriptorSet) -> Vec<GrpcMethod> {
-    let mut found = Vec::new();
-    for file in &set.file {
-        for service in &file.service {
-            let full_name = match file.package() {
-                "" => service.name().to_owned(),
-                package => format!("{package}.{}", service.name()),
-            };
-            for method in &service.method {
-                let kind = match (method.client_streaming(), method.server_streaming()) {
-                    (false, false) => Kind::Unary,
-                    (true, false) => Kind::ClientStream,
-                    (false, true) => Kind::ServerStream,
-                    (true, true) => Kind::BidiStream,
-                };
-                found.push(GrpcMethod {
-                    service: full_name.clone(),
-                    name: method.name().to_owned(),
-                    kind,
-                    input: method.input_type().to_owned(),
-                    output: method.output_type().to_owned(),
-                });
-            }
-        }
-    }
-    found
-}
-
-/// The method of a call to the order service (`/OrderManagement/<method>`), if it is one.
-pub(crate) fn order_method(path: &str) -> Option<&str> {
-    path.strip_prefix('/')
-        .and_then(|rest| rest.strip_prefix(SERVICE_NAME))
-        .and_then(|rest| rest.strip_prefix('/'))
 }
 
 impl Route {
@@ -238,6 +83,9 @@ impl Route {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::methods::methods;
+    use order_api::pb::order_management_server::SERVICE_NAME;
+    use prost::Message;
 
     const HTTP_11: Version = Version::HTTP_11;
     const HTTP_2: Version = Version::HTTP_2;
@@ -294,23 +142,6 @@ mod tests {
             }
         }
     }
-
-    #[test]
-    fn unary_methods_come_from_the_descriptor() {
-        let unary = MethodPaths::unary();
-        let streams = MethodPaths::response_streams();
-        for method in methods(&orders_descriptor()) {
-            let path = method.path();
-            assert_eq!(unary.contains(&path), method.kind == Kind::Unary, "{path}");
-            let streamed = matches!(method.kind, Kind::ServerStream | Kind::BidiStream);
-            assert_eq!(streams.contains(&path), streamed, "{path}");
-        }
-        assert!(unary.contains(&format!("/{SERVICE_NAME}/getOrder")));
-        assert!(!unary.contains(&format!("/{SERVICE_NAME}/searchOrders")));
-        assert!(unary.contains("/grpc.health.v1.Health/Check"));
-        assert!(!unary.contains("/grpc.health.v1.Health/Watch"));
-    }
-
     #[test]
     fn other_requests_are_routed_by_kind() {
         let get: &str = &format!("/{SERVICE_NAME}/getOrder");
