@@ -15,10 +15,7 @@ use std::{
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Validation};
 use tonic::Status;
 
-/// The scope that lets a caller read orders.
-pub const READ_SCOPE: &str = "orders:read";
-/// The scope that lets a caller change orders (and read them).
-pub const WRITE_SCOPE: &str = "orders:write";
+use crate::call::{Caller, READ_SCOPE, WRITE_SCOPE};
 
 /// The order RPCs that only read; every other order RPC writes. A test checks this against the
 /// descriptor, so a new RPC is a write until someone says otherwise.
@@ -44,14 +41,6 @@ impl Need {
             Some(_) => Need::Write,
         }
     }
-}
-
-/// Who made a call, as its token says; in the request's extensions for the RPC's logs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// The token's `sub`, or `anonymous` for a public read. Shared with the cache of verified
-    /// tokens: naming the caller of a call copies nothing.
-    pub subject: Arc<str>,
 }
 
 /// Why the authentication configuration cannot be used. Names the file.

@@ -245,7 +245,7 @@ pub struct TokenArgs {
 }
 
 fn parse_scopes(s: &str) -> Result<String, String> {
-    let known = [crate::auth::READ_SCOPE, crate::auth::WRITE_SCOPE];
+    let known = [crate::call::READ_SCOPE, crate::call::WRITE_SCOPE];
     match s.split_whitespace().find(|scope| !known.contains(scope)) {
         Some(unknown) => Err(format!(
             "unknown scope {unknown:?}: use {} and/or {}",

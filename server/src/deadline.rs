@@ -2,8 +2,8 @@
 //! (`--max-call-duration`), whichever comes first.
 //!
 //! At the edge ([`crate::edge`]), [`Deadlines::of`] takes the header's value and, for the methods whose
-//! response is a stream, records the [`Deadline`] in the request's extensions, where they find it
-//! to bound their response streams with [`until_deadline`]; a [`Timer`] bounds the call's
+//! response is a stream, records the [`Deadline`](crate::call::Deadline) in the request's extensions, where they find it
+//! to bound their response streams with [`until_deadline`](crate::call::until_deadline); a [`Timer`] bounds the call's
 //! response future. A call past its deadline ends with `DEADLINE_EXCEEDED`, its message saying
 //! whose deadline it was. So no call, streams included, holds its resources (a database
 //! transaction, a connection's stream) forever.
@@ -15,34 +15,11 @@ use std::{
     time::Duration,
 };
 
-use futures::{stream::BoxStream, Stream, StreamExt};
 use http::{HeaderName, Request};
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
-use crate::methods::MethodPaths;
-
-/// When the call must be over, and whose limit that is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadline {
-    /// The instant the call ends.
-    pub at: Instant,
-    /// The client's `grpc-timeout` (rather than the server's ceiling).
-    pub client: bool,
-}
-
-impl Deadline {
-    /// The status a call past this deadline ends with.
-    fn exceeded(&self) -> Status {
-        if self.client {
-            Status::deadline_exceeded("the call's deadline (grpc-timeout) passed")
-        } else {
-            Status::deadline_exceeded(
-                "the call ran for longer than this server allows (--max-call-duration)",
-            )
-        }
-    }
-}
+use crate::{call::Deadline, methods::MethodPaths};
 
 /// The header a gRPC client sends its deadline in.
 pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -164,26 +141,6 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
     })
 }
 
-/// Ends `stream` with `DEADLINE_EXCEEDED` once `deadline` passes; without a deadline, `stream` as
-/// it is.
-pub fn until_deadline<T: Send + 'static>(
-    stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
-    deadline: Option<Deadline>,
-) -> BoxStream<'static, Result<T, Status>> {
-    let Some(deadline) = deadline else {
-        return stream.boxed();
-    };
-    let sleep = Box::pin(tokio::time::sleep_until(deadline.at));
-    futures::stream::unfold(Some((stream.boxed(), sleep)), move |state| async move {
-        let (mut stream, mut sleep) = state?;
-        tokio::select! {
-            item = stream.next() => item.map(|item| (item, Some((stream, sleep)))),
-            () = &mut sleep => Some((Err(deadline.exceeded()), None)),
-        }
-    })
-    .boxed()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,34 +165,5 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_stream_past_its_deadline_ends_with_deadline_exceeded() {
-        let endless = futures::stream::pending::<Result<u32, Status>>();
-        let deadline = Deadline {
-            at: Instant::now() + Duration::from_secs(1),
-            client: true,
-        };
-        let items: Vec<_> = until_deadline(endless, Some(deadline)).collect().await;
-        assert_eq!(items.len(), 1);
-        assert_eq!(
-            items[0].as_ref().unwrap_err().code(),
-            tonic::Code::DeadlineExceeded
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_stream_that_ends_in_time_is_unchanged() {
-        let items = futures::stream::iter([Ok(1), Ok(2)]);
-        let deadline = Deadline {
-            at: Instant::now() + Duration::from_secs(1),
-            client: true,
-        };
-        let items: Vec<_> = until_deadline(items, Some(deadline)).collect().await;
-        assert_eq!(
-            items.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
-            [1, 2]
-        );
     }
 }

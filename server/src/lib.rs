@@ -30,6 +30,7 @@
 mod app;
 mod auth;
 mod body;
+mod call;
 mod client_stream;
 mod compress;
 mod config;
@@ -57,7 +58,8 @@ mod tls;
 
 pub use crate::{
     app::{app, App, AppFuture},
-    auth::{read_secret, sign_token, AuthError, Caller, READ_SCOPE, WRITE_SCOPE},
+    auth::{read_secret, sign_token, AuthError},
+    call::{Caller, READ_SCOPE, WRITE_SCOPE},
     config::{Command, Config, TokenArgs},
     cors::{CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS},
     server::{run, run_with_reload, serve, serve_with_reload, RunError},

@@ -21,7 +21,7 @@
 
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex, OnceLock, Weak},
+    sync::{Arc, Mutex, OnceLock},
     task::{Context, Poll},
 };
 
@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use tonic::{body::Body as GrpcBody, Code};
 
 use crate::{
-    connections::Connections,
+    call::Messages,
     methods::{served_methods, GrpcMethod, Kind},
     store::Store,
     streams::OpenStreams,
@@ -81,9 +81,13 @@ pub(crate) struct Metrics {
     other: MethodMetrics,
     open_streams: OpenStreams,
     store: Store,
-    connections: OnceLock<Weak<Connections>>,
+    /// How many client connections are open, once the server counts them.
+    connections: OnceLock<OpenConnections>,
     gauges: ServerGauges,
 }
+
+/// Reads how many client connections are open.
+type OpenConnections = Box<dyn Fn() -> usize + Send + Sync>;
 
 /// The call series, by their labels.
 struct CallFamilies {
@@ -120,34 +124,6 @@ struct ServerGauges {
     /// A counter set from the logger's own count; the lock keeps two scrapes from adding the
     /// same lines twice.
     dropped_lines: Mutex<IntCounter>,
-}
-
-/// A method's message counters, which streaming RPCs find in their request's extensions and
-/// count with as messages come and go. Without metrics (`--no-metrics`) they count nothing.
-#[derive(Clone, Default)]
-pub(crate) struct Messages(Option<(IntCounter, IntCounter)>);
-
-impl Messages {
-    /// The counters of the call `request` belongs to.
-    pub(crate) fn of<T>(request: &tonic::Request<T>) -> Messages {
-        request
-            .extensions()
-            .get::<Messages>()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    pub(crate) fn received(&self) {
-        if let Some((received, _)) = &self.0 {
-            received.inc();
-        }
-    }
-
-    pub(crate) fn sent(&self) {
-        if let Some((_, sent)) = &self.0 {
-            sent.inc();
-        }
-    }
 }
 
 impl Metrics {
@@ -255,19 +231,16 @@ impl Metrics {
         })
     }
 
-    /// Counts `connections` in `order_server_open_connections` from now on.
-    pub(crate) fn watch_connections(&self, connections: &Arc<Connections>) {
-        let _ = self.connections.set(Arc::downgrade(connections));
+    /// Reports `open()`, the client connections open, in `order_server_open_connections` from
+    /// now on. (The server counts them, above this layer: it hands over the count, not itself.)
+    pub(crate) fn count_connections(&self, open: impl Fn() -> usize + Send + Sync + 'static) {
+        let _ = self.connections.set(Box::new(open));
     }
 
     /// The metrics as `/metrics` answers them.
     pub(crate) fn render(&self) -> String {
         let gauges = &self.gauges;
-        let open = self
-            .connections
-            .get()
-            .and_then(Weak::upgrade)
-            .map_or(0, |connections| connections.open());
+        let open = self.connections.get().map_or(0, |open| open());
         gauges.connections.set(saturating_i64(open));
         gauges
             .streams
@@ -385,10 +358,10 @@ impl MethodMetrics {
             started: families.started.with_label_values(&values),
             handled: Default::default(),
             seconds: families.seconds.with_label_values(&values),
-            messages: Messages(Some((
+            messages: Messages::new(
                 families.received.with_label_values(&values),
                 families.sent.with_label_values(&values),
-            ))),
+            ),
             labels,
         }
     }

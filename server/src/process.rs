@@ -15,9 +15,9 @@ use tonic::{Status, Streaming};
 use tracing::info;
 
 use crate::{
+    call::Messages,
     client_stream::{next_within, MAX_ORDERS_PER_CALL},
     error::{Echo, Error},
-    metrics::Messages,
     store::{Claim, Digest, Key, Store, Stored},
 };
 

@@ -1,7 +1,7 @@
 //! Serving: the accept loop (HTTP/1.1 and HTTP/2 cleartext on one port), graceful shutdown, and
 //! the health status as the server starts, loses or regains its database, and stops.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
 
@@ -118,7 +118,8 @@ pub async fn serve_with_reload(
     let max_connections = config.max_connections();
     let connections = Connections::new(max_connections);
     if let Some(metrics) = app.metrics() {
-        metrics.watch_connections(&connections);
+        let connections = Arc::downgrade(&connections);
+        metrics.count_connections(move || connections.upgrade().map_or(0, |c| c.open()));
     }
     info!(
         max_connections,

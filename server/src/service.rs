@@ -9,11 +9,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, instrument};
 
 use crate::{
-    auth::Caller,
+    call::{until_deadline, Caller, Deadline, Messages},
     client_stream::{next_within, MAX_ORDERS_PER_CALL},
-    deadline::{until_deadline, Deadline},
     error::{Echo, Error, FieldViolation},
-    metrics::Messages,
     order::ValidOrder,
     process,
     store::{Key, OrderStream, Store, MAX_KEY_CHARS},
