@@ -28,7 +28,7 @@ use tower::Service;
 use tracing::{info, warn};
 
 use crate::{
-    auth::{Auth, AuthError},
+    auth::{Auth, AuthConfig, AuthError},
     body::whole,
     compress::{accepts_gzip, gzip_stream},
     config::Config,
@@ -38,6 +38,7 @@ use crate::{
     edge::{Edge, EdgeFuture, EdgeLayer},
     files::files,
     grpc::{stack, Layers, Stack},
+    host::Hosts,
     methods::MethodPaths,
     metrics::Metrics,
     route::{Route, Target, Transport},
@@ -58,7 +59,7 @@ pub struct App {
 /// Builds the application around `orders`, with the health and reflection services beside it.
 /// Fails only on an authentication key that cannot be used.
 pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
-    let auth = Auth::new(&config.auth_config())?;
+    let auth = Auth::new(&AuthConfig::of(config))?;
     match &auth {
         None => warn!("authentication is OFF: anyone who can reach this port can read and change every order (see --auth-secret-file, --auth-public-key)"),
         Some((_, algorithm)) => info!(
@@ -71,7 +72,7 @@ pub fn app(orders: OrderService, config: &Config) -> Result<App, AuthError> {
     }
     let metrics =
         (!config.no_metrics).then(|| Metrics::new(orders.store().clone(), orders.stream_count()));
-    let hosts = config.hosts();
+    let hosts = Hosts::new(config.listen, &config.allowed_hosts);
     let layers = Layers {
         edge: EdgeLayer(Arc::new(Edge {
             metrics: metrics.clone(),

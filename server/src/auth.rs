@@ -15,7 +15,10 @@ use std::{
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Validation};
 use tonic::Status;
 
-use crate::call::{Caller, READ_SCOPE, WRITE_SCOPE};
+use crate::{
+    call::{Caller, READ_SCOPE, WRITE_SCOPE},
+    config::Config,
+};
 
 /// The order RPCs that only read; every other order RPC writes. A test checks this against the
 /// descriptor, so a new RPC is a write until someone says otherwise.
@@ -128,6 +131,20 @@ pub(crate) struct AuthConfig {
     /// Clock difference allowed for `exp` and `nbf`.
     pub(crate) leeway: Duration,
     pub(crate) public_reads: bool,
+}
+
+impl AuthConfig {
+    /// What authentication needs of `config`.
+    pub(crate) fn of(config: &Config) -> AuthConfig {
+        AuthConfig {
+            secret_file: config.auth_secret_file.clone(),
+            public_key: config.auth_public_key.clone(),
+            issuer: config.auth_issuer.clone(),
+            audience: config.auth_audience.clone(),
+            leeway: config.auth_leeway,
+            public_reads: config.public_reads,
+        }
+    }
 }
 
 /// The secret of an HS256 secret file: its bytes, a trailing newline stripped.

@@ -265,50 +265,9 @@ impl Config {
         }
     }
 
-    /// `--max-connections`, or its default from the process's file-descriptor limit.
-    pub fn max_connections(&self) -> usize {
-        match self.max_connections {
-            Some(max) => max.get(),
-            None => {
-                let (soft, _) = rlimit::Resource::NOFILE.get().unwrap_or((1024, 1024));
-                crate::connections::default_max_connections(soft)
-            }
-        }
-    }
-
     /// The server's ceiling on a call, if any (`--max-call-duration`, 0 for none).
     pub(crate) fn max_call_duration(&self) -> Option<Duration> {
         Some(self.max_call_duration).filter(|max| !max.is_zero())
-    }
-
-    /// What authentication needs of this configuration.
-    pub(crate) fn auth_config(&self) -> crate::auth::AuthConfig {
-        crate::auth::AuthConfig {
-            secret_file: self.auth_secret_file.clone(),
-            public_key: self.auth_public_key.clone(),
-            issuer: self.auth_issuer.clone(),
-            audience: self.auth_audience.clone(),
-            leeway: self.auth_leeway,
-            public_reads: self.public_reads,
-        }
-    }
-
-    /// The hosts this server answers for.
-    pub(crate) fn hosts(&self) -> crate::host::Hosts {
-        crate::host::Hosts::new(self.listen, &self.allowed_hosts)
-    }
-
-    /// What the store needs of this configuration.
-    pub fn store_options(&self) -> crate::store::StoreOptions {
-        crate::store::StoreOptions {
-            url: self.database_url.clone(),
-            sample_data: !self.no_sample_data,
-            timeout: self.database_timeout,
-            max_connections: self.database_connections,
-            cache_bytes: self.cache_mb.saturating_mul(1024 * 1024),
-            idempotency_ttl: self.idempotency_ttl,
-            search_memory_bytes: self.search_memory_mb.saturating_mul(1024 * 1024),
-        }
     }
 
     /// The defaults, as `order-server` with no flags and no environment would run. For tests.
@@ -412,7 +371,7 @@ mod tests {
         assert_eq!(config.batch_size.get(), 3);
         assert!(config.static_dir.join("index.html").exists());
         assert_eq!(config.database_url, "sqlite:data/orders.db");
-        assert!(config.store_options().sample_data);
+        assert!(!config.no_sample_data, "the sample orders are loaded");
     }
 
     #[test]

@@ -35,9 +35,22 @@ use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::config::Config;
+
 /// How long a new connection waits for the idle connection it displaced to close: a half-open
 /// one goes at once, an idle one within `QUIET_CLOSE_GRACE` (1 s, in `server.rs`).
 const SHED_WAIT: Duration = Duration::from_secs(2);
+
+/// `--max-connections`, or its default from the process's file-descriptor limit.
+pub(crate) fn max_connections(config: &Config) -> usize {
+    match config.max_connections {
+        Some(max) => max.get(),
+        None => {
+            let (soft, _) = rlimit::Resource::NOFILE.get().unwrap_or((1024, 1024));
+            default_max_connections(soft)
+        }
+    }
+}
 
 /// The default `--max-connections` for a file-descriptor limit of `nofile`: all of it but a
 /// reserve of a quarter (at most 256) for everything else the server opens.

@@ -15,9 +15,9 @@ use tracing::{debug, info, warn};
 use crate::{
     app::app,
     config::Config,
-    connections::{Connection, Connections, Counted},
+    connections::{self, Connection, Connections, Counted},
     service::OrderService,
-    store::Store,
+    store::{Store, StoreOptions},
     timer::CoarseTimer,
     tls::Tls,
 };
@@ -58,7 +58,7 @@ pub async fn run_with_reload(
     shutdown: impl Future<Output = ()> + Send + 'static,
     reload: impl Stream<Item = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let store = Store::open(&config.store_options()).await?;
+    let store = Store::open(&StoreOptions::of(&config)).await?;
     info!(database = store.name(), "orders are stored in the database");
     let orders = OrderService::new(store, config.batch_size);
     serve_with_reload(listener, orders, config, shutdown, reload).await
@@ -115,7 +115,7 @@ pub async fn serve_with_reload(
     );
     warn_if_page_missing(&config.static_dir);
 
-    let max_connections = config.max_connections();
+    let max_connections = connections::max_connections(&config);
     let connections = Connections::new(max_connections);
     if let Some(metrics) = app.metrics() {
         let connections = Arc::downgrade(&connections);

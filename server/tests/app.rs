@@ -4,7 +4,7 @@
 use axum::body::Body;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use order_server::{App, Config, OrderService, Store};
+use order_server::{App, Config, OrderService, Store, StoreOptions};
 use tower::ServiceExt;
 
 const ALLOWED: &str = "http://allowed.test:8080";
@@ -12,7 +12,9 @@ const ALLOWED: &str = "http://allowed.test:8080";
 /// The app on an in-memory SQLite database: these tests never reach the store's files.
 async fn app_with(mut config: Config) -> App {
     config.database_url = "sqlite::memory:".into();
-    let store = Store::open(&config.store_options()).await.expect("store");
+    let store = Store::open(&StoreOptions::of(&config))
+        .await
+        .expect("store");
     let orders = OrderService::new(store, config.batch_size);
     order_server::app(orders, &config).expect("app")
 }

@@ -15,7 +15,7 @@ use base64::Engine;
 use bolero::check;
 use http::{header, Request, StatusCode};
 use http_body_util::BodyExt;
-use order_server::{App, Config, OrderService, Store};
+use order_server::{App, Config, OrderService, Store, StoreOptions};
 use prost::Message;
 use tower::ServiceExt;
 
@@ -43,7 +43,7 @@ fn harness() -> &'static (tokio::runtime::Runtime, App) {
         let app = runtime.block_on(async {
             let mut config = Config::for_tests();
             config.database_url = "sqlite::memory:".into();
-            let store = Store::open(&config.store_options()).await.unwrap();
+            let store = Store::open(&StoreOptions::of(&config)).await.unwrap();
             order_server::app(OrderService::new(store, config.batch_size), &config).unwrap()
         });
         (runtime, app)

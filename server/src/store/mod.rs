@@ -27,7 +27,7 @@ use order_api::pb::Order;
 use prost::Message;
 use tokio::{sync::Semaphore, time::Instant};
 
-use crate::{error::Error, order::ValidOrder, streams::Count};
+use crate::{config::Config, error::Error, order::ValidOrder, streams::Count};
 
 use self::{
     batch::{Done, Queue, Work},
@@ -133,6 +133,19 @@ pub struct StoreOptions {
 }
 
 impl StoreOptions {
+    /// What the store needs of `config`.
+    pub fn of(config: &Config) -> Self {
+        Self {
+            url: config.database_url.clone(),
+            sample_data: !config.no_sample_data,
+            timeout: config.database_timeout,
+            max_connections: config.database_connections,
+            cache_bytes: config.cache_mb.saturating_mul(1024 * 1024),
+            idempotency_ttl: config.idempotency_ttl,
+            search_memory_bytes: config.search_memory_mb.saturating_mul(1024 * 1024),
+        }
+    }
+
     /// Options for `url` with the server's defaults.
     pub fn new(url: impl Into<String>) -> Self {
         Self {

@@ -21,7 +21,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use order_api::pb::{order_management_client::OrderManagementClient, Order};
-use order_server::{serve, Config, OrderService, Store};
+use order_server::{serve, Config, OrderService, Store, StoreOptions};
 use tempfile::TempDir;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
@@ -78,7 +78,7 @@ pub fn config_on(db: &TestDb) -> Config {
 
 /// Opens the store `config` names.
 pub async fn open_store(config: &Config) -> Store {
-    Store::open(&config.store_options())
+    Store::open(&StoreOptions::of(config))
         .await
         .expect("the test database opens")
 }
