@@ -35,7 +35,6 @@ mod client_stream;
 mod compress;
 mod config;
 mod connect;
-mod connections;
 mod cors;
 mod deadline;
 mod edge;
@@ -45,16 +44,14 @@ mod grpc;
 mod host;
 mod methods;
 mod metrics;
+mod net;
 mod order;
 mod process;
 mod route;
-mod server;
 mod service;
 mod store;
 mod streams;
 pub mod telemetry;
-mod timer;
-mod tls;
 
 pub use crate::{
     app::{app, App, AppFuture},
@@ -62,8 +59,8 @@ pub use crate::{
     call::{Caller, READ_SCOPE, WRITE_SCOPE},
     config::{Command, Config, TokenArgs},
     cors::{CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS},
-    server::{run, run_with_reload, serve, serve_with_reload, RunError},
+    net::server::{run, run_with_reload, serve, serve_with_reload, RunError},
+    net::tls::TlsError,
     service::OrderService,
     store::{Answer, Key, OpenError, Store, StoreOptions, MAX_KEY_CHARS},
-    tls::TlsError,
 };

@@ -15,11 +15,11 @@ use tracing::{debug, info, warn};
 use crate::{
     app::app,
     config::Config,
-    connections::{self, Connection, Connections, Counted},
+    net::connections::{self, Connection, Connections, Counted},
+    net::timer::CoarseTimer,
+    net::tls::Tls,
     service::OrderService,
     store::{Store, StoreOptions},
-    timer::CoarseTimer,
-    tls::Tls,
 };
 
 /// Why the server could not start or stopped serving.
@@ -33,7 +33,7 @@ pub enum RunError {
     Auth(#[from] crate::auth::AuthError),
     /// The TLS certificate or key could not be used.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::net::tls::TlsError),
     /// Serving failed.
     #[error("cannot serve: {0}")]
     Io(#[from] std::io::Error),
