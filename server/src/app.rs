@@ -3,10 +3,10 @@
 //! [`Route::of`] decides where each request goes; this file only sends it there:
 //! - the order service (the hot path) through its gRPC stack, straight to its tonic service;
 //! - health, reflection and any other service through tonic's `Routes`, behind the same stack
-//!   ([`crate::grpc::stack`] builds both), `UNIMPLEMENTED` for unknown services;
+//!   ([`crate::grpc::stack::stack`] builds both), `UNIMPLEMENTED` for unknown services;
 //! - everything else to the static files ([`crate::files`]), which gRPC-Web and CORS never touch.
 //!
-//! Unary gRPC-Web answers are sent whole ([`crate::body::whole`]); which methods are unary comes
+//! Unary gRPC-Web answers are sent whole ([`crate::grpc::body::whole`]); which methods are unary comes
 //! from the embedded descriptor sets.
 
 use std::{
@@ -28,19 +28,19 @@ use tower::Service;
 use tracing::{info, warn};
 
 use crate::{
-    auth::{Auth, AuthConfig, AuthError},
-    body::whole,
-    compress::{accepts_gzip, gzip_stream},
     config::Config,
-    connect::Methods,
     cors::cors,
-    deadline::Deadlines,
-    edge::{Edge, EdgeFuture, EdgeLayer},
     files::files,
-    grpc::{stack, Layers, Stack},
-    host::Hosts,
-    methods::MethodPaths,
-    metrics::Metrics,
+    grpc::auth::{Auth, AuthConfig, AuthError},
+    grpc::body::whole,
+    grpc::compress::{accepts_gzip, gzip_stream},
+    grpc::connect::Methods,
+    grpc::deadline::Deadlines,
+    grpc::edge::{Edge, EdgeFuture, EdgeLayer},
+    grpc::host::Hosts,
+    grpc::methods::MethodPaths,
+    grpc::metrics::Metrics,
+    grpc::stack::{stack, Layers, Stack},
     route::{Route, Target, Transport},
     service::OrderService,
 };

@@ -1,4 +1,4 @@
-//! What the edge ([`crate::edge`]) learns of a call and hands its service in the request's
+//! What the edge ([`crate::grpc::edge`]) learns of a call and hands its service in the request's
 //! extensions: who made it ([`Caller`], and the scopes a token may grant), when it must end
 //! ([`Deadline`], which a response stream keeps to with [`until_deadline`]) and the counters of
 //! its messages ([`Messages`]). Here, below both, so that the order service reads them without

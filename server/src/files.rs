@@ -1,5 +1,5 @@
 //! The web page: files of the static folder, `index.html` for folders, plain 404s otherwise, 421
-//! for a host this server does not answer ([`crate::host`]). gRPC-Web and CORS never wrap it.
+//! for a host this server does not answer ([`crate::grpc::host`]). gRPC-Web and CORS never wrap it.
 //!
 //! `ServeDir` refuses paths that climb out of the folder (`..`); in front of it a guard answers
 //! 4xx, never 5xx, for anything a hostile client can send: dotfiles, symlinks that lead out of the
@@ -26,7 +26,7 @@ use tower::{service_fn, ServiceExt};
 use tower_http::{compression::CompressionLayer, services::ServeDir, trace::TraceLayer};
 use tracing::debug;
 
-use crate::{config::Config, host::Hosts, metrics::Metrics};
+use crate::{config::Config, grpc::host::Hosts, grpc::metrics::Metrics};
 
 /// The content type of the Prometheus text format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -79,10 +79,10 @@ pub(crate) fn files(config: &Config, hosts: Hosts, metrics: Option<Arc<Metrics>>
         .layer(TraceLayer::new_for_http())
 }
 
-/// The answer for a host this server does not serve (see [`crate::host`]).
+/// The answer for a host this server does not serve (see [`crate::grpc::host`]).
 fn misdirected(host: &str) -> Response {
     debug!(%host, "page request for a host not served: refused");
-    let body = format!("421 {}\n", crate::host::refusal(host));
+    let body = format!("421 {}\n", crate::grpc::host::refusal(host));
     (StatusCode::MISDIRECTED_REQUEST, body).into_response()
 }
 

@@ -28,22 +28,13 @@
 //! tests bind `127.0.0.1:0` and stop the server whenever they like.
 
 mod app;
-mod auth;
-mod body;
 mod call;
 mod client_stream;
-mod compress;
 mod config;
-mod connect;
 mod cors;
-mod deadline;
-mod edge;
 mod error;
 mod files;
 mod grpc;
-mod host;
-mod methods;
-mod metrics;
 mod net;
 mod order;
 mod process;
@@ -55,10 +46,10 @@ pub mod telemetry;
 
 pub use crate::{
     app::{app, App, AppFuture},
-    auth::{read_secret, sign_token, AuthError},
     call::{Caller, READ_SCOPE, WRITE_SCOPE},
     config::{Command, Config, TokenArgs},
     cors::{CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS},
+    grpc::auth::{read_secret, sign_token, AuthError},
     net::server::{run, run_with_reload, serve, serve_with_reload, RunError},
     net::tls::TlsError,
     service::OrderService,

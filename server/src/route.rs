@@ -4,11 +4,11 @@
 //! type on any path (so an unknown service gets `UNIMPLEMENTED`, as any gRPC client expects, never
 //! a 404), CORS preflights go to the gRPC side (only gRPC-Web needs CORS), everything else is a
 //! page request. Which calls are the order service's comes from the generated code
-//! ([`crate::methods`]), never from literals here.
+//! ([`crate::grpc::methods`]), never from literals here.
 
 use http::{header, Method, Request, Version};
 
-use crate::methods::order_method;
+use crate::grpc::methods::order_method;
 
 /// Which gRPC service takes the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub(crate) enum Target {
     Other,
 }
 
-/// How the call arrived, which decides its layers (see [`crate::grpc`]).
+/// How the call arrived, which decides its layers (see [`crate::grpc::stack`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Transport {
     /// Native gRPC over HTTP/2.
@@ -29,7 +29,7 @@ pub(crate) enum Transport {
     Web,
     /// gRPC-Web (or a CORS preflight) from a page, which always sends `Origin`.
     Browser,
-    /// The Connect protocol ([`crate::connect`]), from a page or not.
+    /// The Connect protocol ([`crate::grpc::connect`]), from a page or not.
     Connect,
 }
 
@@ -67,7 +67,7 @@ impl Route {
                 };
                 Route::Grpc(target, transport)
             }
-            _ if crate::connect::Shape::of(request).is_some() => {
+            _ if crate::grpc::connect::Shape::of(request).is_some() => {
                 Route::Grpc(target, Transport::Connect)
             }
             _ if request.method() == Method::OPTIONS
@@ -83,7 +83,7 @@ impl Route {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::methods::methods;
+    use crate::grpc::methods::methods;
     use order_api::pb::order_management_server::SERVICE_NAME;
     use prost::Message;
 

@@ -30,7 +30,7 @@ pub enum RunError {
     Store(#[from] crate::store::OpenError),
     /// The authentication key could not be used.
     #[error(transparent)]
-    Auth(#[from] crate::auth::AuthError),
+    Auth(#[from] crate::grpc::auth::AuthError),
     /// The TLS certificate or key could not be used.
     #[error(transparent)]
     Tls(#[from] crate::net::tls::TlsError),

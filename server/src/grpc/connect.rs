@@ -38,7 +38,7 @@ use order_api::pb::{CombinedShipment, Order};
 use prost::Message;
 use tonic::{body::Body as GrpcBody, Code, Status};
 
-use crate::compress::{self, Frames, GRPC_ACCEPT_ENCODING, GRPC_ENCODING};
+use crate::grpc::compress::{self, Frames, GRPC_ACCEPT_ENCODING, GRPC_ENCODING};
 
 const CONNECT_TIMEOUT_MS: HeaderName = HeaderName::from_static("connect-timeout-ms");
 const CONNECT_CONTENT_ENCODING: HeaderName = HeaderName::from_static("connect-content-encoding");
@@ -70,7 +70,7 @@ impl Shape {
         if request.method() == Method::GET {
             let query = request.uri().query()?;
             let connect = query.split('&').any(|pair| pair.starts_with("encoding="));
-            return (connect && crate::methods::order_method(request.uri().path()).is_some())
+            return (connect && crate::grpc::methods::order_method(request.uri().path()).is_some())
                 .then_some(Shape::Get);
         }
         if request.method() != Method::POST {
@@ -159,10 +159,10 @@ pub(crate) struct Methods(Vec<(String, Type, Type, bool)>);
 impl Methods {
     pub(crate) fn new() -> Self {
         Self(
-            crate::methods::served_methods()
+            crate::grpc::methods::served_methods()
                 .into_iter()
                 .map(|m| {
-                    let unary = m.kind == crate::methods::Kind::Unary;
+                    let unary = m.kind == crate::grpc::methods::Kind::Unary;
                     (m.path(), Type::of(&m.input), Type::of(&m.output), unary)
                 })
                 .collect(),

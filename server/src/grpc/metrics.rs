@@ -14,7 +14,7 @@
 //! `order_server_database_connections{state="idle"|"in_use"}`,
 //! `order_server_database_connections_max`, `order_server_log_lines_dropped_total`.
 //!
-//! The call metrics are recorded at the edge of every gRPC stack ([`crate::edge`]), through handles
+//! The call metrics are recorded at the edge of every gRPC stack ([`crate::grpc::edge`]), through handles
 //! resolved once (the `prometheus` crate's: a counter is an atomic add, the histogram a bucket
 //! search and three), so a call costs a few atomic operations and no lock. Unknown services and
 //! reflection share one `grpc_service="other"` series, so a client cannot create series at will.
@@ -37,7 +37,7 @@ use tonic::{body::Body as GrpcBody, Code};
 
 use crate::{
     call::Messages,
-    methods::{served_methods, GrpcMethod, Kind},
+    grpc::methods::{served_methods, GrpcMethod, Kind},
     store::Store,
     streams::OpenStreams,
 };

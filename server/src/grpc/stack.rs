@@ -2,7 +2,7 @@
 //! the `Routes` of health, reflection and `UNIMPLEMENTED` for anything else) goes through
 //! [`stack`], so every gRPC call, whatever its service, has the same layers in the same order:
 //!
-//! - **native** (HTTP/2 gRPC): the edge ([`crate::edge`]: metrics, with every call counted and
+//! - **native** (HTTP/2 gRPC): the edge ([`crate::grpc::edge`]: metrics, with every call counted and
 //!   timed, refusals included; the host check against DNS rebinding; authentication, the
 //!   caller's token and scope; deadlines, `grpc-timeout` and `--max-call-duration`), then the
 //!   service;
@@ -10,7 +10,7 @@
 //!   natively;
 //! - **browser** (gRPC-Web from a page): CORS from the allowlist, then as gRPC-Web;
 //! - **connect** (the Connect protocol, from a page or not): CORS, then the translation to gRPC
-//!   ([`crate::connect`]), then as natively.
+//!   ([`crate::grpc::connect`]), then as natively.
 //!
 //! A new check on every call goes into the edge, and a new layer into [`stack`], nowhere else.
 
@@ -21,8 +21,8 @@ use tower::Layer;
 use tower_http::cors::Cors;
 
 use crate::{
-    connect::{ConnectService, Methods},
-    edge::{EdgeLayer, EdgeService},
+    grpc::connect::{ConnectService, Methods},
+    grpc::edge::{EdgeLayer, EdgeService},
 };
 
 /// A gRPC service as native gRPC clients reach it.

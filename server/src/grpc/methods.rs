@@ -12,19 +12,19 @@ use prost::Message;
 pub(crate) struct MethodPaths(Vec<String>);
 
 impl MethodPaths {
-    /// The unary methods: their gRPC-Web answers are sent whole (see [`crate::body`]).
+    /// The unary methods: their gRPC-Web answers are sent whole (see [`crate::grpc::body`]).
     pub(crate) fn unary() -> Self {
         Self::of(|kind| kind == Kind::Unary)
     }
 
     /// The methods whose response is a stream (server and bidirectional streaming): their
-    /// requests carry their deadline (see [`crate::deadline`]).
+    /// requests carry their deadline (see [`crate::grpc::deadline`]).
     pub(crate) fn response_streams() -> Self {
         Self::of(|kind| matches!(kind, Kind::ServerStream | Kind::BidiStream))
     }
 
     /// Every method this server has: the order service's, health's and reflection's. A call to
-    /// any other is refused at the edge ([`crate::edge`]).
+    /// any other is refused at the edge ([`crate::grpc::edge`]).
     pub(crate) fn all() -> Self {
         let mut paths = Self::of(|_| true);
         let reflection = methods_of(&[

@@ -7,7 +7,7 @@
 //! listening on any other address answers any `Host` unless `--allowed-host` restricts it.
 //! Requests without a `Host` (HTTP/1.0 tools) are answered: browsers always send one.
 //!
-//! Refused: `PERMISSION_DENIED` for gRPC and gRPC-Web (at the edge, [`crate::edge`]), 421
+//! Refused: `PERMISSION_DENIED` for gRPC and gRPC-Web (at the edge, [`crate::grpc::edge`]), 421
 //! Misdirected Request for the page ([`Hosts::check`] in [`crate::files`]).
 
 use std::{net::SocketAddr, sync::Arc};

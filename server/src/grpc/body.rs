@@ -16,10 +16,10 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use tonic::body::Body as GrpcBody;
 
-use crate::compress::Inflater;
+use crate::grpc::compress::Inflater;
 
 /// Waits for the whole answer of `call` and sends it with a `Content-Length`; as gzip content if
-/// `gzip` and it is large enough ([`crate::compress::gzip_whole`]).
+/// `gzip` and it is large enough ([`crate::grpc::compress::gzip_whole`]).
 pub(crate) async fn whole(
     call: impl Future<Output = Result<Response<GrpcBody>, Infallible>>,
     gzip: bool,
@@ -37,13 +37,13 @@ pub(crate) async fn whole(
             Err(status) => return Ok(status.into_http()),
         }
     }
-    if gzip && chunks.remaining >= crate::compress::THRESHOLD as u64 {
+    if gzip && chunks.remaining >= crate::grpc::compress::THRESHOLD as u64 {
         let data: Vec<u8> = chunks
             .chunks
             .iter()
             .flat_map(|c| c.iter().copied())
             .collect();
-        if let Some(compressed) = crate::compress::gzip_whole(&mut parts.headers, &data) {
+        if let Some(compressed) = crate::grpc::compress::gzip_whole(&mut parts.headers, &data) {
             chunks = Chunks::default();
             chunks.push(compressed);
         }
@@ -103,7 +103,7 @@ pin_project_lite::pin_project! {
     /// header, with none of its message, for a clean end: here that end is `ABORTED` too.
     /// Every other frame and error passes through unchanged, but for a call that said
     /// `grpc-encoding: gzip`, whose compressed messages are inflated here
-    /// ([`crate::compress::Inflater`]): one layer for both, the service's body on every call.
+    /// ([`crate::grpc::compress::Inflater`]): one layer for both, the service's body on every call.
     pub(crate) struct ResetIsError<B> {
         #[pin]
         inner: B,

@@ -1,7 +1,7 @@
 //! Deadlines on every call: the client's (`grpc-timeout`) and the server's ceiling
 //! (`--max-call-duration`), whichever comes first.
 //!
-//! At the edge ([`crate::edge`]), [`Deadlines::of`] takes the header's value and, for the methods whose
+//! At the edge ([`crate::grpc::edge`]), [`Deadlines::of`] takes the header's value and, for the methods whose
 //! response is a stream, records the [`Deadline`](crate::call::Deadline) in the request's extensions, where they find it
 //! to bound their response streams with [`until_deadline`](crate::call::until_deadline); a [`Timer`] bounds the call's
 //! response future. A call past its deadline ends with `DEADLINE_EXCEEDED`, its message saying
@@ -19,7 +19,7 @@ use http::{HeaderName, Request};
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
-use crate::{call::Deadline, methods::MethodPaths};
+use crate::{call::Deadline, grpc::methods::MethodPaths};
 
 /// The header a gRPC client sends its deadline in.
 pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");

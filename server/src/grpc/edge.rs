@@ -1,9 +1,9 @@
 //! The edge of every gRPC stack: what each call goes through before its service, in one layer.
 //!
 //! In order: metrics (the call is counted and timed, refusals included), the host check (DNS
-//! rebinding, [`crate::host`]), authentication (the caller's token and scope, [`crate::auth`]),
-//! deadlines (`grpc-timeout` and `--max-call-duration`, [`crate::deadline`]), compression (gzip
-//! messages in, and out for a client that takes them, [`crate::compress`]), then the service.
+//! rebinding, [`crate::grpc::host`]), authentication (the caller's token and scope, [`crate::grpc::auth`]),
+//! deadlines (`grpc-timeout` and `--max-call-duration`, [`crate::grpc::deadline`]), compression (gzip
+//! messages in, and out for a client that takes them, [`crate::grpc::compress`]), then the service.
 //! A refused call (a host not served, no token or a bad one, a missing scope, a method this server
 //! does not have) never reaches the service: it is answered trailers-only, once the first few KiB
 //! of its request body have been read and thrown away ([`drain`]). Answered before the body, a
@@ -31,14 +31,14 @@ use tonic::{body::Body as GrpcBody, Status};
 use tower::{Layer, Service};
 
 use crate::{
-    auth::{Auth, Need},
-    body::ResetIsError,
-    compress::{deflated, lists_gzip, Encodings, GRPC_ACCEPT_ENCODING, GRPC_ENCODING},
-    deadline::GRPC_TIMEOUT,
-    deadline::{parse_grpc_timeout, Deadlines, Timer},
-    host::{refusal, Hosts},
-    methods::MethodPaths,
-    metrics::{measured, Call, Metrics},
+    grpc::auth::{Auth, Need},
+    grpc::body::ResetIsError,
+    grpc::compress::{deflated, lists_gzip, Encodings, GRPC_ACCEPT_ENCODING, GRPC_ENCODING},
+    grpc::deadline::GRPC_TIMEOUT,
+    grpc::deadline::{parse_grpc_timeout, Deadlines, Timer},
+    grpc::host::{refusal, Hosts},
+    grpc::methods::MethodPaths,
+    grpc::metrics::{measured, Call, Metrics},
 };
 
 /// What every call is checked and measured against: made once, shared by every stack.

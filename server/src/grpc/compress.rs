@@ -196,7 +196,7 @@ pub(crate) fn deflate(data: &[u8]) -> Vec<u8> {
     encoder.finish().expect("writing to memory")
 }
 
-/// Inflates the compressed messages of a request body, chunk by chunk ([`crate::body::ResetIsError`]
+/// Inflates the compressed messages of a request body, chunk by chunk ([`crate::grpc::body::ResetIsError`]
 /// runs it on the bodies of calls that say `grpc-encoding: gzip`).
 pub(crate) struct Inflater {
     frames: Frames,
@@ -237,7 +237,7 @@ pin_project_lite::pin_project! {
     /// A body of gRPC messages, each rewritten by `map` once it is whole ([`Frames::map`]):
     /// trailers pass through, and what is left of a message cut short goes on as it is, for the
     /// reader to fail. The answers of a client that takes gzip ([`deflated`]) and Connect's JSON
-    /// request streams ([`crate::connect`]) go through it.
+    /// request streams ([`crate::grpc::connect`]) go through it.
     pub(crate) struct MapMessages<B, F> {
         #[pin]
         inner: B,
@@ -465,7 +465,7 @@ mod tests {
                 Bytes::copy_from_slice(&whole[..cut]),
                 Bytes::copy_from_slice(&whole[cut..]),
             ];
-            let out = read(crate::body::ResetIsError::new(
+            let out = read(crate::grpc::body::ResetIsError::new(
                 body_of(chunks),
                 Some(1 << 20),
             ))
@@ -480,14 +480,16 @@ mod tests {
     async fn a_gzip_bomb_fails_at_the_limit() {
         let bomb = deflate(&vec![0; 64 << 20]);
         assert!(bomb.len() < 128 << 10, "{} bytes", bomb.len());
-        let mut body =
-            crate::body::ResetIsError::new(body_of(vec![framed(COMPRESSED, &bomb)]), Some(4 << 20));
+        let mut body = crate::grpc::body::ResetIsError::new(
+            body_of(vec![framed(COMPRESSED, &bomb)]),
+            Some(4 << 20),
+        );
         let status = body.frame().await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert!(status.message().contains("4194304"), "{}", status.message());
 
         // Not gzip at all: the client's mistake.
-        let mut body = crate::body::ResetIsError::new(
+        let mut body = crate::grpc::body::ResetIsError::new(
             body_of(vec![framed(COMPRESSED, b"nope")]),
             Some(4 << 20),
         );

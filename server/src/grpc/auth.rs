@@ -1,5 +1,5 @@
 //! Authentication: JWT bearer tokens (`authorization: Bearer …`), checked once, at the edge of
-//! every gRPC stack ([`crate::edge`]), so no RPC can be reached around it.
+//! every gRPC stack ([`crate::grpc::edge`]), so no RPC can be reached around it.
 //!
 //! Scopes are in the `scope` claim, space-separated: `orders:read` for `getOrder` and
 //! `searchOrders`, `orders:write` (which includes read) for every other order RPC. Health and
@@ -38,7 +38,7 @@ pub(crate) enum Need {
 impl Need {
     /// What a call to `path` needs.
     pub(crate) fn of(path: &str) -> Need {
-        match crate::methods::order_method(path) {
+        match crate::grpc::methods::order_method(path) {
             None => Need::Nothing,
             Some(method) if READ_METHODS.contains(&method) => Need::Read,
             Some(_) => Need::Write,
