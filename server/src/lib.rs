@@ -27,29 +27,26 @@
 //! [`run`] serves on a listener the caller binds until the caller's shutdown future completes, so
 //! tests bind `127.0.0.1:0` and stop the server whenever they like.
 
-mod app;
 mod call;
 mod client_stream;
 mod config;
-mod cors;
 mod error;
-mod files;
 mod grpc;
+mod http;
 mod net;
 mod order;
 mod process;
-mod route;
 mod service;
 mod store;
 mod streams;
 pub mod telemetry;
 
 pub use crate::{
-    app::{app, App, AppFuture},
     call::{Caller, READ_SCOPE, WRITE_SCOPE},
     config::{Command, Config, TokenArgs},
-    cors::{CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS},
     grpc::auth::{read_secret, sign_token, AuthError},
+    http::app::{app, App, AppFuture},
+    http::cors::{CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS},
     net::server::{run, run_with_reload, serve, serve_with_reload, RunError},
     net::tls::TlsError,
     service::OrderService,

@@ -8,7 +8,7 @@
 //! Requests without a `Host` (HTTP/1.0 tools) are answered: browsers always send one.
 //!
 //! Refused: `PERMISSION_DENIED` for gRPC and gRPC-Web (at the edge, [`crate::grpc::edge`]), 421
-//! Misdirected Request for the page ([`Hosts::check`] in [`crate::files`]).
+//! Misdirected Request for the page ([`Hosts::check`] in [`crate::http::files`]).
 
 use std::{net::SocketAddr, sync::Arc};
 

@@ -13,8 +13,8 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 use tracing::{debug, info, warn};
 
 use crate::{
-    app::app,
     config::Config,
+    http::app::app,
     net::connections::{self, Connection, Connections, Counted},
     net::timer::CoarseTimer,
     net::tls::Tls,
@@ -126,7 +126,7 @@ pub async fn serve_with_reload(
         "connections beyond the limit are refused once none is idle (--max-connections)"
     );
     if config.axum_router {
-        let router = crate::app::router(app);
+        let router = crate::http::app::router(app);
         let service = hyper_util::service::TowerToHyperService::new(router);
         accept(&listener, service, tls, &connections, &config, shutdown).await;
     } else {

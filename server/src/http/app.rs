@@ -4,7 +4,7 @@
 //! - the order service (the hot path) through its gRPC stack, straight to its tonic service;
 //! - health, reflection and any other service through tonic's `Routes`, behind the same stack
 //!   ([`crate::grpc::stack::stack`] builds both), `UNIMPLEMENTED` for unknown services;
-//! - everything else to the static files ([`crate::files`]), which gRPC-Web and CORS never touch.
+//! - everything else to the static files ([`crate::http::files`]), which gRPC-Web and CORS never touch.
 //!
 //! Unary gRPC-Web answers are sent whole ([`crate::grpc::body::whole`]); which methods are unary comes
 //! from the embedded descriptor sets.
@@ -29,8 +29,6 @@ use tracing::{info, warn};
 
 use crate::{
     config::Config,
-    cors::cors,
-    files::files,
     grpc::auth::{Auth, AuthConfig, AuthError},
     grpc::body::whole,
     grpc::compress::{accepts_gzip, gzip_stream},
@@ -41,7 +39,9 @@ use crate::{
     grpc::methods::MethodPaths,
     grpc::metrics::Metrics,
     grpc::stack::{stack, Layers, Stack},
-    route::{Route, Target, Transport},
+    http::cors::cors,
+    http::files::files,
+    http::route::{Route, Target, Transport},
     service::OrderService,
 };
 
