@@ -28,15 +28,13 @@
 //! tests bind `127.0.0.1:0` and stop the server whenever they like.
 
 mod call;
-mod client_stream;
 mod config;
 mod error;
 mod grpc;
 mod http;
 mod net;
 mod order;
-mod process;
-mod service;
+mod orders;
 mod store;
 mod streams;
 pub mod telemetry;
@@ -49,6 +47,6 @@ pub use crate::{
     http::cors::{CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS},
     net::server::{run, run_with_reload, serve, serve_with_reload, RunError},
     net::tls::TlsError,
-    service::OrderService,
+    orders::service::OrderService,
     store::{Answer, Key, OpenError, Store, StoreOptions, MAX_KEY_CHARS},
 };

@@ -42,7 +42,7 @@ use crate::{
     http::cors::cors,
     http::files::files,
     http::route::{Route, Target, Transport},
-    service::OrderService,
+    orders::service::OrderService,
 };
 
 /// The whole application as one service. Cheap to clone (every part is a handle).

@@ -16,7 +16,7 @@ pub const CORS_ALLOW_HEADERS: [HeaderName; 13] = [
     HeaderName::from_static("x-grpc-web"),
     HeaderName::from_static("x-user-agent"),
     HeaderName::from_static("grpc-timeout"),
-    HeaderName::from_static(crate::service::IDEMPOTENCY_KEY),
+    HeaderName::from_static(crate::orders::service::IDEMPOTENCY_KEY),
     HeaderName::from_static("grpc-encoding"),
     HeaderName::from_static("grpc-accept-encoding"),
     // The Connect protocol's.

@@ -18,7 +18,7 @@ use crate::{
     net::connections::{self, Connection, Connections, Counted},
     net::timer::CoarseTimer,
     net::tls::Tls,
-    service::OrderService,
+    orders::service::OrderService,
     store::{Store, StoreOptions},
 };
 

@@ -16,8 +16,8 @@ use tracing::info;
 
 use crate::{
     call::Messages,
-    client_stream::{next_within, MAX_ORDERS_PER_CALL},
     error::{Echo, Error},
+    orders::client_stream::{next_within, MAX_ORDERS_PER_CALL},
     store::{Claim, Digest, Key, Store, Stored},
 };
 

@@ -10,10 +10,10 @@ use tracing::{debug, info, instrument};
 
 use crate::{
     call::{until_deadline, Caller, Deadline, Messages},
-    client_stream::{next_within, MAX_ORDERS_PER_CALL},
     error::{Echo, Error, FieldViolation},
     order::ValidOrder,
-    process,
+    orders::client_stream::{next_within, MAX_ORDERS_PER_CALL},
+    orders::process,
     store::{Key, OrderStream, Store, MAX_KEY_CHARS},
     streams::OpenStreams,
 };
