@@ -24,9 +24,10 @@ run: setup wasm ## Build everything and serve http://127.0.0.1:50051 in the fore
 
 test: setup lint test-rust test-wasm test-types test-e2e test-interop ## Every test: Rust, wasm and the page in Chromium, other clients
 
-lint: ## cargo fmt --check and clippy with warnings as errors
+lint: ## cargo fmt --check, clippy with warnings as errors, and the server's docs with no broken link
 	cargo fmt --all --check
 	cargo clippy -q --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc -q -p order-server --no-deps --document-private-items
 
 test-rust: ## Unit, in-process and live-server tests of the server, client and CLI
 	cargo test -q --workspace

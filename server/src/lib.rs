@@ -1,28 +1,30 @@
 //! `order-server`: the OrderManagement service of the tutorial on one port, for browsers
 //! (gRPC-Web), services and command-line tools (native gRPC) and people (the web page).
 //!
-//! Modules:
-//! - `config`: the typed command line and environment ([`Config`]);
-//! - `server`: [`run`] and [`serve`], the accept loop, graceful shutdown, health status;
-//!   `connections`: the limit on open connections, idle ones shed first; `tls`: TLS on the same
-//!   port, its certificate reloaded on demand; `timer`: hyper's timer, on the coarse clock;
-//! - `app`: the application service ([`App`], built by [`app()`]) that sends each request where
-//!   `route` decides: a gRPC target in one of its transports, or the page;
-//! - `grpc`: the one gRPC layer stack every gRPC service goes through: `cors`, tonic-web, then
-//!   `edge`, which checks every call in order with `metrics` (counted and timed), `host` (DNS
-//!   rebinding: which `Host`s are answered), `auth` (JWT bearer tokens and scopes) and
-//!   `deadline` (`grpc-timeout` and the server's ceiling on every call, streams included), and
-//!   `compress` (gzip messages both ways, and gzip content for browsers);
-//! - `body`: unary gRPC-Web answers sent whole, request bodies whose reset is an error (never a
-//!   clean end of a client stream); `files`: the static page;
-//! - `service`: the `OrderManagement` RPCs ([`OrderService`]); `process`: all of
-//!   `processOrders`; `order`: validation of the orders clients send; `streams`: the count of
-//!   open response streams and of running writes;
-//! - `store`: the orders in a database, embedded SQLite or PostgreSQL ([`Store`]); every write
-//!   on a task of its own that commits only while its call still wants it, with its idempotency
-//!   key ([`Key`]) in the same transaction;
-//! - `error`: the service's errors and their gRPC statuses;
-//! - `telemetry`: logging through `tracing`.
+//! The modules, in layers from the socket down to the database. Each folder's `mod.rs` says what
+//! it owns; a module uses only its own folder, the folders below it and the top-level files, and
+//! no two modules use each other:
+//! - `net`: bytes and sockets: [`run`] and [`serve`], the accept loop, graceful shutdown and health
+//!   (`server`), the open connections and their limit (`connections`), TLS (`tls`), hyper's timer
+//!   (`timer`);
+//! - `http`: requests: the application service ([`App`], built by [`app()`]) sending each request
+//!   where `route` decides, a gRPC target in one of its transports or the page (`files`), and
+//!   CORS (`cors`);
+//! - `grpc`: calls: the one gRPC layer stack (`stack`) and its edge (`edge`), which checks every
+//!   call in order with `metrics`, `host` (DNS rebinding), `auth` (JWT bearer tokens and scopes),
+//!   `deadline` and `compress` (gzip both ways); request bodies whose reset is an error and unary
+//!   gRPC-Web answers sent whole (`body`); the Connect protocol (`connect`); the methods served
+//!   (`methods`);
+//! - `orders`: the domain: the `OrderManagement` RPCs ([`OrderService`], `service`), all of
+//!   `processOrders` (`process`), what every client stream is held to (`client_stream`);
+//! - `store`: the orders in a database, embedded SQLite or PostgreSQL ([`Store`]); every write on a
+//!   task of its own that commits only while its call still wants it, with its idempotency key
+//!   ([`Key`]) in the same transaction.
+//!
+//! Beside them, the top-level files every layer may use: `config` (the typed command line, [`Config`]), `error` (the
+//! service's errors and their gRPC statuses), `telemetry` (logging through `tracing`), `order`
+//! (validation of the orders clients send), `call` (what the edge hands a call's service: its
+//! [`Caller`], deadline and message counters) and `streams` (counts of what runs).
 //!
 //! [`run`] serves on a listener the caller binds until the caller's shutdown future completes, so
 //! tests bind `127.0.0.1:0` and stop the server whenever they like.

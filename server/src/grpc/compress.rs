@@ -6,7 +6,7 @@
 //!   once that many bytes are out, never more. Another encoding is refused with `UNIMPLEMENTED`,
 //!   naming the one this server takes.
 //! - **Answers** (`grpc-accept-encoding` naming gzip): each message of at least [`THRESHOLD`]
-//!   bytes goes compressed, flagged so in its header ([`Deflate`]); smaller ones go as they are,
+//!   bytes goes compressed, flagged so in its header ([`MapMessages`], [`deflated`]); smaller ones go as they are,
 //!   where gzip would add more than it saves. The answer says `grpc-encoding: gzip`.
 //! - **Browsers** (gRPC-Web with `Accept-Encoding: gzip`, which every browser sends): the whole
 //!   answer is compressed as HTTP content ([`gzip_stream`], [`gzip_whole`]), which `fetch`

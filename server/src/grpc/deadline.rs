@@ -1,12 +1,13 @@
 //! Deadlines on every call: the client's (`grpc-timeout`) and the server's ceiling
 //! (`--max-call-duration`), whichever comes first.
 //!
-//! At the edge ([`crate::grpc::edge`]), [`Deadlines::of`] takes the header's value and, for the methods whose
-//! response is a stream, records the [`Deadline`](crate::call::Deadline) in the request's extensions, where they find it
-//! to bound their response streams with [`until_deadline`](crate::call::until_deadline); a [`Timer`] bounds the call's
-//! response future. A call past its deadline ends with `DEADLINE_EXCEEDED`, its message saying
-//! whose deadline it was. So no call, streams included, holds its resources (a database
-//! transaction, a connection's stream) forever.
+//! At the edge ([`edge`](crate::grpc::edge)), [`Deadlines::of`] takes the header's value and,
+//! for the methods whose response is a stream, records the [`Deadline`] in the request's
+//! extensions, where they find it to bound their response streams with
+//! [`until_deadline`](crate::call::until_deadline); a [`Timer`] bounds the call's response
+//! future. A call past its deadline ends with `DEADLINE_EXCEEDED`, its message saying whose
+//! deadline it was. So no call, streams included, holds its resources (a database transaction, a
+//! connection's stream) forever.
 
 use std::{
     future::Future,

@@ -11,6 +11,9 @@
 //! tutorial's sample orders, assign IDs from a database sequence, make every acknowledged write
 //! durable, run `updateOrders` and `addOrders` each all or nothing, let the writes waiting
 //! together share one commit ([`batch`]) and index every order's items for search ([`search`]).
+//!
+//! The bottom layer: every SQL statement of the server is in this folder (and the migrations).
+//! It may use the top-level files only, never `orders`, `grpc`, `http` or `net`.
 
 mod batch;
 mod cache;
@@ -484,7 +487,7 @@ impl Store {
         })
     }
 
-    /// What the group commit has done so far (see [`batch`]).
+    /// What the group commit has done so far (see the `batch` module).
     pub fn commits(&self) -> Commits {
         self.writer.commits()
     }
@@ -539,11 +542,11 @@ impl Store {
         }
     }
 
-    /// Every order with an item containing `text`, ignoring case ([`search::fold`]), in ID order, read
+    /// Every order with an item containing `text`, ignoring case (`search::fold`), in ID order, read
     /// from the database a page at a time as the stream is polled, through the trigram index
-    /// when the term is rare (see [`search`](self::search)): a client that does not read holds
-    /// one page, never a copy of the store. A page is at most [`SEARCH_PAGE`] orders and
-    /// [`SEARCH_PAGE_BYTES`] while the searches' shared memory budget has room for it, one order
+    /// when the term is rare (see the `search` module): a client that does not read holds
+    /// one page, never a copy of the store. A page is at most `SEARCH_PAGE` orders and
+    /// `SEARCH_PAGE_BYTES` while the searches' shared memory budget has room for it, one order
     /// once it has not: unread searches hold a bounded amount between them, and never make
     /// another search wait.
     pub fn search(&self, text: &str) -> BoxStream<'static, Result<Order, Error>> {
