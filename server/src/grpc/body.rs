@@ -263,7 +263,10 @@ where
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt;
+
     use super::*;
+    use crate::grpc::compress::{deflate, put_message, COMPRESSED};
 
     /// A body that fails with `status` at once.
     struct Failing(Option<tonic::Status>);
@@ -370,5 +373,60 @@ mod tests {
             two.read(&stream[cut..]);
             assert!(two.between_messages(), "the rest after {cut} bytes");
         }
+    }
+
+    /// A compressed message's frame, as a client sends it.
+    fn framed(flag: u8, message: &[u8]) -> Bytes {
+        let mut out = bytes::BytesMut::new();
+        put_message(&mut out, flag, message);
+        out.freeze()
+    }
+
+    /// `chunks` as a body.
+    fn chunks_of(chunks: Vec<Bytes>) -> Chunks {
+        let mut body = Chunks::default();
+        for chunk in chunks {
+            body.push(chunk);
+        }
+        body
+    }
+
+    async fn read(body: impl http_body::Body<Data = Bytes, Error = tonic::Status>) -> Vec<u8> {
+        body.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn compressed_messages_are_inflated_however_they_are_cut() {
+        let big = b"order ".repeat(1000);
+        let gz = deflate(&big);
+        let mut whole = framed(COMPRESSED, &gz).to_vec();
+        whole.extend_from_slice(&framed(0, b"plain"));
+        // Cut at every place in the first message's header and inside it.
+        for cut in [1, 3, 5, 9, whole.len() - 3] {
+            let chunks = vec![
+                Bytes::copy_from_slice(&whole[..cut]),
+                Bytes::copy_from_slice(&whole[cut..]),
+            ];
+            let out = read(ResetIsError::new(chunks_of(chunks), Some(1 << 20))).await;
+            let mut expected = framed(0, &big).to_vec();
+            expected.extend_from_slice(&framed(0, b"plain"));
+            assert_eq!(out, expected, "cut at {cut}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gzip_bomb_fails_at_the_limit() {
+        let bomb = deflate(&vec![0; 64 << 20]);
+        assert!(bomb.len() < 128 << 10, "{} bytes", bomb.len());
+        let mut body = ResetIsError::new(chunks_of(vec![framed(COMPRESSED, &bomb)]), Some(4 << 20));
+        let status = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().contains("4194304"), "{}", status.message());
+
+        // Not gzip at all: the client's mistake.
+        let mut body =
+            ResetIsError::new(chunks_of(vec![framed(COMPRESSED, b"nope")]), Some(4 << 20));
+        let status = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
     }
 }

@@ -39,7 +39,7 @@ pub(crate) const GRPC_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grp
 const GZIP: HeaderValue = HeaderValue::from_static("gzip");
 
 /// The message flag of a compressed message.
-const COMPRESSED: u8 = 1;
+pub(crate) const COMPRESSED: u8 = 1;
 
 /// What a call's headers ask of compression.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -451,50 +451,6 @@ mod tests {
         ] {
             assert_eq!(lists_gzip(&list.parse().unwrap()), gzip, "{list}");
         }
-    }
-
-    #[tokio::test]
-    async fn compressed_messages_are_inflated_however_they_are_cut() {
-        let big = b"order ".repeat(1000);
-        let gz = deflate(&big);
-        let mut whole = framed(COMPRESSED, &gz).to_vec();
-        whole.extend_from_slice(&framed(0, b"plain"));
-        // Cut at every place in the first message's header and inside it.
-        for cut in [1, 3, 5, 9, whole.len() - 3] {
-            let chunks = vec![
-                Bytes::copy_from_slice(&whole[..cut]),
-                Bytes::copy_from_slice(&whole[cut..]),
-            ];
-            let out = read(crate::grpc::body::ResetIsError::new(
-                body_of(chunks),
-                Some(1 << 20),
-            ))
-            .await;
-            let mut expected = framed(0, &big).to_vec();
-            expected.extend_from_slice(&framed(0, b"plain"));
-            assert_eq!(out, expected, "cut at {cut}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_gzip_bomb_fails_at_the_limit() {
-        let bomb = deflate(&vec![0; 64 << 20]);
-        assert!(bomb.len() < 128 << 10, "{} bytes", bomb.len());
-        let mut body = crate::grpc::body::ResetIsError::new(
-            body_of(vec![framed(COMPRESSED, &bomb)]),
-            Some(4 << 20),
-        );
-        let status = body.frame().await.unwrap().unwrap_err();
-        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-        assert!(status.message().contains("4194304"), "{}", status.message());
-
-        // Not gzip at all: the client's mistake.
-        let mut body = crate::grpc::body::ResetIsError::new(
-            body_of(vec![framed(COMPRESSED, b"nope")]),
-            Some(4 << 20),
-        );
-        let status = body.frame().await.unwrap().unwrap_err();
-        assert_eq!(status.code(), tonic::Code::InvalidArgument);
     }
 
     #[tokio::test]
