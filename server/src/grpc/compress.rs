@@ -55,24 +55,32 @@ impl Encodings {
     /// the edge in its one scan of the headers); an encoding other than gzip is refused with the
     /// one this server takes.
     pub(crate) fn of(encoding: Option<&HeaderValue>, accepts_gzip: bool) -> Result<Self, Status> {
-        let inflate = match encoding.map(HeaderValue::as_bytes) {
-            None | Some(b"identity") => false,
-            Some(b"gzip") => true,
-            Some(other) => {
-                let mut status = Status::unimplemented(format!(
-                    "grpc-encoding {:?} is not supported: this server accepts gzip",
-                    String::from_utf8_lossy(other)
-                ));
+        let inflate = is_gzip("grpc-encoding", encoding.map(HeaderValue::as_bytes)).map_err(
+            |mut status| {
                 status
                     .metadata_mut()
                     .insert("grpc-accept-encoding", "gzip".parse().expect("ASCII"));
-                return Err(status);
-            }
-        };
+                status
+            },
+        )?;
         Ok(Encodings {
             inflate,
             deflate: accepts_gzip,
         })
+    }
+}
+
+/// Whether the encoding a request names in `what` (`grpc-encoding`, `Content-Encoding`,
+/// Connect's `Connect-Content-Encoding` or a GET's `compression`) is gzip: none named, or
+/// `identity`, is not; any other is refused as `UNIMPLEMENTED`, naming the one this server takes.
+pub(crate) fn is_gzip(what: &str, encoding: Option<&[u8]>) -> Result<bool, Status> {
+    match encoding {
+        None | Some(b"identity") => Ok(false),
+        Some(b"gzip") => Ok(true),
+        Some(other) => Err(Status::unimplemented(format!(
+            "{what} {:?} is not supported: this server accepts gzip",
+            String::from_utf8_lossy(other)
+        ))),
     }
 }
 

@@ -394,19 +394,8 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<tonic::codegen::StdError>,
 {
-    let gzip = match headers
-        .get(header::CONTENT_ENCODING)
-        .map(HeaderValue::as_bytes)
-    {
-        None | Some(b"identity") => false,
-        Some(b"gzip") => true,
-        Some(other) => {
-            return Err(Status::unimplemented(format!(
-                "Content-Encoding {:?} is not supported: this server accepts gzip",
-                String::from_utf8_lossy(other)
-            )))
-        }
-    };
+    let encoding = headers.get(header::CONTENT_ENCODING);
+    let gzip = compress::is_gzip("Content-Encoding", encoding.map(HeaderValue::as_bytes))?;
     let bytes = Limited::new(body, limit)
         .collect()
         .await
@@ -445,16 +434,11 @@ fn message_of_query(query: &str, limit: usize) -> Result<(Codec, Bytes), Status>
             }
             "message" => message = Some(value),
             "base64" => base64 = value == b"1",
-            "compression" => match &value[..] {
-                b"gzip" => gzip = true,
-                b"identity" | b"" => {}
-                other => {
-                    return Err(Status::unimplemented(format!(
-                        "compression {:?} is not supported: this server accepts gzip",
-                        String::from_utf8_lossy(other)
-                    )))
-                }
-            },
+            // An empty value names none, as leaving it out does.
+            "compression" => {
+                let named = Some(&value[..]).filter(|value| !value.is_empty());
+                gzip |= compress::is_gzip("compression", named)?;
+            }
             _ => {}
         }
     }
@@ -607,20 +591,13 @@ where
         Codec::Json => "application/connect+json",
         Codec::Proto => "application/connect+proto",
     });
-    let gzip_in = match parts
-        .headers
-        .get(CONNECT_CONTENT_ENCODING)
-        .map(HeaderValue::as_bytes)
-    {
-        None | Some(b"identity") => false,
-        Some(b"gzip") => true,
-        Some(other) => {
-            let status = Status::unimplemented(format!(
-                "Connect-Content-Encoding {:?} is not supported: this server accepts gzip",
-                String::from_utf8_lossy(other)
-            ));
-            return end_only(&status, content_type);
-        }
+    let encoding = parts.headers.get(CONNECT_CONTENT_ENCODING);
+    let gzip_in = match compress::is_gzip(
+        "Connect-Content-Encoding",
+        encoding.map(HeaderValue::as_bytes),
+    ) {
+        Ok(gzip) => gzip,
+        Err(status) => return end_only(&status, content_type),
     };
     let gzip_out = parts
         .headers
