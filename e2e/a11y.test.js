@@ -1,24 +1,13 @@
 // The page for every person: axe-core judges it in light and dark and at phone width, in each state
 // a person brings it to; nothing scrolls sideways; a keyboard alone reaches and works every control.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
-import { startServer, launchBrowser } from "./harness.js";
+import { serverAndBrowser } from "./harness.js";
 
 const axePath = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
 
-let server;
-let browser;
-
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const running = serverAndBrowser();
 
 const MODES = [
   { name: "light", colorScheme: "light", viewport: { width: 1280, height: 800 } },
@@ -29,11 +18,11 @@ const MODES = [
 ];
 
 async function openPage(mode) {
-  const context = await browser.newContext({ colorScheme: mode.colorScheme, viewport: mode.viewport });
+  const context = await running.browser.newContext({ colorScheme: mode.colorScheme, viewport: mode.viewport });
   const page = await context.newPage();
   const problems = [];
   page.on("pageerror", (error) => problems.push(`exception: ${error.message}`));
-  await page.goto(`${server.url}/`);
+  await page.goto(`${running.server.url}/`);
   await page.waitForSelector("#lookup:not([disabled])");
   await page.addScriptTag({ path: axePath });
   return { context, page, problems };

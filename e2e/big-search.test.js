@@ -1,18 +1,15 @@
 // A search that matches 20 000 orders must not freeze the tab: the first results show at once,
 // the page stays responsive to typing, the DOM stays small, and a new search cancels the old one.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, launchBrowser } from "./harness.js";
+import { serverAndBrowser } from "./harness.js";
 
 const MATCHES = 20_000;
 
-let server;
-let browser;
 let page;
 
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
+// The page, with 20 000 orders in the server.
+const running = serverAndBrowser(async ({ server, browser }) => {
   page = await browser.newPage();
   await page.goto(`${server.url}/`);
   await page.waitForSelector("#import:not([disabled])");
@@ -29,14 +26,9 @@ before(async () => {
   }
 });
 
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-});
-
 /** The server's count of searchOrders calls that ended with `code`. */
 async function searchesEnded(code) {
-  const text = await (await fetch(`${server.url}/metrics`)).text();
+  const text = await (await fetch(`${running.server.url}/metrics`)).text();
   const line = text.split("\n").find((l) => l.startsWith("grpc_server_handled_total{") &&
     l.includes('grpc_method="searchOrders"') && l.includes(`grpc_code="${code}"`));
   return line ? Number(line.split(" ").pop()) : 0;

@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
+import { after, before } from "node:test";
 import { chromium } from "playwright-core";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
@@ -76,8 +77,50 @@ export function launchBrowser(extraArgs = []) {
   });
 }
 
+/**
+ * A test file's order-server and Chromium, as `server` and `browser` of what this returns: started
+ * before the file's tests (then `setUp(running)`, if given, in the same hook: Node 20 runs a file's
+ * top-level `before` hooks at once, not one after the other), stopped after them.
+ */
+export function serverAndBrowser(setUp = async () => {}) {
+  const running = {};
+  before(async () => {
+    running.server = await startServer();
+    running.browser = await launchBrowser();
+    await setUp(running);
+  });
+  after(async () => {
+    await running.browser?.close();
+    await running.server?.stop();
+  });
+  return running;
+}
+
+/**
+ * The page on the wire, as Chromium counts it (headers and bodies of every response): a first
+ * visit to `${url}/?id=106` in a new browser context, then a repeat visit to `${url}/?id=105` in
+ * the same one, each until its order is on screen. Resolves to `{ first, again }`, each
+ * `{ bytes, byPath }`.
+ */
+export async function visitsOnTheWire(browser, url) {
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    const counter = await wireCounter(page);
+    const visit = async (id) => {
+      counter.reset();
+      await page.goto(`${url}/?id=${id}`);
+      await page.locator("#result").waitFor({ state: "visible" });
+      return { bytes: counter.total(), byPath: counter.byPath() };
+    };
+    return { first: await visit(106), again: await visit(105) };
+  } finally {
+    await context.close();
+  }
+}
+
 /** Counts the bytes each response took on the wire (headers and body), by URL path. */
-export async function wireCounter(page) {
+async function wireCounter(page) {
   const cdp = await page.context().newCDPSession(page);
   await cdp.send("Network.enable");
   const urls = new Map();

@@ -9,7 +9,7 @@ import { readFileSync, readdirSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { startServer, launchBrowser, wireCounter } from "./harness.js";
+import { startServer, launchBrowser, visitsOnTheWire } from "./harness.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const args = process.argv.slice(2);
@@ -41,7 +41,7 @@ const median = (xs) => {
 const server = await startServer();
 const browser = await launchBrowser();
 const times = [];
-let wire = null;
+let visits = null;
 try {
   for (let i = 0; i < runs + 1; i++) {
     // A fresh context each time: nothing cached, as on a first visit.
@@ -56,19 +56,7 @@ try {
     await context.close();
   }
   // The bytes on the wire, as Chromium counts them: a first visit, then a repeat visit.
-  {
-    const context = await browser.newContext();
-    const page = await context.newPage();
-    const counter = await wireCounter(page);
-    await page.goto(`${server.url}/?id=106`);
-    await page.locator("#result").waitFor({ state: "visible" });
-    const first = counter.total();
-    counter.reset();
-    await page.goto(`${server.url}/?id=105`);
-    await page.locator("#result").waitFor({ state: "visible" });
-    wire = { first, again: counter.total() };
-    await context.close();
-  }
+  visits = await visitsOnTheWire(browser, server.url);
   if (screenshots) {
     for (const [file, colorScheme, viewport] of [
       ["screenshot.png", "light", { width: 760, height: 600 }],
@@ -95,7 +83,7 @@ try {
 
 const kb = (n) => (n / 1024).toFixed(1);
 console.log(`web client size: ${kb(gzipped)} KB gzipped (${kb(raw)} KB raw): wasm + JS glue and snippets, target < 120 KB`);
-console.log(`on the wire: first visit ${kb(wire.first)} KB, repeat visit ${kb(wire.again)} KB (targets < 140 KB and < 10 KB)`);
+console.log(`on the wire: first visit ${kb(visits.first.bytes)} KB, repeat visit ${kb(visits.again.bytes)} KB (targets < 140 KB and < 10 KB)`);
 console.log(
   `first order on screen (/?id=106, cold cache, ${runs} loads): median ${median(times).toFixed(0)} ms, ` +
     `min ${Math.min(...times).toFixed(0)} ms, max ${Math.max(...times).toFixed(0)} ms, target < 300 ms`,

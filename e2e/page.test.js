@@ -1,30 +1,19 @@
 // End-to-end: headless Chromium uses the order page served by order-server, as a person would.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, launchBrowser } from "./harness.js";
+import { serverAndBrowser } from "./harness.js";
 
-let server;
-let browser;
-
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+const running = serverAndBrowser();
 
 /** A fresh page that records every console error and uncaught exception. */
 async function openPage(query = "") {
-  const page = await browser.newPage();
+  const page = await running.browser.newPage();
   const problems = [];
   page.on("console", (message) => {
     if (message.type() === "error") problems.push(`console: ${message.text()}`);
   });
   page.on("pageerror", (error) => problems.push(`exception: ${error.message}`));
-  await page.goto(`${server.url}/${query}`);
+  await page.goto(`${running.server.url}/${query}`);
   return { page, problems };
 }
 
