@@ -224,3 +224,75 @@ async fn a_browsers_search_arrives_as_gzip_content() {
     assert!(!response.headers().contains_key(header::CONTENT_ENCODING));
     server.stop().await.unwrap();
 }
+
+/// A compressed upload keeps the write promise of a plain one: a client stream of gzip messages
+/// that ends in the middle of one (its header cut, or its compressed bytes cut) or is reset
+/// half-way stores none of its orders.
+#[tokio::test]
+async fn a_compressed_client_stream_cut_off_stores_nothing() {
+    let server = TestServer::start().await;
+    let gzip_frame = |id: &str| framed(1, &gzip(&prost::Message::encode_to_vec(&big_order(id, 2))));
+    let whole = [gzip_frame("GZCUT-1"), gzip_frame("GZCUT-2")].concat();
+    let third = gzip_frame("GZCUT-3");
+    let gzip_call = || {
+        common::raw_h2_call_with(
+            server.addr,
+            "/OrderManagement/addOrders",
+            &[("grpc-encoding", "gzip")],
+        )
+    };
+    // Two whole orders, then part of a third's header, or its header and half its bytes.
+    for cut in [5 - 2, third.len() / 2] {
+        let (response, mut body) = gzip_call().await;
+        let mut sent = whole.clone();
+        sent.extend_from_slice(&third[..cut]);
+        body.send_data(sent.into(), true).unwrap();
+        let status = common::raw_h2_status(response).await;
+        assert_eq!(
+            status.as_deref(),
+            Ok("10"),
+            "ABORTED, cut after {cut} bytes of the third"
+        );
+    }
+    // Two whole orders, then the client resets its stream.
+    let before = received(&server).await;
+    let (response, mut body) = gzip_call().await;
+    body.send_data(Bytes::from(whole), false).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while received(&server).await < before + 2.0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the server receives both orders");
+    body.send_reset(h2::Reason::CANCEL);
+    drop(response);
+    // The reset call ends (counted ABORTED) before anything is looked for.
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let labels = [("grpc_method", "addOrders"), ("grpc_code", "Aborted")];
+        while server
+            .metrics()
+            .await
+            .value("grpc_server_handled_total", &labels)
+            < 3.0
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the reset call ends ABORTED");
+    let mut client = server.native().await;
+    for id in ["GZCUT-1", "GZCUT-2", "GZCUT-3"] {
+        let status = client.get_order(id.to_owned()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{id} was stored");
+    }
+}
+
+/// The addOrders messages the server has received so far.
+async fn received(server: &TestServer) -> f64 {
+    let labels = [("grpc_method", "addOrders")];
+    server
+        .metrics()
+        .await
+        .value("grpc_server_msg_received_total", &labels)
+}

@@ -149,9 +149,12 @@ impl Frames {
         Ok((!out.is_empty()).then(|| out.freeze()))
     }
 
-    /// What is left of a message cut short.
+    /// What is left of a message cut short, its compressed flag cleared: the reader takes plain
+    /// messages, and fails this one as cut (`ABORTED`), not as compressed (`INTERNAL`).
     pub(crate) fn rest(&mut self) -> Option<Bytes> {
-        (!self.buffer.is_empty()).then(|| self.buffer.split().freeze())
+        let flag = self.buffer.first_mut()?;
+        *flag &= !COMPRESSED;
+        Some(self.buffer.split().freeze())
     }
 }
 
@@ -231,7 +234,7 @@ impl Inflater {
         })
     }
 
-    /// What is left of a message cut short, to pass on as it is (the service fails the cut).
+    /// What is left of a message cut short, to pass on for the service to fail as cut.
     pub(crate) fn rest(&mut self) -> Option<Bytes> {
         self.frames.rest()
     }
