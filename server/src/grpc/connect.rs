@@ -225,7 +225,7 @@ where
             let Some(shape) = Shape::of(&request) else {
                 return Ok(unary_error(
                     &Status::unimplemented("not a Connect request"),
-                    &HeaderMap::new(),
+                    HeaderMap::new(),
                 ));
             };
             let (input, output, streams) = methods.of(request.uri().path());
@@ -237,7 +237,7 @@ where
                         "{} streams: call it with application/connect+json or application/connect+proto",
                         request.uri().path()
                     ));
-                    unary_error(&status, &HeaderMap::new())
+                    unary_error(&status, HeaderMap::new())
                 }
                 Shape::Unary(_) | Shape::Get => {
                     unary(inner, request, shape, input, output, limit).await
@@ -328,13 +328,13 @@ where
         Codec::Proto => Ok((codec, bytes.to_vec())),
     }) {
         Ok(read) => read,
-        Err(status) => return unary_error(&status, &HeaderMap::new()),
+        Err(status) => return unary_error(&status, HeaderMap::new()),
     };
     let mut framed = BytesMut::new();
     compress::put_message(&mut framed, 0, &message);
     let grpc = match grpc_request(&parts, GrpcBody::new(Full::new(framed.freeze()))) {
         Ok(grpc) => grpc,
-        Err(status) => return unary_error(&status, &HeaderMap::new()),
+        Err(status) => return unary_error(&status, HeaderMap::new()),
     };
     let response = match inner.call(grpc).await {
         Ok(response) => response,
@@ -343,27 +343,27 @@ where
     let (head, body) = response.into_parts();
     let collected = match body.collect().await {
         Ok(collected) => collected,
-        Err(status) => return unary_error(&status, &HeaderMap::new()),
+        Err(status) => return unary_error(&status, HeaderMap::new()),
     };
     let trailers = collected.trailers().cloned().unwrap_or_default();
     let status = Status::from_header_map(&head.headers)
         .or_else(|| Status::from_header_map(&trailers))
         .unwrap_or_else(|| Status::unknown("the call ended without a status"));
     if status.code() != Code::Ok {
-        return unary_error(&status, &metadata_of(&head.headers, &trailers));
+        return unary_error(&status, metadata_of(&head.headers, &trailers));
     }
     let mut frames = Frames::default();
     frames.push(collected.to_bytes());
     let Some((_, message)) = frames.next() else {
         return unary_error(
             &Status::internal("the call answered no message"),
-            &HeaderMap::new(),
+            HeaderMap::new(),
         );
     };
     let body = match codec {
         Codec::Json => match output.decode_to_json(&message) {
             Ok(json) => Bytes::from(json),
-            Err(status) => return unary_error(&status, &HeaderMap::new()),
+            Err(status) => return unary_error(&status, HeaderMap::new()),
         },
         Codec::Proto => message,
     };
@@ -539,11 +539,11 @@ pub(crate) fn error_json(status: &Status) -> serde_json::Value {
 }
 
 /// A unary call's error answer, with the call's metadata as headers.
-fn unary_error(status: &Status, metadata: &HeaderMap) -> Response<GrpcBody> {
+fn unary_error(status: &Status, metadata: HeaderMap) -> Response<GrpcBody> {
     let body = serde_json::to_vec(&error_json(status)).expect("JSON of JSON values");
     let mut response = Response::new(GrpcBody::new(Full::new(Bytes::from(body))));
     *response.status_mut() = http_status(status.code());
-    response.headers_mut().extend(metadata.clone());
+    response.headers_mut().extend(metadata);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -631,6 +631,7 @@ where
         Err(never) => match never {},
     };
     let (head, body) = response.into_parts();
+    let metadata = metadata_of(&head.headers, &HeaderMap::new());
     let mut response = Response::new(GrpcBody::new(AnswerMessages {
         inner: body,
         frames: Frames::default(),
@@ -638,11 +639,11 @@ where
         output,
         gzip: gzip_out,
         limit,
-        head: Some(head.headers.clone()),
+        head: Some(head.headers),
         done: false,
     }));
     let headers = response.headers_mut();
-    headers.extend(metadata_of(&head.headers, &HeaderMap::new()));
+    headers.extend(metadata);
     headers.insert(header::CONTENT_TYPE, content_type);
     if gzip_out {
         headers.insert(CONNECT_CONTENT_ENCODING, HeaderValue::from_static("gzip"));
