@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 # Extra flags for `make run`, e.g. make run ARGS="--cors-origin http://localhost:8080"
 ARGS ?=
 
-.PHONY: help setup wasm run test test-rust test-wasm test-types test-e2e test-interop lint page-budget bench bench-scale
+.PHONY: help setup wasm run test test-rust test-vendor test-wasm test-types test-e2e test-interop lint page-budget bench bench-scale
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -22,7 +22,7 @@ run: setup wasm ## Build everything and serve http://127.0.0.1:50051 in the fore
 	@echo "Open http://127.0.0.1:50051/?id=106 (Ctrl-C stops the server)"
 	./target/release/order-server $(ARGS)
 
-test: setup lint test-rust test-wasm test-types test-e2e test-interop ## Every test: Rust, wasm and the page in Chromium, other clients
+test: setup lint test-rust test-vendor test-wasm test-types test-e2e test-interop ## Every test: Rust, wasm and the page in Chromium, other clients
 
 lint: ## cargo fmt --check, clippy with warnings as errors, and the server's docs with no broken link
 	cargo fmt --all --check
@@ -31,6 +31,9 @@ lint: ## cargo fmt --check, clippy with warnings as errors, and the server's doc
 
 test-rust: ## Unit, in-process and live-server tests of the server, client and CLI
 	cargo test -q --workspace
+
+test-vendor: ## The patched crates' own tests (vendor/h2's; its HPACK fixtures are not on crates.io)
+	CARGO_TARGET_DIR=$(CURDIR)/target cargo test -q --manifest-path vendor/h2/Cargo.toml --lib -- --skip hpack::test::fixture
 
 test-wasm: setup ## wasm-pack test --headless --chrome against a live server
 	@scripts/test-wasm.sh

@@ -246,6 +246,56 @@ async fn a_read_token_reads_but_cannot_write_and_a_write_token_does_both() {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 }
 
+/// The server remembers the last few header literals a connection sent without indexing
+/// (`vendor/h2/PATCH.md`), which is how clients send a bearer token: tokens of the same length
+/// on one connection, sent never indexed (as nghttp2 and curl send `authorization`) and indexed,
+/// each still mean what they say, in any order and more of them than it remembers.
+#[tokio::test]
+async fn tokens_sent_whole_on_one_connection_are_each_read_as_themselves() {
+    let auth = start(|_| {}).await;
+    let token = |sub: &str, scope: &str| {
+        hs256(
+            &serde_json::json!({ "sub": sub, "scope": scope, "exp": now() + 600 }),
+            SECRET,
+        )
+    };
+    let readers: Vec<String> = (1..=6)
+        .map(|n| token(&format!("alice{n}"), "orders:read"))
+        .collect();
+    let nothing = token("alice1", "orders:none");
+    let mut forged = readers[0].clone().into_bytes();
+    let at = forged.len() - 10;
+    forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert!(readers
+        .iter()
+        .all(|reader| reader.len() == nothing.len() && reader.len() == forged.len()));
+
+    let mut client = auth.server.native().await;
+    let mut calls = 0;
+    for round in 0..20 {
+        for (token, expected) in readers.iter().map(|reader| (reader, Code::Ok)).chain([
+            (&nothing, Code::PermissionDenied),
+            (&forged, Code::Unauthenticated),
+        ]) {
+            let mut value: tonic::metadata::MetadataValue<_> =
+                format!("Bearer {token}").parse().unwrap();
+            value.set_sensitive(round % 2 == 0);
+            let mut request = Request::new("106".to_string());
+            request.metadata_mut().insert("authorization", value);
+            let code = match client.get_order(request).await {
+                Ok(order) => {
+                    assert_eq!(order.into_inner().id, "106");
+                    Code::Ok
+                }
+                Err(status) => status.code(),
+            };
+            assert_eq!(code, expected, "round {round}, call {calls}");
+            calls += 1;
+        }
+    }
+}
+
 #[tokio::test]
 async fn public_reads_let_anonymous_callers_read_and_nothing_more() {
     let auth = start(|config| config.public_reads = true).await;

@@ -20,6 +20,9 @@ pub struct Decoder {
     last_max_update: usize,
     table: Table,
     buffer: BytesMut,
+    // Literals the peer sent without adding them to the table, and what they
+    // decoded to (see `Unindexed`).
+    unindexed: Unindexed,
 }
 
 /// Represents all errors that can be encountered while performing the decoding
@@ -159,6 +162,7 @@ impl Decoder {
             last_max_update: size,
             table: Table::new(size),
             buffer: BytesMut::with_capacity(4096),
+            unindexed: Unindexed::default(),
         }
     }
 
@@ -225,7 +229,7 @@ impl Decoder {
                 LiteralWithoutIndexing => {
                     tracing::trace!(rem = src.remaining(), kind = %"LiteralWithoutIndexing");
                     can_resize = false;
-                    let entry = self.decode_literal(src, false)?;
+                    let entry = self.decode_unindexed_literal(src)?;
                     consume(src);
                     if f(entry).is_break() {
                         break;
@@ -234,7 +238,7 @@ impl Decoder {
                 LiteralNeverIndexed => {
                     tracing::trace!(rem = src.remaining(), kind = %"LiteralNeverIndexed");
                     can_resize = false;
-                    let entry = self.decode_literal(src, false)?;
+                    let entry = self.decode_unindexed_literal(src)?;
                     consume(src);
 
                     // TODO: Track that this should never be indexed
@@ -280,6 +284,29 @@ impl Decoder {
     fn decode_indexed(&self, buf: &mut Cursor<&mut BytesMut>) -> Result<Header, DecoderError> {
         let index = decode_int(buf, 7)?;
         self.table.get(index)
+    }
+
+    // A literal without indexing or never indexed: the peer did not add it to
+    // the table, so it sends it whole with every request. nghttp2 (curl,
+    // h2load) sends `authorization` so, and `:path`. If these exact bytes came
+    // lately on this connection, the header they decoded to is returned
+    // without decoding (Huffman decoding a 200-character token cost about 5 000
+    // instructions); else the literal is decoded and remembered.
+    fn decode_unindexed_literal(
+        &mut self,
+        buf: &mut Cursor<&mut BytesMut>,
+    ) -> Result<Header, DecoderError> {
+        let Some(len) = Unindexed::rememberable_len(buf.chunk()) else {
+            return self.decode_literal(buf, false);
+        };
+        if let Some(header) = self.unindexed.get(&buf.chunk()[..len]) {
+            buf.advance(len);
+            return Ok(header);
+        }
+        let raw = buf.chunk()[..len].to_vec();
+        let header = self.decode_literal(buf, false)?;
+        self.unindexed.remember(raw, &header);
+        Ok(header)
     }
 
     fn decode_literal(
@@ -490,6 +517,86 @@ fn consume(buf: &mut Cursor<&mut BytesMut>) {
     // decoded. This is a more permanent cursor position, which will be
     // used to resume if decoding was only partial.
     take(buf, 0);
+}
+
+// ===== impl Unindexed =====
+
+// The last few literals the peer sent without adding them to the table: the
+// bytes of each whole representation and the header they decoded to. Bounded:
+// `UNINDEXED_ENTRIES` entries of at most `UNINDEXED_MAX_LEN` bytes each, and
+// each header's bytes copied out of the connection's buffers, so that an entry
+// keeps nothing else alive.
+#[derive(Debug, Default)]
+struct Unindexed {
+    entries: Vec<(Vec<u8>, Header)>,
+    // The entry replaced next once all are taken.
+    next: usize,
+}
+
+const UNINDEXED_ENTRIES: usize = 4;
+const UNINDEXED_MAX_LEN: usize = 1024;
+// Names at these indices are the static table's, the same on every connection
+// and at any time; a higher index names a dynamic entry, which changes.
+const STATIC_TABLE_LEN: usize = 61;
+
+impl Unindexed {
+    // The length of the literal representation at the start of `src` (with a
+    // 4-bit name index), if it is whole in `src`, names no dynamic entry and is
+    // short enough to remember.
+    fn rememberable_len(src: &[u8]) -> Option<usize> {
+        let mut cursor = Cursor::new(src);
+        let name = decode_int(&mut cursor, 4).ok()?;
+        if name > STATIC_TABLE_LEN {
+            return None;
+        }
+        if name == 0 {
+            let len = decode_int(&mut cursor, 7).ok()?;
+            cursor.set_position(cursor.position().checked_add(len as u64)?);
+        }
+        let len = decode_int(&mut cursor, 7).ok()?;
+        let end = (cursor.position() as usize).checked_add(len)?;
+        (end <= src.len() && end <= UNINDEXED_MAX_LEN).then_some(end)
+    }
+
+    fn get(&self, raw: &[u8]) -> Option<Header> {
+        self.entries
+            .iter()
+            .find(|(seen, _)| seen.len() == raw.len() && same(seen, raw))
+            .map(|(_, header)| header.clone())
+    }
+
+    fn remember(&mut self, raw: Vec<u8>, header: &Header) {
+        let header = match header {
+            Header::Field { .. } | Header::Method(_) | Header::Status(_) => header.clone(),
+            Header::Authority(value) => Header::Authority(value.detached()),
+            Header::Scheme(value) => Header::Scheme(value.detached()),
+            Header::Path(value) => Header::Path(value.detached()),
+            Header::Protocol(_) => return,
+        };
+        if self.entries.len() < UNINDEXED_ENTRIES {
+            self.entries.push((raw, header));
+        } else {
+            self.entries[self.next] = (raw, header);
+            self.next = (self.next + 1) % UNINDEXED_ENTRIES;
+        }
+    }
+}
+
+// Whether `a` and `b`, of the same length, hold the same bytes, in a time that
+// does not depend on where they differ: the literals remembered are often
+// credentials.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let word = |bytes: &[u8]| u64::from_ne_bytes(bytes.try_into().unwrap());
+    let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail = a_words
+        .remainder()
+        .iter()
+        .zip(b_words.remainder())
+        .fold(0, |diff, (x, y)| diff | (x ^ y));
+    a_words
+        .zip(b_words)
+        .fold(u64::from(tail), |diff, (x, y)| diff | (word(x) ^ word(y)))
+        == 0
 }
 
 // ===== impl Table =====
@@ -945,5 +1052,140 @@ mod test {
             }
             _ => panic!(),
         }
+    }
+
+    fn decode_all(de: &mut Decoder, bytes: &[u8]) -> Result<Vec<Header>, DecoderError> {
+        let mut buf = BytesMut::from(bytes);
+        let mut res = vec![];
+        de.decode(&mut Cursor::new(&mut buf), |h| {
+            res.push(h);
+            ControlFlow::Continue(())
+        })?;
+        Ok(res)
+    }
+
+    fn field(name: &str, value: &str) -> Header {
+        Header::Field {
+            name: header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value: header::HeaderValue::from_str(value).unwrap(),
+        }
+    }
+
+    // `authorization` (static index 23) never indexed, its value Huffman-coded.
+    fn never_indexed_authorization(value: &str) -> Vec<u8> {
+        let huff = huff_encode(value.as_bytes());
+        assert!(huff.len() < 127);
+        let mut bytes = vec![0b0001_1111, 23 - 15, 0x80 | huff.len() as u8];
+        bytes.extend_from_slice(&huff);
+        bytes
+    }
+
+    // A new name (`name`) without indexing, its value plain.
+    fn without_indexing(name: &str, value: &str) -> Vec<u8> {
+        assert!(name.len() < 127 && value.len() < 127);
+        let mut bytes = vec![0, name.len() as u8];
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(value.len() as u8);
+        bytes.extend_from_slice(value.as_bytes());
+        bytes
+    }
+
+    #[test]
+    fn an_unindexed_literal_sent_again_is_remembered() {
+        let mut de = Decoder::default();
+        let token = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";
+        let other = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJib2JieSJ9.c2lnbmF0dXJl";
+        // `:path` (static index 4) never indexed, Huffman-coded.
+        let huff = huff_encode(b"/a/b/c");
+        let mut path = vec![0b0001_0100, 0x80 | huff.len() as u8];
+        path.extend_from_slice(&huff);
+        let frame = [never_indexed_authorization(token), path].concat();
+        for _ in 0..3 {
+            let headers = decode_all(&mut de, &frame).unwrap();
+            assert_eq!(headers[0], field("authorization", token));
+            assert_eq!(headers[1], Header::Path(BytesStr::from("/a/b/c")));
+            assert_eq!(de.unindexed.entries.len(), 2);
+        }
+        // Another token of the same length is its own header.
+        let headers = decode_all(&mut de, &never_indexed_authorization(other)).unwrap();
+        assert_eq!(headers, [field("authorization", other)]);
+        let headers = decode_all(&mut de, &never_indexed_authorization(token)).unwrap();
+        assert_eq!(headers, [field("authorization", token)]);
+        assert_eq!(de.table.size(), 0);
+    }
+
+    #[test]
+    fn a_literal_naming_a_dynamic_entry_is_not_remembered() {
+        let mut de = Decoder::default();
+        let insert = |name: &str| {
+            let mut bytes = vec![0b0100_0000, name.len() as u8];
+            bytes.extend_from_slice(name.as_bytes());
+            bytes.extend_from_slice(&[1, b'1']);
+            bytes
+        };
+        // Without indexing, named by index 62: the newest dynamic entry.
+        let literal = [0b0000_1111, 62 - 15, 3, b't', b'w', b'o'];
+        decode_all(&mut de, &insert("x-a")).unwrap();
+        assert_eq!(
+            decode_all(&mut de, &literal).unwrap(),
+            [field("x-a", "two")]
+        );
+        assert!(de.unindexed.entries.is_empty());
+        decode_all(&mut de, &insert("x-b")).unwrap();
+        assert_eq!(
+            decode_all(&mut de, &literal).unwrap(),
+            [field("x-b", "two")]
+        );
+    }
+
+    #[test]
+    fn at_most_four_literals_of_at_most_1_kib_are_remembered() {
+        let mut de = Decoder::default();
+        let long = "x".repeat(1100);
+        let mut long_literal = vec![0, 3, b'x', b'-', b'l', 127, (1100 - 127) as u8 | 0x80, 7];
+        long_literal.extend_from_slice(long.as_bytes());
+        assert_eq!(
+            decode_all(&mut de, &long_literal).unwrap(),
+            [field("x-l", &long)]
+        );
+        assert!(de.unindexed.entries.is_empty());
+        let values: Vec<String> = (0..6).map(|n| format!("value {n}")).collect();
+        for _ in 0..2 {
+            for value in values.iter().chain(values.iter().rev()) {
+                let headers = decode_all(&mut de, &without_indexing("x-v", value)).unwrap();
+                assert_eq!(headers, [field("x-v", value)]);
+                assert!(de.unindexed.entries.len() <= 4);
+            }
+        }
+        assert!(de
+            .unindexed
+            .entries
+            .iter()
+            .all(|(raw, _)| raw.len() <= UNINDEXED_MAX_LEN));
+    }
+
+    #[test]
+    fn an_unindexed_literal_cut_short_needs_more_and_then_decodes() {
+        let mut de = Decoder::default();
+        let token = "Bearer abcdefghijklmnopqrstuvwxyz";
+        let whole = never_indexed_authorization(token);
+        let mut buf = BytesMut::from(&whole[..whole.len() - 3]);
+        let mut res = vec![];
+        let e = de
+            .decode(&mut Cursor::new(&mut buf), |h| {
+                res.push(h);
+                ControlFlow::Continue(())
+            })
+            .unwrap_err();
+        assert_eq!(e, DecoderError::NeedMore(NeedMore::StringUnderflow));
+        assert!(de.unindexed.entries.is_empty());
+        buf.extend_from_slice(&whole[whole.len() - 3..]);
+        de.decode(&mut Cursor::new(&mut buf), |h| {
+            res.push(h);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(res, [field("authorization", token)]);
+        assert_eq!(decode_all(&mut de, &whole).unwrap(), res);
     }
 }

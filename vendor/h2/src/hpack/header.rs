@@ -278,6 +278,12 @@ impl BytesStr {
         Ok(BytesStr(bytes))
     }
 
+    /// The same string in an allocation of its own, not a view of a larger
+    /// buffer (which it would keep alive).
+    pub(crate) fn detached(&self) -> Self {
+        BytesStr(Bytes::copy_from_slice(&self.0))
+    }
+
     pub(crate) fn as_str(&self) -> &str {
         // Safety: check valid utf-8 in constructor
         unsafe { std::str::from_utf8_unchecked(self.0.as_ref()) }
