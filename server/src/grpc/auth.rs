@@ -7,6 +7,7 @@
 //! the scope `PERMISSION_DENIED`; the message says which, never echoing the token.
 
 use std::{
+    hash::{Hash, Hasher},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -100,7 +101,45 @@ pub(crate) struct Auth {
     /// is used only within its token's `nbf` and `exp` (with the leeway), so a token expires in
     /// the cache as it would without it; the key is read once at start, so no entry can outlive
     /// it.
-    verified: Arc<quick_cache::sync::Cache<Box<str>, Arc<Verified>>>,
+    verified: Arc<quick_cache::sync::Cache<Token, Arc<Verified>>>,
+}
+
+/// A verified token's bytes, the key of the cache of verified tokens ([`TokenRef`] looks it up).
+///
+/// Hashed by its length and its last [`HASHED_BYTES`] bytes only, which for a JWT are its
+/// signature's: unlike for the whole token (180 instructions for 200 characters), the time to hash
+/// them does not grow with the claims. Equality is over every byte. Only verified tokens go into
+/// the cache, so a client cannot fill it with tokens made to collide.
+#[derive(PartialEq, Eq)]
+struct Token(Box<[u8]>);
+
+/// A token as sent, to look it up in the cache of verified tokens without copying it.
+struct TokenRef<'a>(&'a [u8]);
+
+/// How many of a token's last bytes its hash covers.
+const HASHED_BYTES: usize = 16;
+
+fn hash_token(token: &[u8], state: &mut impl Hasher) {
+    state.write_usize(token.len());
+    state.write(&token[token.len().saturating_sub(HASHED_BYTES)..]);
+}
+
+impl Hash for Token {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_token(&self.0, state);
+    }
+}
+
+impl Hash for TokenRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_token(self.0, state);
+    }
+}
+
+impl quick_cache::Equivalent<Token> for TokenRef<'_> {
+    fn equivalent(&self, key: &Token) -> bool {
+        *self.0 == *key.0
+    }
 }
 
 /// What a verified token says: enough to check a call's scope and to name its caller.
@@ -242,15 +281,13 @@ impl Auth {
                 "no token: send `authorization: Bearer <token>`",
             ));
         };
+        // Bytes, not `to_str`: a token the cache knows was checked when it was verified.
         let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .map(<[u8]>::trim_ascii)
             .filter(|token| !token.is_empty())
-            .ok_or_else(|| {
-                Status::unauthenticated("the authorization header must be `Bearer <token>`")
-            })?;
+            .ok_or_else(malformed)?;
         let claims = self.verify(token, unix_now())?;
         let allowed = claims.writes || (need == Need::Read && claims.reads);
         if !allowed {
@@ -276,11 +313,11 @@ impl Auth {
     /// tokens while it is within its `nbf` and `exp`, else verified (signature, `exp`, `nbf`,
     /// `iss`, `aud`) and remembered. A cached token past its `exp` gets the refusal it would get
     /// without the cache.
-    fn verify(&self, token: &str, now: u64) -> Result<Arc<Verified>, Status> {
+    fn verify(&self, token: &[u8], now: u64) -> Result<Arc<Verified>, Status> {
         let leeway = self.validation.leeway;
-        if let Some(verified) = self.verified.get(token) {
+        if let Some(verified) = self.verified.get(&TokenRef(token)) {
             if verified.exp.saturating_add(leeway) < now {
-                self.verified.remove(token);
+                self.verified.remove(&TokenRef(token));
                 return Err(Status::unauthenticated(refusal(
                     &ErrorKind::ExpiredSignature,
                 )));
@@ -293,6 +330,13 @@ impl Auth {
             }
             // Not valid yet: the full check says so.
         }
+        // What `HeaderValue::to_str` accepts: visible ASCII and tabs.
+        let token = token
+            .iter()
+            .all(|&byte| byte == b'\t' || (b' '..=b'~').contains(&byte))
+            .then(|| std::str::from_utf8(token).ok())
+            .flatten()
+            .ok_or_else(malformed)?;
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|error| Status::unauthenticated(refusal(error.kind())))?
             .claims;
@@ -316,9 +360,15 @@ impl Auth {
             exp: claims.exp,
             nbf: claims.nbf,
         });
-        self.verified.insert(token.into(), verified.clone());
+        self.verified
+            .insert(Token(token.as_bytes().into()), verified.clone());
         Ok(verified)
     }
+}
+
+/// The refusal of an `authorization` header that holds no bearer token.
+fn malformed() -> Status {
+    Status::unauthenticated("the authorization header must be `Bearer <token>`")
 }
 
 /// Now, in seconds since the Unix epoch, as jsonwebtoken reads it.
@@ -452,17 +502,17 @@ mod tests {
         )
         .unwrap();
         let now = unix_now();
-        let first = auth.verify(&token, now).unwrap();
-        let again = auth.verify(&token, now).unwrap();
+        let first = auth.verify(token.as_bytes(), now).unwrap();
+        let again = auth.verify(token.as_bytes(), now).unwrap();
         assert!(Arc::ptr_eq(&first, &again), "verified twice");
         assert_eq!(&*again.subject, "alice");
         // Within the leeway after exp it still passes, past it it is refused as without a cache.
-        assert!(auth.verify(&token, first.exp + 5).is_ok());
-        let expired = auth.verify(&token, first.exp + 6).unwrap_err();
+        assert!(auth.verify(token.as_bytes(), first.exp + 5).is_ok());
+        let expired = auth.verify(token.as_bytes(), first.exp + 6).unwrap_err();
         assert_eq!(expired.code(), tonic::Code::Unauthenticated);
         assert_eq!(expired.message(), "the token has expired");
         assert!(
-            auth.verified.get(token.as_str()).is_none(),
+            auth.verified.get(&TokenRef(token.as_bytes())).is_none(),
             "kept after it expired"
         );
     }
@@ -490,5 +540,40 @@ mod tests {
         let forged = format!("{}{other}{}", &token[..at], &token[at + 1..]);
         let status = auth.check(&bearer(&forged), Need::Read).unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn a_header_that_holds_no_bearer_token_is_refused_with_a_token_cached_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = auth_with_secret(&dir);
+        let ttl = Duration::from_secs(100);
+        let token =
+            sign_token(b"cache test secret", "eve", "orders:read", ttl, None, None).unwrap();
+        let with = |value: Vec<u8>| {
+            let mut headers = http::HeaderMap::new();
+            let value = http::HeaderValue::from_bytes(&value).unwrap();
+            headers.insert(http::header::AUTHORIZATION, value);
+            auth.check(&headers, Need::Read)
+        };
+        for cached in [false, true] {
+            let padded = format!("Bearer \t {token} ").into_bytes();
+            let refused = [
+                [b"Bearer ", token.as_bytes(), b"\xff"].concat(),
+                [b"Bearer \xff", &token.as_bytes()[1..]].concat(),
+                format!("bearer {token}").into_bytes(),
+                b"Bearer \t ".to_vec(),
+                token.clone().into_bytes(),
+            ];
+            for value in refused {
+                let status = with(value.clone()).unwrap_err();
+                assert_eq!(status.code(), tonic::Code::Unauthenticated, "{value:?}");
+                assert_eq!(
+                    status.message(),
+                    "the authorization header must be `Bearer <token>`",
+                    "cached: {cached}, {value:?}"
+                );
+            }
+            assert_eq!(&*with(padded).unwrap().subject, "eve", "cached: {cached}");
+        }
     }
 }
