@@ -96,7 +96,7 @@ pub(crate) struct Auth {
     /// The callers of calls without a token: made once, so naming them copies nothing.
     nobody: Arc<str>,
     anonymous: Arc<str>,
-    /// Tokens verified already, by their text: a client sends the same token with every call,
+    /// Tokens verified already, by their bytes: a client sends the same token with every call,
     /// and verifying its signature again each time cost a quarter of a cached `getOrder`. An entry
     /// is used only within its token's `nbf` and `exp` (with the leeway), so a token expires in
     /// the cache as it would without it; the key is read once at start, so no entry can outlive
