@@ -225,6 +225,45 @@ async fn a_browsers_search_arrives_as_gzip_content() {
     server.stop().await.unwrap();
 }
 
+/// A browser's unary call is answered whole (`Content-Length`, one write): its message and its
+/// trailers frame, gzipped together as HTTP content when they reach the threshold.
+#[tokio::test]
+async fn a_browsers_unary_answer_is_gzipped_whole_when_large() {
+    let server = TestServer::start().await;
+    let big = big_order("BW-1", 8);
+    server.native().await.add_order(big.clone()).await.unwrap();
+    let get = |id: &str| {
+        Request::post(format!("{}/OrderManagement/getOrder", server.url()))
+            .header(header::CONTENT_TYPE, "application/grpc-web+proto")
+            .header(header::ORIGIN, server.url())
+            .header(header::ACCEPT_ENCODING, "gzip, deflate, br, zstd")
+            .body(http_body_util::Full::new(framed(0, &string_value(id))))
+            .unwrap()
+    };
+    let response = common::http1_client().oneshot(get("BW-1")).await.unwrap();
+    assert_eq!(response.headers()[header::CONTENT_ENCODING], "gzip");
+    let length: usize = response.headers()[header::CONTENT_LENGTH]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let wire = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(wire.len(), length);
+    let found = messages(&gunzip(&wire));
+    assert_eq!(found.len(), 2, "the order and the trailers frame");
+    let order: Order = prost::Message::decode(&found[0].1[..]).unwrap();
+    assert_eq!(order, big);
+    assert_eq!(found[1].0, 0x80, "gRPC-Web trailers last");
+    assert!(wire.len() * 2 < found[0].1.len(), "{} bytes", wire.len());
+
+    // Order 106 is small: as it is.
+    let response = common::http1_client().oneshot(get("106")).await.unwrap();
+    assert!(!response.headers().contains_key(header::CONTENT_ENCODING));
+    let wire = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(messages(&wire).len(), 2);
+    server.stop().await.unwrap();
+}
+
 /// A compressed upload keeps the write promise of a plain one: a client stream of gzip messages
 /// that ends in the middle of one (its header cut, or its compressed bytes cut) or is reset
 /// half-way stores none of its orders.

@@ -37,13 +37,9 @@ pub(crate) async fn whole(
             Err(status) => return Ok(status.into_http()),
         }
     }
-    if gzip && chunks.remaining >= crate::grpc::compress::THRESHOLD as u64 {
-        let data: Vec<u8> = chunks
-            .chunks
-            .iter()
-            .flat_map(|c| c.iter().copied())
-            .collect();
-        if let Some(compressed) = crate::grpc::compress::gzip_whole(&mut parts.headers, &data) {
+    if gzip {
+        let answer = chunks.chunks.make_contiguous();
+        if let Some(compressed) = crate::grpc::compress::gzip_whole(&mut parts.headers, answer) {
             chunks = Chunks::default();
             chunks.push(compressed);
         }

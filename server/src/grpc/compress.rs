@@ -209,8 +209,16 @@ pub(crate) fn put_deflated(out: &mut BytesMut, message: &[u8]) {
 
 /// Compresses `data` as one gzip member.
 pub(crate) fn deflate(data: &[u8]) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::with_capacity(data.len() / 4 + 32), LEVEL);
-    encoder.write_all(data).expect("writing to memory");
+    deflate_parts(&[data])
+}
+
+/// Compresses `parts`, one after the other, as one gzip member.
+fn deflate_parts(parts: &[impl AsRef<[u8]>]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|part| part.as_ref().len()).sum();
+    let mut encoder = GzEncoder::new(Vec::with_capacity(len / 4 + 32), LEVEL);
+    for part in parts {
+        encoder.write_all(part.as_ref()).expect("writing to memory");
+    }
     encoder.finish().expect("writing to memory")
 }
 
@@ -332,14 +340,14 @@ fn gzip_headers(headers: &mut HeaderMap) {
     headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
 }
 
-/// A whole answer, gzip-compressed as HTTP content if it is [`THRESHOLD`] bytes or more; `None`
-/// when it is smaller.
-pub(crate) fn gzip_whole(headers: &mut HeaderMap, data: &[u8]) -> Option<Bytes> {
-    if data.len() < THRESHOLD {
+/// A whole answer, in `parts`, gzip-compressed as HTTP content if it is [`THRESHOLD`] bytes or
+/// more; `None` when it is smaller.
+pub(crate) fn gzip_whole(headers: &mut HeaderMap, parts: &[impl AsRef<[u8]>]) -> Option<Bytes> {
+    if parts.iter().map(|part| part.as_ref().len()).sum::<usize>() < THRESHOLD {
         return None;
     }
     gzip_headers(headers);
-    Some(deflate(data).into())
+    Some(deflate_parts(parts).into())
 }
 
 pin_project_lite::pin_project! {

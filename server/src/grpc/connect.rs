@@ -378,7 +378,7 @@ where
         }),
     );
     let body = match gzip_answer
-        .then(|| compress::gzip_whole(headers, &body))
+        .then(|| compress::gzip_whole(headers, &[&body]))
         .flatten()
     {
         Some(compressed) => compressed,
