@@ -55,21 +55,19 @@ impl Encodings {
     /// the edge in its one scan of the headers); an encoding other than gzip is refused with the
     /// one this server takes.
     pub(crate) fn of(encoding: Option<&HeaderValue>, accepts_gzip: bool) -> Result<Self, Status> {
-        // No grpc-encoding (nearly every call) is settled here, not through `is_gzip` and its
-        // `Result`: 25 instructions less a call.
-        let Some(encoding) = encoding else {
-            return Ok(Encodings {
-                inflate: false,
-                deflate: accepts_gzip,
-            });
+        let inflate = match encoding {
+            // No grpc-encoding (nearly every call) is settled here, not through `is_gzip` and
+            // its `Result`: 25 instructions less a call.
+            None => false,
+            Some(encoding) => {
+                is_gzip("grpc-encoding", Some(encoding.as_bytes())).map_err(|mut status| {
+                    status
+                        .metadata_mut()
+                        .insert("grpc-accept-encoding", "gzip".parse().expect("ASCII"));
+                    status
+                })?
+            }
         };
-        let inflate =
-            is_gzip("grpc-encoding", Some(encoding.as_bytes())).map_err(|mut status| {
-                status
-                    .metadata_mut()
-                    .insert("grpc-accept-encoding", "gzip".parse().expect("ASCII"));
-                status
-            })?;
         Ok(Encodings {
             inflate,
             deflate: accepts_gzip,
