@@ -294,44 +294,23 @@ async fn a_compressed_client_stream_cut_off_stores_nothing() {
         );
     }
     // Two whole orders, then the client resets its stream.
-    let before = received(&server).await;
+    const RECEIVED: &str = "grpc_server_msg_received_total";
+    let add_orders = [("grpc_method", "addOrders")];
+    let before = server.metrics().await.value(RECEIVED, &add_orders);
     let (response, mut body) = gzip_call().await;
     body.send_data(Bytes::from(whole), false).unwrap();
-    tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        while received(&server).await < before + 2.0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the server receives both orders");
+    // The server receives both orders.
+    server.counted(RECEIVED, &add_orders, before + 2.0).await;
     body.send_reset(h2::Reason::CANCEL);
     drop(response);
     // The reset call ends (counted ABORTED) before anything is looked for.
-    tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        let labels = [("grpc_method", "addOrders"), ("grpc_code", "Aborted")];
-        while server
-            .metrics()
-            .await
-            .value("grpc_server_handled_total", &labels)
-            < 3.0
-        {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the reset call ends ABORTED");
+    let aborted = [("grpc_method", "addOrders"), ("grpc_code", "Aborted")];
+    server
+        .counted("grpc_server_handled_total", &aborted, 3.0)
+        .await;
     let mut client = server.native().await;
     for id in ["GZCUT-1", "GZCUT-2", "GZCUT-3"] {
         let status = client.get_order(id.to_owned()).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::NotFound, "{id} was stored");
     }
-}
-
-/// The addOrders messages the server has received so far.
-async fn received(server: &TestServer) -> f64 {
-    let labels = [("grpc_method", "addOrders")];
-    server
-        .metrics()
-        .await
-        .value("grpc_server_msg_received_total", &labels)
 }

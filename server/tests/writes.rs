@@ -39,14 +39,7 @@ async fn start(mut config: Config, db: Db) -> (TestServer, Store, TestDb) {
 
 /// Waits (on the metrics) until the counter `series` of `method` reaches `n`.
 async fn counted(server: &TestServer, series: &str, method: &str, n: f64) {
-    let labels = [("grpc_method", method)];
-    tokio::time::timeout(LIMIT, async {
-        while server.metrics().await.value(series, &labels) < n {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{series} of {method} never reached {n}"));
+    server.counted(series, &[("grpc_method", method)], n).await;
 }
 
 /// Waits until the server has begun `n` calls of `method`.
@@ -774,11 +767,7 @@ async fn process_orders_is_bounded_like_the_other_client_streams() {
 
 /// `order` as one gRPC message frame.
 fn framed(order: &Order) -> Vec<u8> {
-    let message = prost::Message::encode_to_vec(order);
-    let mut frame = vec![0];
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&message);
-    frame
+    framed_message(&prost::Message::encode_to_vec(order))
 }
 
 #[tokio::test]

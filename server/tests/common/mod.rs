@@ -336,6 +336,17 @@ impl TestServer {
     pub async fn metrics(&self) -> Metrics {
         metrics_at(&self.url()).await
     }
+
+    /// Waits (20 s at most, then panics) until the series `series` with `labels` reaches `n`.
+    pub async fn counted(&self, series: &str, labels: &[(&str, &str)], n: f64) {
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while self.metrics().await.value(series, labels) < n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{series} {labels:?} never reached {n}"));
+    }
 }
 
 /// The generated client over gRPC-Web, binary mode, HTTP/1.1.
