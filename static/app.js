@@ -373,8 +373,6 @@ function csvFields(line) {
 
 const CSV_COLUMNS = ["id", "items", "description", "price", "destination"];
 
-// The orders of a CSV or JSON-lines file, each with its line number, as the file is read. A line
-// that cannot be read as an order throws, which abandons the upload: nothing is stored.
 // Lets the page draw and take input: a task of its own, without setTimeout's 4 ms clamp.
 const yieldToPage = () => new Promise((resolve) => {
   const channel = new MessageChannel();
@@ -382,6 +380,8 @@ const yieldToPage = () => new Promise((resolve) => {
   channel.port2.postMessage(null);
 });
 
+// The orders of a CSV or JSON-lines file, each with its line number, as the file is read. A line
+// that cannot be read as an order throws, which abandons the upload: nothing is stored.
 async function* ordersOf(file, lineNumbers) {
   let number = 0;
   let columns = null;
