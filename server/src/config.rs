@@ -120,7 +120,8 @@ pub struct Config {
     #[arg(long, env = "ORDER_DATABASE_TIMEOUT", default_value = "5", value_parser = parse_positive_seconds)]
     pub database_timeout: Duration,
 
-    /// Most connections to the database this server opens.
+    /// Most connections to the database this server opens. On SQLite the group commit has one
+    /// more, of its own.
     #[arg(long, env = "ORDER_DATABASE_CONNECTIONS", default_value_t = 8)]
     pub database_connections: u32,
 

@@ -21,6 +21,7 @@ mod keys;
 mod postgres;
 mod search;
 mod sqlite;
+mod sqlite_keys;
 mod write;
 
 use std::{fmt, future::Future, sync::Arc, time::Duration};

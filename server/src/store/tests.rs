@@ -322,3 +322,69 @@ async fn a_new_database_file_opens_every_time() {
         open(&tempfile::tempdir().unwrap()).await;
     }
 }
+
+/// A key keeps its answer wherever the store keeps it: in the log of recent keys, in the key
+/// table once the log has moved there, after a restart. A key that expired is stored anew, and
+/// the newer answer is the one the key table keeps when the log moves again.
+#[tokio::test]
+async fn keys_keep_their_answers_through_the_log_the_table_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = |n: usize| Key::new("anonymous".into(), &format!("key-{n:05}")).unwrap();
+    let request = |n: usize| new_order("", &format!("keyed {n}"));
+    let add_all = |store: Store, from: usize, to: usize| async move {
+        let mut ids = Vec::new();
+        for chunk in (from..to).collect::<Vec<_>>().chunks(64) {
+            let added = futures::future::join_all(
+                chunk.iter().map(|&n| store.add(request(n), Some(key(n)))),
+            )
+            .await;
+            ids.extend(added.into_iter().map(Result::unwrap));
+        }
+        ids
+    };
+    // Two moves of the log into the table, and a hundred keys left in the log.
+    let total = 2 * sqlite_keys::MERGE_AT as usize + 100;
+    let store = open(&dir).await;
+    let ids = add_all(store.clone(), 0, total).await;
+    let sample: Vec<usize> = (0..total).step_by(97).chain([total - 1]).collect();
+    let replays = |store: Store, restarted: bool| {
+        let (sample, ids) = (&sample, &ids);
+        async move {
+            for &n in sample {
+                let again = store.add(request(n), Some(key(n))).await.unwrap();
+                assert_eq!(again, ids[n], "key {n}, restarted: {restarted}");
+                let other = store.add(request(n + 1), Some(key(n))).await;
+                assert!(
+                    matches!(other, Err(Error::KeyReused { .. })),
+                    "key {n}, restarted: {restarted}: {other:?}"
+                );
+            }
+        }
+    };
+    replays(store, false).await;
+    replays(open(&dir).await, true).await;
+    let url = format!("sqlite:{}", dir.path().join("orders.db").display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(orders as usize, sample_orders().len() + total);
+    // Two days pass for every key; key 0 (in the table) is stored anew, then the log moves.
+    for table in ["idempotency_keys", "recent_keys"] {
+        sqlx::query(&format!(
+            "UPDATE {table} SET created = created - 2 * 86400000"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    drop(conn);
+    let store = open(&dir).await;
+    let anew = store.add(request(0), Some(key(0))).await.unwrap();
+    assert_ne!(anew, ids[0]);
+    add_all(store.clone(), total, total + sqlite_keys::MERGE_AT as usize).await;
+    assert_eq!(store.add(request(0), Some(key(0))).await.unwrap(), anew);
+}
