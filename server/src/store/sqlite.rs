@@ -1049,9 +1049,17 @@ mod key_tests {
 
     /// Stores `count` new keys in one transaction of the group commit's connection.
     async fn store_batch(store: &Sqlite, keys: &mut Keys, count: usize) {
+        let batch: Vec<Key> = (0..count).map(|_| keys.next()).collect();
+        let stored = store_keys(store, &batch).await;
+        assert_eq!(stored.len(), count);
+    }
+
+    /// Stores `keys` in one transaction of the group commit's connection; those stored.
+    async fn store_keys(store: &Sqlite, keys: &[Key]) -> HashSet<Key> {
         let ttl = Duration::from_secs(86_400);
-        let records: Vec<KeyRecord> = (0..count)
-            .map(|_| keys.next().record("addOrder", Digest::new("addOrder")))
+        let records: Vec<KeyRecord> = keys
+            .iter()
+            .map(|key| key.clone().record("addOrder", Digest::new("addOrder")))
             .collect();
         let commit = Commit::new(None, Instant::now() + ttl, ttl, None);
         let rows: Vec<_> = records.iter().map(|r| (r, "1", &commit)).collect();
@@ -1059,8 +1067,54 @@ mod key_tests {
         let stored = sqlite_keys::store(&mut tx, &rows, expired_before(ttl))
             .await
             .unwrap();
-        assert_eq!(stored.len(), count);
         tx.commit().await.unwrap();
+        stored
+    }
+
+    /// Two keys whose hashes collide: the second is refused until the log has moved (its call
+    /// gets `ABORTED`, to retry), and neither ever gets the other's answer.
+    #[tokio::test]
+    async fn a_key_whose_hash_another_has_in_the_log_is_refused_not_confused() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("orders.db").display());
+        let store = Sqlite::open(&StoreOptions::new(&url)).await.unwrap();
+        let mut keys = Keys(7);
+        let (first, second) = (keys.next(), keys.next());
+        assert_eq!(
+            store_keys(&store, std::slice::from_ref(&first)).await.len(),
+            1
+        );
+        // As if the two hashes were the same: the first key's row takes the second's hash.
+        sqlx::query("UPDATE recent_keys SET hash = ?1")
+            .bind(sqlite_keys::hash(&second))
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let mut conn = store.pool.acquire().await.unwrap();
+        let found = sqlite_keys::stored_one(&mut conn, &second, 0)
+            .await
+            .unwrap();
+        assert!(found.is_none(), "{found:?}");
+        drop(conn);
+        assert!(store_keys(&store, std::slice::from_ref(&second))
+            .await
+            .is_empty());
+        // Once the log has moved into the key table, the second key is stored.
+        let mut filler = Keys(11);
+        for _ in 0..sqlite_keys::MERGE_AT / 32 {
+            store_batch(&store, &mut filler, 32).await;
+        }
+        assert_eq!(
+            store_keys(&store, std::slice::from_ref(&second))
+                .await
+                .len(),
+            1
+        );
+        let mut conn = store.pool.acquire().await.unwrap();
+        for key in [&first, &second] {
+            let found = sqlite_keys::stored_one(&mut conn, key, 0).await.unwrap();
+            assert_eq!(found.map(|row| row.answer).as_deref(), Some("1"), "{key:?}");
+        }
     }
 
     /// A batch of keyed writes appends its keys to the log of recent keys: a few pages written

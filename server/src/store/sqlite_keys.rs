@@ -10,8 +10,11 @@
 //!
 //! Everything happens in the write's own transaction, so a key is still stored exactly when its
 //! write is, through rollbacks, savepoints and crashes; a lookup reads the log first, then the
-//! table. The log holds one row per key: storing a key again (once its row expired) drops the old
-//! row of the log.
+//! table. The log holds one row per hash: a key stored again once its row expired takes the
+//! row's place. Two keys of one hash cannot both be there: the second is refused as in progress
+//! (`ABORTED`, to retry) until the log has moved. By chance that is about one in 10^13 for each
+//! thousand keys; on purpose, a client can only make its own keys collide (the hash covers the
+//! caller), with billions of tries.
 
 use std::collections::{HashMap, HashSet};
 
@@ -25,7 +28,8 @@ use super::{
 };
 use crate::error::Error;
 
-/// Keys in the log that make the transaction adding them move them into the key table.
+/// Keys in the log (counted by their place in it) that make the transaction adding them move
+/// them into the key table.
 pub(super) const MERGE_AT: i64 = 1024;
 
 /// The row stored under each key of `?1` (a JSON array of `[caller, key, expired_before,
@@ -39,25 +43,21 @@ const STORED_SQL: &str = "SELECT w.caller, w.key, coalesce(r.method, k.method),
          ON r.seq IS NULL AND k.caller = w.caller AND k.key = w.key
      WHERE coalesce(r.created, k.created) >= w.expired";
 
-/// Drops the log's rows of the keys of `?1` (rows of [`key_rows`]) stored before `?2`
-/// (expired), before they are stored again.
-const DROP_EXPIRED_SQL: &str = "DELETE FROM recent_keys WHERE seq IN (
-         SELECT r.seq FROM json_each(?1) AS j JOIN recent_keys AS r
-             ON r.hash = j.value->>0 AND r.caller = j.value->>1 AND r.key = j.value->>2
-         WHERE r.created < ?2)";
-
-/// Appends the keys of `?1` (rows of [`key_rows`]) to the log, each unless a row stored since
-/// `?2` has it (in the log or the table); the keys stored.
+/// Stores the keys of `?1` (rows of [`key_rows`]) in the log: each unless the table has it
+/// stored since `?2`, over the log's row of the same hash if that row is the same key's and was
+/// stored before `?2` (expired); the keys stored, and their place in the log.
 const APPEND_SQL: &str =
     "INSERT INTO recent_keys (hash, caller, key, method, digest, answer, created)
      SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, unhex(j.value->>4), j.value->>5,
             j.value->>6
      FROM json_each(?1) AS j
-     WHERE NOT EXISTS (SELECT 1 FROM recent_keys AS r WHERE r.hash = j.value->>0
-                           AND r.caller = j.value->>1 AND r.key = j.value->>2)
-       AND NOT EXISTS (SELECT 1 FROM idempotency_keys AS k WHERE k.caller = j.value->>1
+     WHERE NOT EXISTS (SELECT 1 FROM idempotency_keys AS k WHERE k.caller = j.value->>1
                            AND k.key = j.value->>2 AND k.created >= ?2)
-     RETURNING caller, key";
+     ON CONFLICT (hash) DO UPDATE SET method = excluded.method, digest = excluded.digest,
+         answer = excluded.answer, created = excluded.created
+     WHERE recent_keys.created < ?2 AND recent_keys.caller = excluded.caller
+         AND recent_keys.key = excluded.key
+     RETURNING caller, key, seq";
 
 /// Moves every key of the log into the table, in key order, over the table's expired rows.
 const MERGE_SQL: &str =
@@ -67,8 +67,7 @@ const MERGE_SQL: &str =
      ON CONFLICT (caller, key) DO UPDATE SET method = excluded.method,
          digest = excluded.digest, answer = excluded.answer, created = excluded.created";
 
-/// 64 bits of a SHA-256 of the caller and the key: the log's index. A client cannot make its
-/// keys share a hash, so a lookup reads one row.
+/// 64 bits of a SHA-256 of the caller and the key: the log's index.
 pub(super) fn hash(key: &Key) -> i64 {
     let digest = Sha256::new()
         .chain_update(key.caller.as_bytes())
@@ -112,24 +111,18 @@ pub(super) async fn store(
     keys: &[(&KeyRecord, &str, &Commit)],
     expired_before: i64,
 ) -> Result<HashSet<Key>, Error> {
-    let rows = key_rows(keys)?;
-    sqlx::query(DROP_EXPIRED_SQL)
-        .bind(&rows)
-        .bind(expired_before)
-        .execute(&mut *conn)
-        .await?;
-    let stored = sqlx::query_as(APPEND_SQL)
-        .bind(&rows)
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(APPEND_SQL)
+        .bind(key_rows(keys)?)
         .bind(expired_before)
         .fetch_all(&mut *conn)
         .await?;
-    let last: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM recent_keys")
-        .fetch_one(&mut *conn)
-        .await?;
-    if last.is_some_and(|last| last >= MERGE_AT) {
+    if rows.iter().any(|&(_, _, seq)| seq >= MERGE_AT) {
         merge(conn).await?;
     }
-    Ok(batch::keys_of(stored))
+    Ok(rows
+        .into_iter()
+        .map(|(caller, key, _)| Key { caller, key })
+        .collect())
 }
 
 /// Stores the commit's key with `answer`; `ABORTED` if a row stored since the commit's expiry
