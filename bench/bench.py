@@ -284,12 +284,14 @@ def measure_adds(server, body_file, args):
 def measure_keyed_adds(server, args):
     """Durable addOrder calls per second from a tonic client (bench-adds, 4 connections x 16
     streams: the 64 calls in flight of #24's target, as in scale.py), without and with an
-    idempotency key on every call, the two taking turns round by round on the same server."""
-    runs = {"no key": [], "keys": []}
+    idempotency key on every call, and one call at a time (one connection, one call in flight:
+    the latency of a write on an idle server), taking turns round by round on the same server."""
+    runs = {"no key": [], "keys": [], "one at a time": []}
     for _ in range(args.rounds):
         for variant, calls in runs.items():
+            shape = ["1", "1"] if variant == "one at a time" else ["4", "16"]
             command = ["taskset", "-c", str(args.load_cpu), args.bench_adds, server.url,
-                       str(args.duration), "4", "16", *(["--keys"] if variant == "keys" else [])]
+                       str(args.duration), *shape, *(["--keys"] if variant == "keys" else [])]
             before = cpu_ticks(server.process.pid)
             out = subprocess.run(command, capture_output=True, text=True, timeout=args.duration + 60)
             ticks = cpu_ticks(server.process.pid) - before
@@ -459,12 +461,13 @@ def main():
             finally:
                 server.stop()
             # Every call a client saw succeed must have left its order: none lost.
-            added = keyed["no key"]["done"] + keyed["keys"]["done"]
+            added = sum(keyed[variant]["done"] for variant in keyed)
             lost = max(kept + added - count_bench_orders(url, postgres if store == "postgres" else None), 0)
             keyed["keys"]["failed"] += lost
             stores[f"{store} add"] = adds
             stores[f"{store} add, no key"] = keyed["no key"]
             stores[f"{store} add, keys"] = keyed["keys"]
+            stores[f"{store} add, one at a time"] = keyed["one at a time"]
     finally:
         postgres.stop()
         shutil.rmtree(data, ignore_errors=True)
@@ -554,9 +557,11 @@ def main():
         ("addOrder on SQLite (default), durable writes", "sqlite add"),
         ("  tonic client (bench-adds), 64 in flight, no key", "sqlite add, no key"),
         ("  same, a key on every call", "sqlite add, keys"),
+        ("  same client, one call at a time, no key", "sqlite add, one at a time"),
         ("addOrder on PostgreSQL, durable writes", "postgres add"),
         ("  tonic client (bench-adds), 64 in flight, no key", "postgres add, no key"),
         ("  same, a key on every call", "postgres add, keys"),
+        ("  same client, one call at a time, no key", "postgres add, one at a time"),
     ]
     for title, key in rows:
         r = stores[key]
@@ -569,6 +574,9 @@ def main():
         target = {"sqlite": 20000, "postgres": 10000}[store]
         print(f"  addOrder on {store}, a key on every call, 64 in flight: {keyed['rps']:.0f}/s (target >= "
               f"{target} (#24): {'met' if keyed['rps'] >= target else 'NOT met'})")
+        alone = stores[f"{store} add, one at a time"]
+        print(f"  addOrder on {store}, one call at a time: {1e6 / alone['rps']:.0f} µs a call "
+              f"(#24: no slower than before group commit and indexed search; see bench/RESULTS.md)")
     sqlite_get = results[("order-server", "native")]["rps"]
     print(f"  getOrder: PostgreSQL / SQLite (cached) = {stores['postgres get']['rps'] / sqlite_get:.2f}x")
 
