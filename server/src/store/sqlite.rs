@@ -1047,6 +1047,14 @@ mod key_tests {
         }
     }
 
+    /// A store on a new file, in a folder that lasts as long as the guard.
+    async fn new_store() -> (tempfile::TempDir, Sqlite) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("orders.db").display());
+        let store = Sqlite::open(&StoreOptions::new(&url)).await.unwrap();
+        (dir, store)
+    }
+
     /// Stores `count` new keys in one transaction of the group commit's connection.
     async fn store_batch(store: &Sqlite, keys: &mut Keys, count: usize) {
         let batch: Vec<Key> = (0..count).map(|_| keys.next()).collect();
@@ -1075,9 +1083,7 @@ mod key_tests {
     /// gets `ABORTED`, to retry), and neither ever gets the other's answer.
     #[tokio::test]
     async fn a_key_whose_hash_another_has_in_the_log_is_refused_not_confused() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("orders.db").display());
-        let store = Sqlite::open(&StoreOptions::new(&url)).await.unwrap();
+        let (_dir, store) = new_store().await;
         let mut keys = Keys(7);
         let (first, second) = (keys.next(), keys.next());
         assert_eq!(
@@ -1122,9 +1128,7 @@ mod key_tests {
     /// page per key (and durable keyed `addOrder`s were half as many as unkeyed ones).
     #[tokio::test]
     async fn a_batch_of_keys_writes_a_few_pages_not_one_per_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("orders.db").display());
-        let store = Sqlite::open(&StoreOptions::new(&url)).await.unwrap();
+        let (dir, store) = new_store().await;
         let mut keys = Keys(0x9e37_79b9_7f4a_7c15);
         for _ in 0..625 {
             store_batch(&store, &mut keys, 32).await;
