@@ -149,14 +149,14 @@ impl Drop for Claim {
     }
 }
 
-/// The row stored under a key (`$1` caller, `$2` key), unless it was stored before `$3`. The same
-/// SQL on both engines (SQLite numbers `$N` parameters as PostgreSQL does).
+/// The row stored under a key (`$1` caller, `$2` key), unless it was stored before `$3`, on
+/// PostgreSQL (SQLite keeps its newest keys in a log first: `sqlite_keys.rs`).
 pub(super) const SELECT_KEY: &str = "SELECT method, digest, answer FROM idempotency_keys
      WHERE caller = $1 AND key = $2 AND created >= $3";
 
 /// Stores a key (`$1` caller, `$2` key, `$3` method, `$4` digest, `$5` answer, `$6` now) in the
-/// write's transaction, replacing only a row stored before `$7` (expired). No row changed: the key
-/// was stored meanwhile by a call that began after this one looked.
+/// write's transaction on PostgreSQL, replacing only a row stored before `$7` (expired). No row
+/// changed: the key was stored meanwhile by a call that began after this one looked.
 pub(super) const INSERT_KEY: &str =
     "INSERT INTO idempotency_keys (caller, key, method, digest, answer, created)
      VALUES ($1, $2, $3, $4, $5, $6)
@@ -164,20 +164,12 @@ pub(super) const INSERT_KEY: &str =
          digest = excluded.digest, answer = excluded.answer, created = excluded.created
      WHERE idempotency_keys.created < $7";
 
-/// The row stored under `key`, unless it was stored before `expired_before`: [`SELECT_KEY`], on
-/// either engine.
-pub(super) async fn stored<'c, DB>(
-    conn: impl sqlx::Executor<'c, Database = DB>,
+/// The row stored under `key`, unless it was stored before `expired_before`: [`SELECT_KEY`].
+pub(super) async fn stored<'c>(
+    conn: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
     key: &Key,
     expired_before: i64,
-) -> Result<Option<Stored>, Error>
-where
-    DB: sqlx::Database,
-    for<'r> Stored: sqlx::FromRow<'r, DB::Row>,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
+) -> Result<Option<Stored>, Error> {
     Ok(sqlx::query_as(SELECT_KEY)
         .bind(key.caller.as_str())
         .bind(key.key.as_str())
@@ -186,25 +178,17 @@ where
         .await?)
 }
 
-/// Stores `key` with the write's `answer` in the write's transaction ([`INSERT_KEY`]), on either
-/// engine, at `now`, over a key stored before `expired_before` (Unix milliseconds both: the
-/// write's `Commit` has them); `ABORTED` when the key was stored meanwhile (on PostgreSQL, by
-/// another server's transaction, which this one waited for).
-pub(super) async fn remember<'c, DB>(
-    conn: impl sqlx::Executor<'c, Database = DB>,
+/// Stores `key` with the write's `answer` in the write's transaction ([`INSERT_KEY`]), at `now`,
+/// over a key stored before `expired_before` (Unix milliseconds both: the write's `Commit` has
+/// them); `ABORTED` when the key was stored meanwhile, by another server's transaction, which
+/// this one waited for.
+pub(super) async fn remember<'c>(
+    conn: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
     key: &KeyRecord,
     answer: &str,
     now: i64,
     expired_before: i64,
-) -> Result<(), Error>
-where
-    DB: sqlx::Database,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> &'q [u8]: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    DB::QueryResult: RowsAffected,
-{
+) -> Result<(), Error> {
     let stored = sqlx::query(INSERT_KEY)
         .bind(key.key.caller.as_str())
         .bind(key.key.key.as_str())
@@ -215,26 +199,9 @@ where
         .bind(expired_before)
         .execute(conn)
         .await?;
-    match stored.rows() {
+    match stored.rows_affected() {
         1 => Ok(()),
         _ => Err(Error::KeyInProgress(key.key.key.clone())),
-    }
-}
-
-/// How many rows a statement changed, whatever the engine.
-pub(super) trait RowsAffected {
-    fn rows(&self) -> u64;
-}
-
-impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
-    fn rows(&self) -> u64 {
-        self.rows_affected()
-    }
-}
-
-impl RowsAffected for sqlx::postgres::PgQueryResult {
-    fn rows(&self) -> u64 {
-        self.rows_affected()
     }
 }
 
