@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{config_on, Db, TestServer};
+use common::{config_on, Db, TestDb, TestServer};
 use futures::StreamExt;
 use order_api::pb::{order_management_client::OrderManagementClient, Order};
 use rstest::rstest;
@@ -22,9 +22,10 @@ fn order(id: &str, items: &[&str]) -> Order {
     }
 }
 
-/// The orders of the cases: each is stored twice, `A…` before the filler and `zz-late-A…` after
-/// it. A rare term's walk reads the first window (4 096 orders) and turns to the trigram index,
-/// so the early copy is found by walking and the late one through the index.
+/// The orders of the cases: each is stored three times, `A…` before the filler, `zz-late-A…`
+/// after it and `zz-tail-A…` last. A rare term's walk reads the first window (4 096 orders) and
+/// turns to the trigram index, so the early copy is found by walking, the late one through the
+/// index and the last one, on SQLite, in the search tail (the newest orders, not indexed yet).
 const CASE_ORDERS: &[(&str, &[&str])] = &[
     ("A1", &["Big Box", "Small Crate"]),
     ("A2", &["Hauptstraße 5"]),
@@ -82,6 +83,43 @@ fn late(id: &str) -> String {
     format!("zz-late-{id}")
 }
 
+fn last(id: &str) -> String {
+    format!("zz-tail-{id}")
+}
+
+/// On SQLite, how many orders the search tail reaches before they are indexed.
+const MERGE_AT: i64 = 100;
+
+/// Sets SQLite's search tail to `merge_at` orders (1: every order indexed at once).
+async fn set_search_tail(db: &TestDb, merge_at: i64) {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query("UPDATE search_tail SET merge_at = ?1")
+        .bind(merge_at)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// On SQLite, whether each of `ids` is in the trigram index (or else in the tail).
+async fn indexed(db: &TestDb, ids: &[String]) -> Vec<bool> {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    let mut indexed = Vec::new();
+    for id in ids {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM order_search JOIN orders ON orders.seq = order_search.rowid
+             WHERE orders.id = ?1",
+        )
+        .bind(id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        indexed.push(count == 1);
+    }
+    indexed
+}
+
 async fn add_all(client: &mut OrderManagementClient<Channel>, orders: Vec<Order>) {
     client
         .add_orders(futures::stream::iter(orders))
@@ -112,6 +150,13 @@ async fn load_cases(client: &mut OrderManagementClient<Channel>) {
         .iter()
         .map(|(id, items)| order(&late(id), items));
     add_all(client, late.collect()).await;
+    // More than the tail holds, to move the late copies into the index.
+    let more = (0..2 * MERGE_AT).map(|n| order("", &[&format!("more filler {n}")]));
+    add_all(client, more.collect()).await;
+    let tail = CASE_ORDERS
+        .iter()
+        .map(|(id, items)| order(&last(id), items));
+    add_all(client, tail.collect()).await;
 }
 
 #[rstest]
@@ -119,12 +164,19 @@ async fn load_cases(client: &mut OrderManagementClient<Channel>) {
 async fn both_engines_answer_the_same_table_of_cases_by_walking_and_through_the_index(
     #[values(Db::Sqlite, Db::Postgres)] db: Db,
 ) {
-    let db = db.create().await;
-    let mut config = config_on(&db);
+    let test_db = db.create().await;
+    let mut config = config_on(&test_db);
     config.no_sample_data = true;
     let server = TestServer::start_on_existing(config).await;
+    if db == Db::Sqlite {
+        set_search_tail(&test_db, MERGE_AT).await;
+    }
     let mut client = server.native().await;
     load_cases(&mut client).await;
+    if db == Db::Sqlite {
+        let copies: Vec<String> = [late("A1"), last("A1")].into();
+        assert_eq!(indexed(&test_db, &copies).await, [true, false]);
+    }
 
     let mut wrong = Vec::new();
     for (text, ids) in CASES {
@@ -132,6 +184,7 @@ async fn both_engines_answer_the_same_table_of_cases_by_walking_and_through_the_
             .iter()
             .map(|id| id.to_string())
             .chain(ids.iter().map(|id| late(id)))
+            .chain(ids.iter().map(|id| last(id)))
             .collect();
         let got = found(&mut client, text).await;
         if got != expected {
@@ -142,18 +195,26 @@ async fn both_engines_answer_the_same_table_of_cases_by_walking_and_through_the_
     // Every order, in ID order, for an empty search.
     assert_eq!(
         found(&mut client, "").await.len(),
-        2 * CASE_ORDERS.len() + FILLER
+        3 * CASE_ORDERS.len() + FILLER + 2 * MERGE_AT as usize
     );
     assert_eq!(found(&mut client, "plain filler 4999").await.len(), 1);
 }
 
+/// On SQLite twice: with every order indexed at once, and with the newest in the search tail.
 #[rstest]
+#[case::sqlite_indexed_at_once(Db::Sqlite, Some(1))]
+#[case::sqlite_with_a_tail(Db::Sqlite, None)]
+#[case::postgres(Db::Postgres, None)]
 #[tokio::test]
 async fn the_index_follows_every_write_and_none_that_failed(
-    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+    #[case] db: Db,
+    #[case] merge_at: Option<i64>,
 ) {
     let db = db.create().await;
     let server = TestServer::start_on_existing(config_on(&db)).await;
+    if let Some(merge_at) = merge_at {
+        set_search_tail(&db, merge_at).await;
+    }
     let mut client = server.native().await;
     let filler = (0..FILLER).map(|n| order("", &[&format!("plain filler {n}")]));
     add_all(&mut client, filler.collect()).await;

@@ -13,6 +13,13 @@
 //! substring test, so `%`, `_` and `\` are literal) and then per item in Rust (a match across two
 //! items' boundary is not a match).
 //!
+//! **SQLite's tail.** FTS5 writes a new segment of its index for every transaction that adds to
+//! it, which made a commit of one order write 10 pages instead of 4. So the newest orders (fewer
+//! than the `merge_at` of the `search_tail` table, 1 024 by default) wait in a tail, and an index
+//! search reads them directly beside what the index finds. The insert that fills the tail moves
+//! it into the index, in its own transaction: triggers keep both right in every write's
+//! transaction. PostgreSQL's GIN index has its own pending list to the same end.
+//!
 //! **Two ways to read a page**, in ID order whatever the store's size:
 //! - [`Plan::Walk`] reads the ID index from where the last page ended and tests each order,
 //!   stopping after a page of matches or [`WALK_ROWS`] orders: quick for a term that most orders

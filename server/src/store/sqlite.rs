@@ -739,15 +739,21 @@ static WALK_SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| 
     ]
 });
 
-/// Up to `?2` orders after the ID `?1` whose search text has every trigram of the FTS5 query
-/// `?3` and contains `?4`, in ID order: the trigram index first (`CROSS JOIN` keeps SQLite from
-/// walking the ID index instead), then only the candidates are sorted.
+/// Up to `?2` orders after the ID `?1` whose search text contains `?4`, in ID order: those the
+/// trigram index finds for the FTS5 query `?3` (every trigram; `CROSS JOIN` keeps SQLite from
+/// walking the ID index instead), and those of the tail not indexed yet (fewer than its
+/// `merge_at`, read by `seq`; see the migration `search_tail`); only the candidates are sorted.
 static FOUND_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "SELECT {COLUMNS} FROM order_search CROSS JOIN orders ON orders.seq = order_search.rowid
-         WHERE order_search MATCH ?3
-           AND (length(id) > length(?1) OR (length(id) = length(?1) AND id > ?1))
-           AND instr(orders.search_text, ?4) > 0
+        "SELECT {COLUMNS} FROM (
+             SELECT {COLUMNS}, orders.search_text AS text
+             FROM order_search CROSS JOIN orders ON orders.seq = order_search.rowid
+             WHERE order_search MATCH ?3
+             UNION ALL
+             SELECT {COLUMNS}, search_text AS text FROM orders
+             WHERE seq > (SELECT indexed_upto FROM search_tail))
+         WHERE (length(id) > length(?1) OR (length(id) = length(?1) AND id > ?1))
+           AND instr(text, ?4) > 0
          ORDER BY length(id), id LIMIT ?2"
     )
 });
@@ -951,8 +957,9 @@ mod tests {
             .collect()
     }
 
-    /// A rare term's page starts from the trigram index and sorts only its candidates; a walking
-    /// page reads `orders_in_id_order` in order, from where the last one ended, with no sort.
+    /// A rare term's page starts from the trigram index and the tail, and sorts only their
+    /// candidates; a walking page reads `orders_in_id_order` in order, from where the last one
+    /// ended, with no sort.
     #[tokio::test]
     async fn a_search_page_starts_from_the_trigram_index_or_seeks_the_id_index() {
         let dir = tempfile::tempdir().unwrap();
@@ -965,12 +972,23 @@ mod tests {
             &["104", "64", search.fts.as_deref().unwrap(), &search.needle],
         )
         .await;
-        assert!(
-            found[0].starts_with("SCAN order_search VIRTUAL TABLE"),
+        // The index's candidates, each read by its row number; the tail, read from its first
+        // row number; no scan of the orders or of an index over them.
+        let at = found
+            .iter()
+            .position(|step| step.starts_with("SCAN order_search VIRTUAL TABLE"))
+            .unwrap_or_else(|| panic!("{found:#?}"));
+        assert_eq!(
+            found[at + 1],
+            "SEARCH orders USING INTEGER PRIMARY KEY (rowid=?)",
             "{found:#?}"
         );
         assert!(
-            found[1].starts_with("SEARCH orders USING INTEGER PRIMARY KEY"),
+            found.contains(&"SEARCH orders USING INTEGER PRIMARY KEY (rowid>?)".to_owned()),
+            "{found:#?}"
+        );
+        assert!(
+            !found.iter().any(|step| step.starts_with("SCAN orders")),
             "{found:#?}"
         );
         for walk in WALK_SQL.iter() {
@@ -995,6 +1013,97 @@ mod tests {
         let ids: Vec<&str> = page.orders.iter().map(|(o, _)| o.id.as_str()).collect();
         assert_eq!(ids, ["102", "104"]);
         assert!(page.last);
+    }
+
+    /// Orders for `page` tests, stored by plain SQL (the triggers are under test): each of `ids`
+    /// with `text` as its one item.
+    async fn insert(store: &Sqlite, ids: &[&str], text: &str) {
+        for id in ids {
+            sqlx::query(
+                "INSERT INTO orders (id, items, description, price, destination, search_text)
+                 VALUES (?1, json_array(?2), '', 1, '', ?2)",
+            )
+            .bind(id)
+            .bind(text)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        }
+    }
+
+    /// The IDs a rare term's pages find through the index and the tail, `limit` a page.
+    async fn found(store: &Sqlite, text: &str, limit: i64) -> Vec<String> {
+        let search = Search::new(text);
+        let mut ids: Vec<String> = Vec::new();
+        loop {
+            let after = ids.last().cloned().unwrap_or_default();
+            let page = store
+                .page(&search, Plan::Index, &after, limit, usize::MAX)
+                .await
+                .unwrap();
+            let read = page.orders.len() as i64;
+            ids.extend(page.orders.into_iter().map(|(order, _)| order.id));
+            if read < limit {
+                return ids;
+            }
+        }
+    }
+
+    async fn tail(store: &Sqlite) -> (i64, i64) {
+        sqlx::query_as(
+            "SELECT (SELECT count(*) FROM orders WHERE seq > indexed_upto),
+                    (SELECT count(*) FROM order_search) FROM search_tail",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap()
+    }
+
+    /// The newest orders wait in the tail, which a search reads beside the index; the insert
+    /// that fills the tail moves it into the index; a change to an order, in the tail or in
+    /// the index, is found as it is now; an order given a row number below the line (one freed
+    /// by a delete) goes to the index at once. Each order is found once, in ID order.
+    #[tokio::test]
+    async fn a_search_finds_the_tail_and_the_index_together_through_every_change() {
+        let (_dir, store) = key_tests::new_store().await;
+        sqlx::query("UPDATE search_tail SET merge_at = 8")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        // The five sample orders and these three fill the tail: the third moves all eight.
+        insert(&store, &["n1", "n2", "n3"], "a needle here").await;
+        assert_eq!(tail(&store).await, (0, 8));
+        insert(&store, &["n4", "n5"], "the needles").await;
+        assert_eq!(tail(&store).await, (2, 8));
+        let all = ["n1", "n2", "n3", "n4", "n5"];
+        assert_eq!(found(&store, "NEEDLE", 64).await, all);
+        assert_eq!(found(&store, "needle", 2).await, all, "across pages");
+        assert!(found(&store, "haystack", 64).await.is_empty());
+        // One indexed order and one in the tail change their text.
+        for (id, text) in [("n2", "hay"), ("n5", "hay")] {
+            sqlx::query("UPDATE orders SET search_text = ?2 WHERE id = ?1")
+                .bind(id)
+                .bind(text)
+                .execute(&store.pool)
+                .await
+                .unwrap();
+        }
+        assert_eq!(found(&store, "needle", 64).await, ["n1", "n3", "n4"]);
+        assert_eq!(found(&store, "hay", 64).await, ["n2", "n5"]);
+        // The newest indexed order goes, and its row number is given again, below the line.
+        insert(&store, &["n6", "n7", "n8", "n9", "n10", "n11"], "needle").await;
+        assert_eq!(tail(&store).await, (0, 16));
+        sqlx::query("DELETE FROM orders WHERE id = 'n11'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(tail(&store).await, (0, 15));
+        insert(&store, &["n12"], "needle").await;
+        assert_eq!(tail(&store).await, (0, 16));
+        assert_eq!(
+            found(&store, "needle", 3).await,
+            ["n1", "n3", "n4", "n6", "n7", "n8", "n9", "n10", "n12"]
+        );
     }
 
     /// The pool's connections open together on a new file without racing for the switch to WAL
@@ -1048,7 +1157,7 @@ mod key_tests {
     }
 
     /// A store on a new file, in a folder that lasts as long as the guard.
-    async fn new_store() -> (tempfile::TempDir, Sqlite) {
+    pub(super) async fn new_store() -> (tempfile::TempDir, Sqlite) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("orders.db").display());
         let store = Sqlite::open(&StoreOptions::new(&url)).await.unwrap();
