@@ -15,14 +15,14 @@ use sqlx::{
 use tokio::time::Instant;
 
 use super::{
-    batch::{self, Outcome, Write},
+    batch::{self, Done, Outcome, Write},
     json,
     keys::{remember, stored, Key, KeyRecord, Stored},
     last_sample_id, redact, sample_orders,
     search::{search_text, Plan, Search, WALK_ROWS},
     uncancelled, until,
     write::Commit,
-    Applied, Backend, Kind, OpenError, Page, Staging, StoreOptions, Written,
+    Added, Applied, Backend, Kind, OpenError, Page, Staging, StoreOptions, Written,
 };
 use crate::error::Error;
 
@@ -247,6 +247,33 @@ fn order(row: &PgRow) -> Result<Order, sqlx::Error> {
 }
 
 /// A sequence past its maximum ("nextval: reached maximum value of sequence").
+/// See [`batch::Engine::add_alone`].
+async fn add_numbered(pool: &PgPool, order: &Order, commit: &Commit) -> Outcome {
+    let mut conn = pool.acquire().await?;
+    let _committing = commit.begin()?;
+    let search_text = search_text(&order.items);
+    loop {
+        let inserted: Result<Option<String>, _> = sqlx::query_scalar(ADD_ALONE_SQL)
+            .bind(&order.items)
+            .bind(&order.description)
+            .bind(order.price)
+            .bind(&order.destination)
+            .bind(&search_text)
+            .fetch_optional(&mut *conn)
+            .await;
+        return match inserted {
+            Ok(Some(id)) => Ok(Applied::Done(Done::Added(Added::Id(id)))),
+            // An order has this number as its own ID: the next one.
+            Ok(None) => continue,
+            Err(e) if exhausted(&e) => Err(Error::Exhausted("order IDs")),
+            // PostgreSQL refused the statement: nothing of it was applied.
+            Err(e @ sqlx::Error::Database(_)) => Err(e.into()),
+            // The statement was sent, and its answer lost: it may have committed.
+            Err(e) => Err(Error::InDoubt(e)),
+        };
+    }
+}
+
 fn exhausted(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("2200H"))
 }
@@ -346,6 +373,13 @@ const INSERT_ORDERS_SQL: &str =
      FROM json_array_elements($1::json) AS j
      ON CONFLICT (id) DO NOTHING RETURNING id";
 
+/// One order under the next number of the ID sequence, as its own transaction; no row if an
+/// order has that number as its own ID.
+const ADD_ALONE_SQL: &str =
+    "INSERT INTO orders (id, items, description, price, destination, search_text)
+     VALUES (nextval('order_ids')::text, $1, $2, $3, $4, $5)
+     ON CONFLICT (id) DO NOTHING RETURNING id";
+
 /// Stores the keys of `$1` (a JSON array of `[caller, key, method, digest as hex, answer,
 /// created]`) as [`super::keys::INSERT_KEY`] does one; the keys stored.
 const INSERT_KEYS_SQL: &str =
@@ -433,6 +467,13 @@ impl batch::Engine for Postgres {
 
     async fn begin(&self) -> Result<Transaction<'static, Pg>, sqlx::Error> {
         self.pool.begin().await
+    }
+
+    /// One statement, one round trip, where a batch's transaction takes four (`BEGIN`, the
+    /// number, the insert, `COMMIT`): one `addOrder` at a time is as quick as before group
+    /// commit.
+    async fn add_alone<'c>(&'c self, order: &'c Order, commit: &'c Commit) -> Option<Outcome> {
+        Some(add_numbered(&self.pool, order, commit).await)
     }
 
     async fn execute<'c>(
