@@ -246,7 +246,6 @@ fn order(row: &PgRow) -> Result<Order, sqlx::Error> {
     })
 }
 
-/// A sequence past its maximum ("nextval: reached maximum value of sequence").
 /// See [`batch::Engine::add_alone`].
 async fn add_numbered(pool: &PgPool, order: &Order, commit: &Commit) -> Outcome {
     let mut conn = pool.acquire().await?;
@@ -261,19 +260,20 @@ async fn add_numbered(pool: &PgPool, order: &Order, commit: &Commit) -> Outcome 
             .bind(&search_text)
             .fetch_optional(&mut *conn)
             .await;
-        return match inserted {
-            Ok(Some(id)) => Ok(Applied::Done(Done::Added(Added::Id(id)))),
+        match inserted {
+            Ok(Some(id)) => return Ok(Applied::Done(Done::Added(Added::Id(id)))),
             // An order has this number as its own ID: the next one.
-            Ok(None) => continue,
-            Err(e) if exhausted(&e) => Err(Error::Exhausted("order IDs")),
+            Ok(None) => {}
+            Err(e) if exhausted(&e) => return Err(Error::Exhausted("order IDs")),
             // PostgreSQL refused the statement: nothing of it was applied.
-            Err(e @ sqlx::Error::Database(_)) => Err(e.into()),
+            Err(e @ sqlx::Error::Database(_)) => return Err(e.into()),
             // The statement was sent, and its answer lost: it may have committed.
-            Err(e) => Err(Error::InDoubt(e)),
-        };
+            Err(e) => return Err(Error::InDoubt(e)),
+        }
     }
 }
 
+/// A sequence past its maximum ("nextval: reached maximum value of sequence").
 fn exhausted(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("2200H"))
 }
