@@ -381,3 +381,71 @@ async fn a_database_made_before_the_index_is_upgraded_at_start_with_nothing_lost
         .unwrap();
     assert_eq!(found(&mut client, "garnet").await.len(), 6);
 }
+
+/// A SQLite database made by the release before the search tail, where the triggers put every
+/// order in the trigram index: at start the tail begins above them, so a rare term is still
+/// found through the index, and the orders added after the upgrade wait in the tail.
+#[tokio::test]
+async fn a_database_made_before_the_search_tail_keeps_every_order_found() {
+    let test_db = Db::Sqlite.create().await;
+    let old = tempfile::tempdir().unwrap();
+    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for entry in std::fs::read_dir(&migrations).unwrap() {
+        let name = entry.unwrap().file_name();
+        if name.to_str().unwrap() < "20261208" {
+            std::fs::copy(migrations.join(&name), old.path().join(&name)).unwrap();
+        }
+    }
+    let options = test_db
+        .url
+        .parse::<sqlx::sqlite::SqliteConnectOptions>()
+        .unwrap()
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+    assert_eq!(migrator.iter().count(), 4);
+    migrator.run(&pool).await.unwrap();
+    let orders: Vec<Order> = (0..6000)
+        .map(|n| match n % 1000 {
+            999 => order(&format!("{n}"), &["Rare Topaz"]),
+            _ => order(&format!("{n}"), &[&format!("old order {n}")]),
+        })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    for order in &orders {
+        sqlx::query(
+            "INSERT INTO orders (id, items, description, price, destination, search_text)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(&order.id)
+        .bind(serde_json::to_string(&order.items).unwrap())
+        .bind(&order.description)
+        .bind(order.price)
+        .bind(&order.destination)
+        .bind(order.items.join("\n").to_lowercase())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    sqlx::query("INSERT INTO store_info (key, value) VALUES ('created', 'then')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    pool.close().await;
+
+    let server = TestServer::start_on_existing(config_on(&test_db)).await;
+    let mut client = server.native().await;
+    let rare: Vec<String> = (0..6).map(|n| format!("{}", n * 1000 + 999)).collect();
+    assert_eq!(indexed(&test_db, &rare).await, [true; 6]);
+    // The first four in the first walking window, the last two through the index.
+    assert_eq!(found(&mut client, "TOPAZ").await, rare);
+    let id = client
+        .add_order(order("zz-new", &["New topaz"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(indexed(&test_db, std::slice::from_ref(&id)).await, [false]);
+    assert_eq!(found(&mut client, "topaz").await.last(), Some(&id));
+    assert_eq!(found(&mut client, "").await.len(), orders.len() + 1);
+}
