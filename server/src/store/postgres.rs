@@ -246,30 +246,16 @@ fn order(row: &PgRow) -> Result<Order, sqlx::Error> {
     })
 }
 
-/// See [`batch::Engine::add_alone`].
+/// See [`batch::Engine::add_alone`]: [`insert_numbered`] as a statement of its own.
 async fn add_numbered(pool: &PgPool, order: &Order, commit: &Commit) -> Outcome {
     let mut conn = pool.acquire().await?;
     let _committing = commit.begin()?;
-    let search_text = search_text(&order.items);
-    loop {
-        let inserted: Result<Option<String>, _> = sqlx::query_scalar(ADD_ALONE_SQL)
-            .bind(&order.items)
-            .bind(&order.description)
-            .bind(order.price)
-            .bind(&order.destination)
-            .bind(&search_text)
-            .fetch_optional(&mut *conn)
-            .await;
-        match inserted {
-            Ok(Some(id)) => return Ok(Applied::Done(Done::Added(Added::Id(id)))),
-            // An order has this number as its own ID: the next one.
-            Ok(None) => {}
-            Err(e) if exhausted(&e) => return Err(Error::Exhausted("order IDs")),
-            // PostgreSQL refused the statement: nothing of it was applied.
-            Err(e @ sqlx::Error::Database(_)) => return Err(e.into()),
-            // The statement was sent, and its answer lost: it may have committed.
-            Err(e) => return Err(Error::InDoubt(e)),
-        }
+    match insert_numbered(&mut conn, order).await {
+        Ok(id) => Ok(Applied::Done(Done::Added(Added::Id(id)))),
+        // The statement was sent and its answer lost, not refused by PostgreSQL: it may have
+        // committed.
+        Err(Error::Database(e)) if !matches!(e, sqlx::Error::Database(_)) => Err(Error::InDoubt(e)),
+        Err(e) => Err(e),
     }
 }
 
@@ -371,13 +357,6 @@ const INSERT_ORDERS_SQL: &str =
                   ORDER BY n),
             j->>2, (j->>3)::real, j->>4, j->>5
      FROM json_array_elements($1::json) AS j
-     ON CONFLICT (id) DO NOTHING RETURNING id";
-
-/// One order under the next number of the ID sequence, as its own transaction; no row if an
-/// order has that number as its own ID.
-const ADD_ALONE_SQL: &str =
-    "INSERT INTO orders (id, items, description, price, destination, search_text)
-     VALUES (nextval('order_ids')::text, $1, $2, $3, $4, $5)
      ON CONFLICT (id) DO NOTHING RETURNING id";
 
 /// Stores the keys of `$1` (a JSON array of `[caller, key, method, digest as hex, answer,
