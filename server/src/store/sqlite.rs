@@ -183,27 +183,23 @@ async fn connect_pool(
         .journal_mode(SqliteJournalMode::Wal)
         .connect()
         .await?;
-    let pool = SqlitePoolOptions::new()
-        .max_connections(options.max_connections.max(1))
-        // An in-memory database lives as long as one connection to it.
-        .min_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .acquire_timeout(options.timeout)
+    let pool_of = |max: u32| {
+        SqlitePoolOptions::new()
+            .max_connections(max)
+            // An in-memory database lives as long as one connection to it.
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(options.timeout)
+    };
+    let pool = pool_of(options.max_connections.max(1))
         .connect_with(connect.clone())
         .await;
     // Closed once the pool holds a connection of its own, for the same reason.
     let closed = first.close().await;
     let pool = pool?;
     closed?;
-    let writer = SqlitePoolOptions::new()
-        .max_connections(1)
-        .min_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .acquire_timeout(options.timeout)
-        .connect_with(connect)
-        .await?;
+    let writer = pool_of(1).connect_with(connect).await?;
     Ok((pool, writer))
 }
 
