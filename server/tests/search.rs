@@ -10,6 +10,7 @@ use common::{config_on, Db, TestDb, TestServer};
 use futures::StreamExt;
 use order_api::pb::{order_management_client::OrderManagementClient, Order};
 use rstest::rstest;
+use sqlx::Connection;
 use tonic::{transport::Channel, Code};
 
 fn order(id: &str, items: &[&str]) -> Order {
@@ -92,7 +93,6 @@ const MERGE_AT: i64 = 100;
 
 /// Sets SQLite's search tail to `merge_at` orders (1: every order indexed at once).
 async fn set_search_tail(db: &TestDb, merge_at: i64) {
-    use sqlx::Connection;
     let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
     sqlx::query("UPDATE search_tail SET merge_at = ?1")
         .bind(merge_at)
@@ -103,7 +103,6 @@ async fn set_search_tail(db: &TestDb, merge_at: i64) {
 
 /// On SQLite, whether each of `ids` is in the trigram index (or else in the tail).
 async fn indexed(db: &TestDb, ids: &[String]) -> Vec<bool> {
-    use sqlx::Connection;
     let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
     let mut indexed = Vec::new();
     for id in ids {
@@ -277,9 +276,10 @@ async fn the_index_follows_every_write_and_none_that_failed(
     assert_eq!(onyx.first().map(String::as_str), Some("zz-s000"));
 }
 
-/// Runs the migrations before the search index on `url`, as the previous release did, and
-/// stores `orders` the way it stored them.
-async fn make_old_database(db: Db, url: &str, orders: &[Order]) {
+/// Runs the migrations named before `before` (the first that release did not have) on `url`, as
+/// that release did, and stores `orders` the way it stored them: with their search text (folded
+/// ASCII) if it had one, in one transaction.
+async fn make_old_database(db: Db, url: &str, before: &str, orders: &[Order]) {
     let folder = match db {
         Db::Sqlite => "sqlite",
         Db::Postgres => "postgres",
@@ -288,13 +288,14 @@ async fn make_old_database(db: Db, url: &str, orders: &[Order]) {
     let migrations = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("migrations")
         .join(folder);
-    for name in [
-        "20261201000001_orders.sql",
-        "20261205000001_idempotency_keys.sql",
-    ] {
-        std::fs::copy(migrations.join(name), old.path().join(name)).unwrap();
+    for entry in std::fs::read_dir(&migrations).unwrap() {
+        let name = entry.unwrap().file_name();
+        if name.to_str().unwrap() < before {
+            std::fs::copy(migrations.join(&name), old.path().join(&name)).unwrap();
+        }
     }
     let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+    let search_text = before > "20261206";
     match db {
         Db::Sqlite => {
             let options = url
@@ -303,29 +304,41 @@ async fn make_old_database(db: Db, url: &str, orders: &[Order]) {
                 .create_if_missing(true);
             let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
             migrator.run(&pool).await.unwrap();
+            let mut tx = pool.begin().await.unwrap();
             for order in orders {
-                sqlx::query(
-                    "INSERT INTO orders (id, items, description, price, destination)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .bind(&order.id)
-                .bind(serde_json::to_string(&order.items).unwrap())
-                .bind(&order.description)
-                .bind(order.price)
-                .bind(&order.destination)
-                .execute(&pool)
-                .await
-                .unwrap();
+                let insert = match search_text {
+                    true => {
+                        "INSERT INTO orders (id, items, description, price, destination, search_text)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                    }
+                    false => {
+                        "INSERT INTO orders (id, items, description, price, destination)
+                         VALUES (?1, ?2, ?3, ?4, ?5)"
+                    }
+                };
+                let mut query = sqlx::query(insert)
+                    .bind(&order.id)
+                    .bind(serde_json::to_string(&order.items).unwrap())
+                    .bind(&order.description)
+                    .bind(order.price)
+                    .bind(&order.destination);
+                if search_text {
+                    query = query.bind(order.items.join("\n").to_lowercase());
+                }
+                query.execute(&mut *tx).await.unwrap();
             }
             sqlx::query("INSERT INTO store_info (key, value) VALUES ('created', 'then')")
-                .execute(&pool)
+                .execute(&mut *tx)
                 .await
                 .unwrap();
+            tx.commit().await.unwrap();
             pool.close().await;
         }
         Db::Postgres => {
+            assert!(!search_text, "only the release before the index is made");
             let pool = sqlx::PgPool::connect(url).await.unwrap();
             migrator.run(&pool).await.unwrap();
+            let mut tx = pool.begin().await.unwrap();
             for order in orders {
                 sqlx::query(
                     "INSERT INTO orders (id, items, description, price, destination)
@@ -336,14 +349,15 @@ async fn make_old_database(db: Db, url: &str, orders: &[Order]) {
                 .bind(&order.description)
                 .bind(order.price)
                 .bind(&order.destination)
-                .execute(&pool)
+                .execute(&mut *tx)
                 .await
                 .unwrap();
             }
             sqlx::query("INSERT INTO store_info (key, value) VALUES ('created', 'then')")
-                .execute(&pool)
+                .execute(&mut *tx)
                 .await
                 .unwrap();
+            tx.commit().await.unwrap();
             pool.close().await;
         }
     }
@@ -361,7 +375,7 @@ async fn a_database_made_before_the_index_is_upgraded_at_start_with_nothing_lost
             _ => order(&format!("{n}"), &[&format!("old order {n}")]),
         })
         .collect();
-    make_old_database(db, &test_db.url, &orders).await;
+    make_old_database(db, &test_db.url, "20261206", &orders).await;
 
     let server = TestServer::start_on_existing(config_on(&test_db)).await;
     let mut client = server.native().await;
@@ -388,51 +402,20 @@ async fn a_database_made_before_the_index_is_upgraded_at_start_with_nothing_lost
 #[tokio::test]
 async fn a_database_made_before_the_search_tail_keeps_every_order_found() {
     let test_db = Db::Sqlite.create().await;
-    let old = tempfile::tempdir().unwrap();
-    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
-    for entry in std::fs::read_dir(&migrations).unwrap() {
-        let name = entry.unwrap().file_name();
-        if name.to_str().unwrap() < "20261208" {
-            std::fs::copy(migrations.join(&name), old.path().join(&name)).unwrap();
-        }
-    }
-    let options = test_db
-        .url
-        .parse::<sqlx::sqlite::SqliteConnectOptions>()
-        .unwrap()
-        .create_if_missing(true);
-    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-    let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
-    assert_eq!(migrator.iter().count(), 4);
-    migrator.run(&pool).await.unwrap();
     let orders: Vec<Order> = (0..6000)
         .map(|n| match n % 1000 {
             999 => order(&format!("{n}"), &["Rare Topaz"]),
             _ => order(&format!("{n}"), &[&format!("old order {n}")]),
         })
         .collect();
-    let mut tx = pool.begin().await.unwrap();
-    for order in &orders {
-        sqlx::query(
-            "INSERT INTO orders (id, items, description, price, destination, search_text)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(&order.id)
-        .bind(serde_json::to_string(&order.items).unwrap())
-        .bind(&order.description)
-        .bind(order.price)
-        .bind(&order.destination)
-        .bind(order.items.join("\n").to_lowercase())
-        .execute(&mut *tx)
+    make_old_database(Db::Sqlite, &test_db.url, "20261208", &orders).await;
+    let mut conn = sqlx::SqliteConnection::connect(&test_db.url).await.unwrap();
+    let migrations: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&mut conn)
         .await
         .unwrap();
-    }
-    sqlx::query("INSERT INTO store_info (key, value) VALUES ('created', 'then')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    pool.close().await;
+    assert_eq!(migrations, 4);
+    drop(conn);
 
     let server = TestServer::start_on_existing(config_on(&test_db)).await;
     let mut client = server.native().await;
