@@ -400,23 +400,12 @@ async fn one_added_order_writes_its_own_pages_and_is_found() {
         .map(|n| new_order("", &format!("crate number {n}")))
         .collect();
     store.add_all(updates(orders), None).await.unwrap();
-    let url = format!("sqlite:{}", dir.path().join("orders.db").display());
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
-    let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(busy, 0);
-    let wal = dir.path().join("orders.db-wal");
-    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+    sqlite::wal::empty(dir.path()).await;
     let id = store
         .add(new_order("", "a rare gadget"), None)
         .await
         .unwrap();
-    // A WAL header, then a 24-byte header and a 4 KiB page for each page written.
-    let frames = (std::fs::metadata(&wal).unwrap().len() - 32) / (24 + 4096);
+    let frames = sqlite::wal::pages(dir.path());
     assert!(frames <= 5, "{frames} pages written to add one order");
     assert_eq!(search(&store, "RARE GADGET").await, [id]);
     assert_eq!(search(&store, "number 2999").await.len(), 1);
