@@ -6,6 +6,7 @@ use std::{
     fs::File,
     path::Path,
     str::FromStr,
+    sync::Arc,
     time::Duration,
 };
 
@@ -29,7 +30,8 @@ use super::{
     keys::{Key, KeyRecord, Stored},
     last_sample_id, redact, sample_orders,
     search::{search_text, Plan, Search, WALK_ROWS},
-    sqlite_keys, until,
+    sqlite_keys::{self, Recent},
+    until,
     write::Commit,
     Applied, Backend, Kind, OpenError, Page, Staging, StoreOptions, Written, SUMMARY_IDS,
 };
@@ -45,6 +47,8 @@ pub(super) struct Sqlite {
     /// batch to the next, where a connection taken from `pool` would find that others had
     /// written since its last turn and read every page again.
     writer: SqlitePool,
+    /// The idempotency keys of the log of recent keys, by hash (see [`sqlite_keys`]).
+    recent: Arc<Recent>,
     /// Held (locked) for as long as the store is open.
     _lock: Option<File>,
 }
@@ -79,6 +83,7 @@ impl Sqlite {
         let store = Self {
             pool,
             writer,
+            recent: Arc::new(Recent::new()),
             _lock: lock,
         };
         store
@@ -253,7 +258,7 @@ impl batch::Engine for Sqlite {
         conn: &'c mut SqliteConnection,
         keys: &'c [(&'c Key, i64)],
     ) -> Result<HashMap<Key, Stored>, Error> {
-        sqlite_keys::stored(conn, keys).await
+        sqlite_keys::stored(conn, &self.recent, keys, true).await
     }
 
     async fn insert_orders<'c>(
@@ -293,7 +298,7 @@ impl batch::Engine for Sqlite {
         keys: &'c [(&'c KeyRecord, &'c str, &'c Commit)],
         expired_before: i64,
     ) -> Result<HashSet<Key>, Error> {
-        sqlite_keys::store(conn, keys, expired_before).await
+        sqlite_keys::store(conn, &self.recent, keys, expired_before).await
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
@@ -329,6 +334,7 @@ impl batch::Engine for Sqlite {
 struct SqliteStaging {
     conn: PoolConnection<sqlx::Sqlite>,
     kind: Kind,
+    recent: Arc<Recent>,
 }
 
 impl Sqlite {
@@ -336,7 +342,11 @@ impl Sqlite {
     async fn staging(&self, kind: Kind, deadline: Instant) -> Result<SqliteStaging, Error> {
         let mut conn = until(deadline, async { Ok(self.pool.acquire().await?) }).await?;
         until(deadline, empty_staging(&mut conn, kind)).await?;
-        Ok(SqliteStaging { conn, kind })
+        Ok(SqliteStaging {
+            conn,
+            kind,
+            recent: self.recent.clone(),
+        })
     }
 }
 
@@ -377,8 +387,8 @@ impl Staging for SqliteStaging {
     /// empties it anyway).
     async fn apply(mut self: Box<Self>, commit: Commit) -> Result<Applied<Written>, Error> {
         let applied = match self.kind {
-            Kind::Update => apply_staged_updates(&mut self.conn, &commit).await,
-            Kind::Add => apply_staged_adds(&mut self.conn, &commit).await,
+            Kind::Update => apply_staged_updates(&mut self.conn, &self.recent, &commit).await,
+            Kind::Add => apply_staged_adds(&mut self.conn, &self.recent, &commit).await,
         };
         let (table, _) = staging_table(self.kind);
         let _ = sqlx::query(&format!("DELETE FROM temp.{table}"))
@@ -502,11 +512,12 @@ async fn staged_summary(
 /// before.
 async fn begin_keyed<'c>(
     conn: &'c mut SqliteConnection,
+    recent: &Recent,
     commit: &Commit,
 ) -> Result<Result<sqlx::Transaction<'c, sqlx::Sqlite>, String>, Error> {
     commit.still_wanted()?;
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    match replay_of(&mut tx, commit).await? {
+    match replay_of(&mut tx, recent, commit).await? {
         Some(answer) => Ok(Err(answer)),
         None => Ok(Ok(tx)),
     }
@@ -514,12 +525,17 @@ async fn begin_keyed<'c>(
 
 /// The stored answer when the write's key names the same request done before; fails if its
 /// caller has given up, or the key was used for another request.
-async fn replay_of(conn: &mut SqliteConnection, commit: &Commit) -> Result<Option<String>, Error> {
+async fn replay_of(
+    conn: &mut SqliteConnection,
+    recent: &Recent,
+    commit: &Commit,
+) -> Result<Option<String>, Error> {
     commit.still_wanted()?;
     match &commit.key {
-        Some(key) => {
-            key.replay(sqlite_keys::stored_one(conn, &key.key, commit.keys_expired_before).await?)
-        }
+        Some(key) => key.replay(
+            sqlite_keys::stored_one(conn, recent, &key.key, commit.keys_expired_before, true)
+                .await?,
+        ),
         None => Ok(None),
     }
 }
@@ -530,14 +546,15 @@ async fn replay_of(conn: &mut SqliteConnection, commit: &Commit) -> Result<Optio
 /// order has, the rest get the next block).
 async fn apply_staged_adds(
     conn: &mut SqliteConnection,
+    recent: &Recent,
     commit: &Commit,
 ) -> Result<Applied<Written>, Error> {
-    let mut tx = match begin_keyed(conn, commit).await? {
+    let mut tx = match begin_keyed(conn, recent, commit).await? {
         Ok(tx) => tx,
         Err(answer) => return Ok(Applied::Replayed(answer)),
     };
     let written = add_staged(&mut tx).await?;
-    commit_keyed(tx, commit, &written.to_string()).await?;
+    commit_keyed(tx, recent, commit, &written.to_string()).await?;
     Ok(Applied::Done(written))
 }
 
@@ -611,14 +628,15 @@ async fn add_staged(tx: &mut SqliteConnection) -> Result<Written, Error> {
 /// Applies the updates staged on `conn`, all or nothing: an ID no order has fails it.
 async fn apply_staged_updates(
     conn: &mut SqliteConnection,
+    recent: &Recent,
     commit: &Commit,
 ) -> Result<Applied<Written>, Error> {
-    let mut tx = match begin_keyed(conn, commit).await? {
+    let mut tx = match begin_keyed(conn, recent, commit).await? {
         Ok(tx) => tx,
         Err(answer) => return Ok(Applied::Replayed(answer)),
     };
     let written = update_staged(&mut tx).await?;
-    commit_keyed(tx, commit, &written.to_string()).await?;
+    commit_keyed(tx, recent, commit, &written.to_string()).await?;
     Ok(Applied::Done(written))
 }
 
@@ -647,11 +665,12 @@ async fn update_staged(tx: &mut SqliteConnection) -> Result<Written, Error> {
 /// Stores the call's key, if any, with `answer`, and commits, if the call still wants it.
 async fn commit_keyed(
     mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    recent: &Recent,
     commit: &Commit,
     answer: &str,
 ) -> Result<(), Error> {
     if let Some(key) = &commit.key {
-        sqlite_keys::store_one(&mut tx, key, answer, commit).await?;
+        sqlite_keys::store_one(&mut tx, recent, key, answer, commit).await?;
     }
     commit.commit(tx).await
 }
@@ -871,7 +890,7 @@ impl Backend for Sqlite {
 
     async fn stored_key(&self, key: &Key, expired_before: i64) -> Result<Option<Stored>, Error> {
         let mut conn = self.pool.acquire().await?;
-        sqlite_keys::stored_one(&mut conn, key, expired_before).await
+        sqlite_keys::stored_one(&mut conn, &self.recent, key, expired_before, false).await
     }
 
     async fn remember_key(&self, commit: Commit, answer: String) -> Result<(), Error> {
@@ -880,7 +899,7 @@ impl Backend for Sqlite {
         }
         commit.still_wanted()?;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        commit_keyed(tx, &commit, &answer).await
+        commit_keyed(tx, &self.recent, &commit, &answer).await
     }
 
     async fn forget_keys(&self, before: i64, limit: i64) -> Result<u64, Error> {
@@ -1134,6 +1153,7 @@ mod tests {
 mod key_tests {
     use super::*;
     use crate::store::keys::{expired_before, Digest};
+    use crate::store::sqlite_keys::MERGE_AT;
 
     /// Random keys, as UUIDs are: each falls anywhere in the key order.
     struct Keys(u64);
@@ -1177,7 +1197,7 @@ mod key_tests {
         let commit = Commit::new(None, Instant::now() + ttl, ttl, None);
         let rows: Vec<_> = records.iter().map(|r| (r, "1", &commit)).collect();
         let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await.unwrap();
-        let stored = sqlite_keys::store(&mut tx, &rows, expired_before(ttl))
+        let stored = sqlite_keys::store(&mut tx, &store.recent, &rows, expired_before(ttl))
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -1201,8 +1221,9 @@ mod key_tests {
             .execute(&store.pool)
             .await
             .unwrap();
+        store.recent.forget();
         let mut conn = store.pool.acquire().await.unwrap();
-        let found = sqlite_keys::stored_one(&mut conn, &second, 0)
+        let found = sqlite_keys::stored_one(&mut conn, &store.recent, &second, 0, false)
             .await
             .unwrap();
         assert!(found.is_none(), "{found:?}");
@@ -1212,7 +1233,7 @@ mod key_tests {
             .is_empty());
         // Once the log has moved into the key table, the second key is stored.
         let mut filler = Keys(11);
-        for _ in 0..sqlite_keys::MERGE_AT / 32 {
+        for _ in 0..MERGE_AT / 32 {
             store_batch(&store, &mut filler, 32).await;
         }
         assert_eq!(
@@ -1223,7 +1244,9 @@ mod key_tests {
         );
         let mut conn = store.pool.acquire().await.unwrap();
         for key in [&first, &second] {
-            let found = sqlite_keys::stored_one(&mut conn, key, 0).await.unwrap();
+            let found = sqlite_keys::stored_one(&mut conn, &store.recent, key, 0, false)
+                .await
+                .unwrap();
             assert_eq!(found.map(|row| row.answer).as_deref(), Some("1"), "{key:?}");
         }
     }
@@ -1242,6 +1265,115 @@ mod key_tests {
         store_batch(&store, &mut keys, 32).await;
         let frames = wal::pages(dir.path());
         assert!(frames <= 8, "{frames} pages written to store 32 keys");
+    }
+
+    /// The log's keys by hash are this process's map, so every way a transaction can end is
+    /// tried against it: keys rolled back are not found and can be stored after; a move of the
+    /// log rolled back leaves every key of the log found, by a reader at once and by the next
+    /// write; a key forgotten by the pruning and stored again takes its old place.
+    #[tokio::test]
+    async fn the_map_of_the_log_follows_rollbacks_moves_and_the_pruning() {
+        let (_dir, store) = new_store().await;
+        let mut keys = Keys(0x853c_49e6_748f_ea9b);
+        let found = |key: Key| {
+            let store = &store;
+            async move {
+                let mut conn = store.pool.acquire().await.unwrap();
+                sqlite_keys::stored_one(&mut conn, &store.recent, &key, 0, false)
+                    .await
+                    .unwrap()
+                    .is_some()
+            }
+        };
+        let ttl = Duration::from_secs(86_400);
+        let commit = Commit::new(None, Instant::now() + ttl, ttl, None);
+        let in_rolled_back = |keys: Vec<Key>| {
+            let (store, commit) = (&store, &commit);
+            async move {
+                let records: Vec<KeyRecord> = keys
+                    .iter()
+                    .map(|key| key.clone().record("addOrder", Digest::new("addOrder")))
+                    .collect();
+                let rows: Vec<_> = records.iter().map(|r| (r, "1", commit)).collect();
+                let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await.unwrap();
+                let stored = sqlite_keys::store(&mut tx, &store.recent, &rows, expired_before(ttl))
+                    .await
+                    .unwrap();
+                assert_eq!(stored.len(), keys.len());
+                tx.rollback().await.unwrap();
+            }
+        };
+        // Rolled back: not found, then stored for good.
+        let lost: Vec<Key> = (0..32).map(|_| keys.next()).collect();
+        in_rolled_back(lost.clone()).await;
+        assert!(!found(lost[0].clone()).await);
+        assert_eq!(store_keys(&store, &lost).await.len(), 32);
+        assert!(found(lost[31].clone()).await);
+        // The log one batch short of its move; the move rolled back.
+        let mut kept = lost.clone();
+        while kept.len() < (MERGE_AT - 32) as usize {
+            let batch: Vec<Key> = (0..32).map(|_| keys.next()).collect();
+            assert_eq!(store_keys(&store, &batch).await.len(), 32);
+            kept.extend(batch);
+        }
+        in_rolled_back((0..32).map(|_| keys.next()).collect()).await;
+        for key in [&kept[0], &kept[kept.len() / 2], &kept[kept.len() - 1]] {
+            assert!(found(key.clone()).await, "{key:?}, by a reader");
+        }
+        assert!(store_keys(&store, &kept[..1]).await.is_empty(), "stored twice");
+        // A key forgotten by the pruning, then stored again.
+        sqlx::query("UPDATE recent_keys SET created = 0 WHERE key = ?1")
+            .bind(&kept[5].key)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let mut conn = store.pool.acquire().await.unwrap();
+        assert_eq!(sqlite_keys::forget(&mut conn, 1, 10).await.unwrap(), 1);
+        drop(conn);
+        assert!(!found(kept[5].clone()).await);
+        assert_eq!(store_keys(&store, &kept[5..6]).await.len(), 1);
+        assert!(found(kept[5].clone()).await);
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM recent_keys")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, MERGE_AT - 32);
+    }
+
+    /// With a hundred thousand keys stored, a log's worth of keys, stored 32 at a time and then
+    /// moved into the key table, writes about half a page each. A log of a thousand keys with an
+    /// index by hash wrote 1.2 pages a key: the index's pages for every batch, and a move that
+    /// changed nearly a leaf page of the key table per key.
+    #[tokio::test]
+    async fn keys_stored_among_many_write_half_a_page_each() {
+        let (dir, store) = new_store().await;
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
+             INSERT INTO idempotency_keys (caller, key, method, digest, answer, created)
+             SELECT 'anonymous', lower(hex(randomblob(16))), 'addOrder', randomblob(32), i,
+                    unixepoch() * 1000 FROM n",
+        )
+        .execute(&store.writer)
+        .await
+        .unwrap();
+        // Every page written stays in the WAL, to be counted.
+        sqlx::query("PRAGMA wal_autocheckpoint = 0")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        wal::empty(dir.path()).await;
+        let mut keys = Keys(0x2545_f491_4f6c_dd1d);
+        let batches = MERGE_AT / 32;
+        for _ in 0..batches {
+            store_batch(&store, &mut keys, 32).await;
+        }
+        let moved: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(moved, 100_000 + MERGE_AT, "the log has moved");
+        let per_key = wal::pages(dir.path()) as f64 / MERGE_AT as f64;
+        assert!(per_key < 0.75, "{per_key:.2} pages written per key");
     }
 }
 

@@ -1,22 +1,37 @@
-//! SQLite's idempotency keys: the newest in a short log, the rest in the key table.
+//! SQLite's idempotency keys: the newest in a log, the rest in the key table.
 //!
 //! A key table ordered by key makes every stored key change a leaf page of its own, wherever its
 //! key falls: at a few dozen calls a commit, each of them wrote its own 4 KiB page to the WAL
-//! (and again at the checkpoint), which halved durable keyed `addOrder`s. So a write stores its
-//! key by appending it to `recent_keys`, in the order the keys come, indexed by a 64-bit hash of
-//! the key: a batch of keys fills a page or two of the log, plus its small hash index. When the
-//! log holds [`MERGE_AT`] keys, the transaction that filled it moves them, sorted, into
-//! `idempotency_keys` and empties it: a thousand keys in key order share leaf pages there.
+//! (and again at the checkpoint), which halved durable keyed `addOrder`s. So a write appends its
+//! key to `recent_keys`, in the order the keys come: a batch of keys fills a page or two of the
+//! log. When the log holds [`MERGE_AT`] keys, the transaction that filled it moves them, sorted,
+//! into `idempotency_keys` and empties it: thousands of keys in key order share the table's leaf
+//! pages, so the move writes each of those pages once for many keys.
+//!
+//! The log has no index of its own on disk (an index by key or hash is a leaf page per key again
+//! once it outgrows a few pages): this process keeps the log's keys by hash in memory
+//! ([`Recent`]). That is safe because one server owns the file (its lock file keeps out a second
+//! one), and the map is checked against the log itself:
+//! - every transaction that stores keys holds the database's write lock; it compares the map with
+//!   the log's newest position first and reads the map again from the log if they differ (after
+//!   a rollback, a pruning, a move);
+//! - it puts its own keys in the map as it appends them, so the map has every committed key of the
+//!   log. A key that never committed only sends a lookup to a row that is not there;
+//! - a lookup checks the row the map points at (caller and key); a reader that finds the map
+//!   being read again looks through the log itself.
 //!
 //! Everything happens in the write's own transaction, so a key is still stored exactly when its
 //! write is, through rollbacks, savepoints and crashes; a lookup reads the log first, then the
-//! table. The log holds one row per hash: a key stored again once its row expired takes the
+//! table. The log holds one live row per hash: a key stored again once its row expired takes the
 //! row's place. Two keys of one hash cannot both be there: the second is refused as in progress
-//! (`ABORTED`, to retry) until the log has moved. By chance that is about one in 10^13 for each
-//! thousand keys; on purpose, a client can only make its own keys collide (the hash covers the
-//! caller), with billions of tries.
+//! (`ABORTED`, to retry) until the log has moved. By chance that is about one in 10^12 for each
+//! eight thousand keys; on purpose, a client can only make its own keys collide (the hash covers
+//! the caller), with billions of tries.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Mutex, PoisonError},
+};
 
 use sha2::{Digest as _, Sha256};
 use sqlx::SqliteConnection;
@@ -30,44 +45,89 @@ use crate::error::Error;
 
 /// Keys in the log (counted by their place in it) that make the transaction adding them move
 /// them into the key table.
-pub(super) const MERGE_AT: i64 = 1024;
+pub(super) const MERGE_AT: i64 = 8192;
 
-/// The row stored under each key of `?1` (a JSON array of `[caller, key, expired_before,
-/// hash]`), unless stored before its `expired_before`: the log's if it has one, else the table's.
+/// The row stored under each key of `?1` (a JSON array of `[caller, key, expired_before, seq]`,
+/// `seq` the log's row for the key's hash or null), unless stored before its `expired_before`:
+/// the log's if it has one, else the table's.
 const STORED_SQL: &str = "SELECT w.caller, w.key, coalesce(r.method, k.method),
          coalesce(r.digest, k.digest), coalesce(r.answer, k.answer)
      FROM (SELECT value->>0 AS caller, value->>1 AS key, value->>2 AS expired,
-                  value->>3 AS hash FROM json_each(?1)) AS w
-     LEFT JOIN recent_keys AS r ON r.hash = w.hash AND r.caller = w.caller AND r.key = w.key
+                  value->>3 AS seq FROM json_each(?1)) AS w
+     LEFT JOIN recent_keys AS r ON r.seq = w.seq AND r.caller = w.caller AND r.key = w.key
      LEFT JOIN idempotency_keys AS k
          ON r.seq IS NULL AND k.caller = w.caller AND k.key = w.key
      WHERE coalesce(r.created, k.created) >= w.expired";
 
-/// Stores the keys of `?1` (rows of [`key_rows`]) in the log: each unless the table has it
-/// stored since `?2`, over the log's row of the same hash if that row is the same key's and was
-/// stored before `?2` (expired); the keys stored, and their place in the log.
+/// [`STORED_SQL`] without the map (`?1` has each key's hash in place of `seq`): the log read
+/// through, newest row first.
+const STORED_BY_HASH_SQL: &str = "SELECT w.caller, w.key, coalesce(r.method, k.method),
+         coalesce(r.digest, k.digest), coalesce(r.answer, k.answer)
+     FROM (SELECT value->>0 AS caller, value->>1 AS key, value->>2 AS expired,
+                  value->>3 AS hash FROM json_each(?1)) AS w
+     LEFT JOIN recent_keys AS r ON r.seq = (SELECT max(seq) FROM recent_keys
+                                            WHERE hash = w.hash)
+         AND r.caller = w.caller AND r.key = w.key
+     LEFT JOIN idempotency_keys AS k
+         ON r.seq IS NULL AND k.caller = w.caller AND k.key = w.key
+     WHERE coalesce(r.created, k.created) >= w.expired";
+
+/// Appends the keys of `?1` (rows of [`key_rows`], each with its place in the log) to the log,
+/// each unless the table has it stored since `?2`.
 const APPEND_SQL: &str =
-    "INSERT INTO recent_keys (hash, caller, key, method, digest, answer, created)
-     SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, unhex(j.value->>4), j.value->>5,
-            j.value->>6
+    "INSERT INTO recent_keys (seq, hash, caller, key, method, digest, answer, created)
+     SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4,
+            unhex(j.value->>5), j.value->>6, j.value->>7
      FROM json_each(?1) AS j
-     WHERE NOT EXISTS (SELECT 1 FROM idempotency_keys AS k WHERE k.caller = j.value->>1
-                           AND k.key = j.value->>2 AND k.created >= ?2)
-     ON CONFLICT (hash) DO UPDATE SET method = excluded.method, digest = excluded.digest,
+     WHERE NOT EXISTS (SELECT 1 FROM idempotency_keys AS k WHERE k.caller = j.value->>2
+                           AND k.key = j.value->>3 AND k.created >= ?2)";
+
+/// Stores a key (a row of [`key_rows`], its place the log's row of the same hash) in that place,
+/// over the row there if it expired before `?2` (or where it was, if it was forgotten), unless
+/// the table has the key stored since `?2`.
+const REPLACE_SQL: &str =
+    "INSERT INTO recent_keys (seq, hash, caller, key, method, digest, answer, created)
+     SELECT ?1->>0, ?1->>1, ?1->>2, ?1->>3, ?1->>4, unhex(?1->>5), ?1->>6, ?1->>7
+     WHERE NOT EXISTS (SELECT 1 FROM idempotency_keys AS k WHERE k.caller = ?1->>2
+                           AND k.key = ?1->>3 AND k.created >= ?2)
+     ON CONFLICT (seq) DO UPDATE SET hash = excluded.hash, caller = excluded.caller,
+         key = excluded.key, method = excluded.method, digest = excluded.digest,
          answer = excluded.answer, created = excluded.created
-     WHERE recent_keys.created < ?2 AND recent_keys.caller = excluded.caller
-         AND recent_keys.key = excluded.key
-     RETURNING caller, key, seq";
+     WHERE recent_keys.created < ?2";
 
-/// Moves every key of the log into the table, in key order, over the table's expired rows.
-const MERGE_SQL: &str =
-    "INSERT INTO idempotency_keys (caller, key, method, digest, answer, created)
-     SELECT caller, key, method, digest, answer, created FROM recent_keys WHERE true
-     ORDER BY caller, key
-     ON CONFLICT (caller, key) DO UPDATE SET method = excluded.method,
-         digest = excluded.digest, answer = excluded.answer, created = excluded.created";
+/// The log's keys by hash, as this process has them: see the module's documentation.
+#[derive(Debug)]
+pub(super) struct Recent {
+    /// `None` until read from the log, and from a move of the log to the end of its transaction.
+    log: Mutex<Option<Log>>,
+}
 
-/// 64 bits of a SHA-256 of the caller and the key: the log's index.
+/// The log's rows by hash (the newest of each) and its newest place.
+#[derive(Debug, Default)]
+struct Log {
+    seqs: HashMap<i64, i64>,
+    last: i64,
+}
+
+impl Recent {
+    /// A map to be read from the log by the first transaction that stores a key.
+    pub(super) fn new() -> Self {
+        Self {
+            log: Mutex::new(None),
+        }
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, Option<Log>> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets the map: the next transaction that stores a key reads it from the log.
+    pub(super) fn forget(&self) {
+        *self.log() = None;
+    }
+}
+
+/// 64 bits of a SHA-256 of the caller and the key: what the log's keys are found by.
 pub(super) fn hash(key: &Key) -> i64 {
     let digest = Sha256::new()
         .chain_update(key.caller.as_bytes())
@@ -79,73 +139,202 @@ pub(super) fn hash(key: &Key) -> i64 {
     i64::from_le_bytes(first)
 }
 
-/// The rows stored under `keys`, each unless stored before its `expired_before`.
+/// Makes the map right for the transaction on `conn`, which holds the database's write lock: the
+/// log read again unless the map ends where the log does.
+async fn sync(conn: &mut SqliteConnection, recent: &Recent) -> Result<(), Error> {
+    let last: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM recent_keys")
+        .fetch_one(&mut *conn)
+        .await?;
+    if matches!(&*recent.log(), Some(log) if log.last == last) {
+        return Ok(());
+    }
+    let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT hash, seq FROM recent_keys ORDER BY seq")
+        .fetch_all(&mut *conn)
+        .await?;
+    *recent.log() = Some(Log {
+        seqs: rows.into_iter().collect(),
+        last,
+    });
+    Ok(())
+}
+
+/// The rows stored under `keys`, each unless stored before its `expired_before`. `locked`: the
+/// caller's transaction holds the write lock (the map is made right first).
 pub(super) async fn stored(
     conn: &mut SqliteConnection,
+    recent: &Recent,
     keys: &[(&Key, i64)],
+    locked: bool,
 ) -> Result<HashMap<Key, Stored>, Error> {
-    let lookups: Vec<_> = keys
-        .iter()
-        .map(|(key, expired)| (&key.caller, &key.key, expired, hash(key)))
-        .collect();
-    let rows = sqlx::query_as(STORED_SQL)
-        .bind(json(&lookups)?)
-        .fetch_all(conn)
-        .await?;
+    if locked {
+        sync(conn, recent).await?;
+    }
+    let lookups = {
+        let log = recent.log();
+        match &*log {
+            Some(log) => {
+                let rows: Vec<_> = keys
+                    .iter()
+                    .map(|(key, expired)| {
+                        (&key.caller, &key.key, expired, log.seqs.get(&hash(key)))
+                    })
+                    .collect();
+                Some(json(&rows)?)
+            }
+            None => None,
+        }
+    };
+    let rows = match lookups {
+        Some(lookups) => sqlx::query_as(STORED_SQL).bind(lookups),
+        None => {
+            let rows: Vec<_> = keys
+                .iter()
+                .map(|(key, expired)| (&key.caller, &key.key, expired, hash(key)))
+                .collect();
+            sqlx::query_as(STORED_BY_HASH_SQL).bind(json(&rows)?)
+        }
+    }
+    .fetch_all(conn)
+    .await?;
     Ok(batch::stored_by_key(rows))
 }
 
-/// The row stored under `key`, unless it was stored before `expired_before`.
+/// The row stored under `key`, unless it was stored before `expired_before` (see [`stored`]).
 pub(super) async fn stored_one(
     conn: &mut SqliteConnection,
+    recent: &Recent,
     key: &Key,
     expired_before: i64,
+    locked: bool,
 ) -> Result<Option<Stored>, Error> {
-    Ok(stored(conn, &[(key, expired_before)]).await?.remove(key))
+    Ok(stored(conn, recent, &[(key, expired_before)], locked)
+        .await?
+        .remove(key))
 }
 
-/// Stores each key with its answer, unless a row stored since `expired_before` has it already;
-/// returns the keys stored. Moves the log into the table once it holds [`MERGE_AT`] keys.
+/// Stores each key with its answer, unless a row stored since `expired_before` has it already
+/// (or, in the log, has its hash); returns the keys stored. The caller's transaction holds the
+/// write lock. Moves the log into the table once it holds [`MERGE_AT`] keys.
 pub(super) async fn store(
     conn: &mut SqliteConnection,
+    recent: &Recent,
     keys: &[(&KeyRecord, &str, &Commit)],
     expired_before: i64,
 ) -> Result<HashSet<Key>, Error> {
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(APPEND_SQL)
-        .bind(key_rows(keys)?)
-        .bind(expired_before)
-        .fetch_all(&mut *conn)
-        .await?;
-    if rows.iter().any(|&(_, _, seq)| seq >= MERGE_AT) {
-        merge(conn).await?;
+    sync(conn, recent).await?;
+    // Each key's hash, and the log's row of that hash if it has one.
+    let mut seen = HashSet::new();
+    let (last, placed): (i64, Vec<(usize, i64, Option<i64>)>) = {
+        let log = recent.log();
+        let log = log.as_ref().expect("made right above");
+        let placed = keys
+            .iter()
+            .enumerate()
+            .map(|(n, (record, _, _))| {
+                let hash = hash(&record.key);
+                (n, hash, log.seqs.get(&hash).copied())
+            })
+            // Two keys of one hash in one batch: the second is refused.
+            .filter(|&(_, hash, _)| seen.insert(hash))
+            .collect();
+        (log.last, placed)
+    };
+    let mut stored = HashSet::new();
+    // A hash the log has already: the key takes that row's place if it expired.
+    for &(n, _, seq) in &placed {
+        if let Some(seq) = seq {
+            let replaced = sqlx::query(REPLACE_SQL)
+                .bind(json(&key_row(seq, keys[n]))?)
+                .bind(expired_before)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if replaced == 1 {
+                stored.insert(keys[n].0.key.clone());
+            }
+        }
     }
-    Ok(rows
-        .into_iter()
-        .map(|(caller, key, _)| Key { caller, key })
-        .collect())
+    // The others, appended in one statement.
+    let appending: Vec<(i64, &(&KeyRecord, &str, &Commit))> = placed
+        .iter()
+        .filter(|(_, _, seq)| seq.is_none())
+        .zip(last + 1..)
+        .map(|(&(n, _, _), seq)| (seq, &keys[n]))
+        .collect();
+    if !appending.is_empty() {
+        let rows: Vec<(i64, (&KeyRecord, &str, &Commit))> =
+            appending.iter().map(|&(seq, key)| (seq, *key)).collect();
+        let appended = sqlx::query(APPEND_SQL)
+            .bind(key_rows(&rows)?)
+            .bind(expired_before)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        // All of them, unless the table had some stored already (found by their place).
+        let kept: HashSet<i64> = match appended as usize == rows.len() {
+            true => rows.iter().map(|&(seq, _)| seq).collect(),
+            false => sqlx::query_scalar("SELECT seq FROM recent_keys WHERE seq > ?1")
+                .bind(last)
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .collect(),
+        };
+        let mut log = recent.log();
+        let log = log.as_mut().expect("made right above");
+        for &(seq, (record, _, _)) in &rows {
+            if kept.contains(&seq) {
+                log.seqs.insert(hash(&record.key), seq);
+                log.last = log.last.max(seq);
+                stored.insert(record.key.clone());
+            }
+        }
+    }
+    let full = matches!(&*recent.log(), Some(log) if log.last >= MERGE_AT);
+    if full {
+        merge(conn, recent).await?;
+    }
+    Ok(stored)
 }
 
 /// Stores the commit's key with `answer`; `ABORTED` if a row stored since the commit's expiry
 /// time has it (see [`store`]).
 pub(super) async fn store_one(
     conn: &mut SqliteConnection,
+    recent: &Recent,
     key: &KeyRecord,
     answer: &str,
     commit: &Commit,
 ) -> Result<(), Error> {
-    let stored = store(conn, &[(key, answer, commit)], commit.keys_expired_before).await?;
+    let stored = store(
+        conn,
+        recent,
+        &[(key, answer, commit)],
+        commit.keys_expired_before,
+    )
+    .await?;
     match stored.contains(&key.key) {
         true => Ok(()),
         false => Err(Error::KeyInProgress(key.key.key.clone())),
     }
 }
 
-/// Moves every key of the log into the table, and empties the log.
-async fn merge(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-    sqlx::query(MERGE_SQL).execute(&mut *conn).await?;
-    sqlx::query("DELETE FROM recent_keys")
-        .execute(&mut *conn)
-        .await?;
+/// Moves every key of the log into the table, in key order, over the table's rows of the same
+/// keys (expired: a live one was never stored again), and empties the log. Each key's newest
+/// row goes in; no statement here can fail halfway, so none keeps a journal of its own.
+async fn merge(conn: &mut SqliteConnection, recent: &Recent) -> Result<(), sqlx::Error> {
+    // Until this transaction's end, the map is the log's as it was: read again after it.
+    recent.forget();
+    for sql in [
+        "DELETE FROM idempotency_keys
+         WHERE (caller, key) IN (SELECT caller, key FROM recent_keys)",
+        "INSERT OR IGNORE INTO idempotency_keys (caller, key, method, digest, answer, created)
+         SELECT caller, key, method, digest, answer, created FROM recent_keys
+         ORDER BY caller, key, seq DESC",
+        "DELETE FROM recent_keys",
+    ] {
+        sqlx::query(sql).execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -176,22 +365,35 @@ pub(super) async fn forget(
     Ok(forgotten)
 }
 
-/// Keys to store as one JSON parameter: `[hash, caller, key, method, digest as hex, answer,
-/// created]` each.
-fn key_rows(keys: &[(&KeyRecord, &str, &Commit)]) -> Result<String, Error> {
-    let rows: Vec<_> = keys
-        .iter()
-        .map(|(record, answer, commit)| {
-            (
-                hash(&record.key),
-                &record.key.caller,
-                &record.key.key,
-                record.method,
-                hex(&record.digest),
-                answer,
-                commit.now,
-            )
-        })
-        .collect();
+/// Keys to store as one JSON parameter: a [`key_row`] each.
+fn key_rows(keys: &[(i64, (&KeyRecord, &str, &Commit))]) -> Result<String, Error> {
+    let rows: Vec<_> = keys.iter().map(|&(seq, key)| key_row(seq, key)).collect();
     json(&rows)
+}
+
+/// A key to store in the log at `seq`: `[seq, hash, caller, key, method, digest as hex, answer,
+/// created]`.
+fn key_row<'a>(
+    seq: i64,
+    (record, answer, commit): (&'a KeyRecord, &'a str, &Commit),
+) -> (
+    i64,
+    i64,
+    &'a str,
+    &'a str,
+    &'static str,
+    String,
+    &'a str,
+    i64,
+) {
+    (
+        seq,
+        hash(&record.key),
+        &record.key.caller,
+        &record.key.key,
+        record.method,
+        hex(&record.digest),
+        answer,
+        commit.now,
+    )
 }
