@@ -243,12 +243,13 @@ fn lock(url: &str, database: &Path) -> Result<File, OpenError> {
 }
 
 /// Inserts the orders of `?1` (a JSON array of `[id, items as JSON, description, price,
-/// destination, search text]`), skipping IDs taken; the IDs inserted.
+/// destination, search text]`), skipping IDs taken. Its rows take the next rowids, one after
+/// another; nothing is returned (a row each through sqlx's channel): see [`Sqlite::insert_orders`].
 const INSERT_ORDERS_SQL: &str =
     "INSERT INTO orders (id, items, description, price, destination, search_text)
      SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5 FROM json_each(?1)
      WHERE true
-     ON CONFLICT (id) DO NOTHING RETURNING id";
+     ON CONFLICT (id) DO NOTHING";
 
 impl batch::Engine for Sqlite {
     type Db = sqlx::Sqlite;
@@ -267,10 +268,22 @@ impl batch::Engine for Sqlite {
         orders: &'c [(String, &'c Order)],
     ) -> Result<HashSet<String>, Error> {
         let rows = order_rows(orders.iter().map(|(id, order)| (Some(id.as_str()), *order)))?;
-        let ids: Vec<String> = sqlx::query_scalar(INSERT_ORDERS_SQL)
+        let done = sqlx::query(INSERT_ORDERS_SQL)
             .bind(rows)
-            .fetch_all(conn)
+            .execute(&mut *conn)
             .await?;
+        let inserted = done.rows_affected();
+        if inserted as usize == orders.len() {
+            return Ok(orders.iter().map(|(id, _)| id.clone()).collect());
+        }
+        // Some IDs were taken: those inserted are the statement's rows, the last rowids.
+        let last = done.last_insert_rowid();
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM orders WHERE rowid BETWEEN ?1 AND ?2")
+                .bind(last - inserted as i64 + 1)
+                .bind(last)
+                .fetch_all(&mut *conn)
+                .await?;
         Ok(ids.into_iter().collect())
     }
 

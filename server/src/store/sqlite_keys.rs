@@ -24,8 +24,8 @@
 //! write is, through rollbacks, savepoints and crashes; a lookup reads the log first, then the
 //! table. The log holds one live row per hash: a key stored again once its row expired takes the
 //! row's place. Two keys of one hash cannot both be there: the second is refused as in progress
-//! (`ABORTED`, to retry) until the log has moved. By chance that is about one in 10^12 for each
-//! eight thousand keys; on purpose, a client can only make its own keys collide (the hash covers
+//! (`ABORTED`, to retry) until the log has moved. By chance that is about two in 10^12 for each
+//! log of 8 192 keys; on purpose, a client can only make its own keys collide (the hash covers
 //! the caller), with billions of tries.
 
 use std::{
