@@ -1333,7 +1333,10 @@ mod key_tests {
         for key in [&kept[0], &kept[kept.len() / 2], &kept[kept.len() - 1]] {
             assert!(found(key.clone()).await, "{key:?}, by a reader");
         }
-        assert!(store_keys(&store, &kept[..1]).await.is_empty(), "stored twice");
+        assert!(
+            store_keys(&store, &kept[..1]).await.is_empty(),
+            "stored twice"
+        );
         // A key forgotten by the pruning, then stored again.
         sqlx::query("UPDATE recent_keys SET created = 0 WHERE key = ?1")
             .bind(&kept[5].key)
