@@ -244,7 +244,7 @@ fn lock(url: &str, database: &Path) -> Result<File, OpenError> {
 
 /// Inserts the orders of `?1` (a JSON array of `[id, items as JSON, description, price,
 /// destination, search text]`), skipping IDs taken. Its rows take the next rowids, one after
-/// another; nothing is returned (a row each through sqlx's channel): see [`Sqlite::insert_orders`].
+/// another; nothing is returned (a row each through sqlx's channel): see `insert_orders` below.
 const INSERT_ORDERS_SQL: &str =
     "INSERT INTO orders (id, items, description, price, destination, search_text)
      SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5 FROM json_each(?1)
