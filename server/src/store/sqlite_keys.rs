@@ -241,10 +241,10 @@ pub(super) async fn store(
     };
     let mut stored = HashSet::new();
     // A hash the log has already: the key takes that row's place if it expired.
-    for &(n, _, seq) in &placed {
+    for &(n, hash, seq) in &placed {
         if let Some(seq) = seq {
             let replaced = sqlx::query(REPLACE_SQL)
-                .bind(json(&key_row(seq, keys[n]))?)
+                .bind(json(&key_row(seq, hash, keys[n]))?)
                 .bind(expired_before)
                 .execute(&mut *conn)
                 .await?
@@ -255,15 +255,13 @@ pub(super) async fn store(
         }
     }
     // The others, appended in one statement.
-    let appending: Vec<(i64, &(&KeyRecord, &str, &Commit))> = placed
+    let rows: Vec<(i64, i64, (&KeyRecord, &str, &Commit))> = placed
         .iter()
         .filter(|(_, _, seq)| seq.is_none())
         .zip(last + 1..)
-        .map(|(&(n, _, _), seq)| (seq, &keys[n]))
+        .map(|(&(n, hash, _), seq)| (seq, hash, keys[n]))
         .collect();
-    if !appending.is_empty() {
-        let rows: Vec<(i64, (&KeyRecord, &str, &Commit))> =
-            appending.iter().map(|&(seq, key)| (seq, *key)).collect();
+    if !rows.is_empty() {
         let appended = sqlx::query(APPEND_SQL)
             .bind(key_rows(&rows)?)
             .bind(expired_before)
@@ -272,7 +270,7 @@ pub(super) async fn store(
             .rows_affected();
         // All of them, unless the table had some stored already (found by their place).
         let kept: HashSet<i64> = match appended as usize == rows.len() {
-            true => rows.iter().map(|&(seq, _)| seq).collect(),
+            true => rows.iter().map(|&(seq, _, _)| seq).collect(),
             false => sqlx::query_scalar("SELECT seq FROM recent_keys WHERE seq > ?1")
                 .bind(last)
                 .fetch_all(&mut *conn)
@@ -282,9 +280,9 @@ pub(super) async fn store(
         };
         let mut log = recent.log();
         let log = log.as_mut().expect("made right above");
-        for &(seq, (record, _, _)) in &rows {
+        for &(seq, hash, (record, _, _)) in &rows {
             if kept.contains(&seq) {
-                log.seqs.insert(hash(&record.key), seq);
+                log.seqs.insert(hash, seq);
                 log.last = log.last.max(seq);
                 stored.insert(record.key.clone());
             }
@@ -366,15 +364,19 @@ pub(super) async fn forget(
 }
 
 /// Keys to store as one JSON parameter: a [`key_row`] each.
-fn key_rows(keys: &[(i64, (&KeyRecord, &str, &Commit))]) -> Result<String, Error> {
-    let rows: Vec<_> = keys.iter().map(|&(seq, key)| key_row(seq, key)).collect();
+fn key_rows(keys: &[(i64, i64, (&KeyRecord, &str, &Commit))]) -> Result<String, Error> {
+    let rows: Vec<_> = keys
+        .iter()
+        .map(|&(seq, hash, key)| key_row(seq, hash, key))
+        .collect();
     json(&rows)
 }
 
-/// A key to store in the log at `seq`: `[seq, hash, caller, key, method, digest as hex, answer,
-/// created]`.
+/// A key to store in the log at `seq` (its hash computed once, by [`store`]): `[seq, hash,
+/// caller, key, method, digest as hex, answer, created]`.
 fn key_row<'a>(
     seq: i64,
+    hash: i64,
     (record, answer, commit): (&'a KeyRecord, &'a str, &Commit),
 ) -> (
     i64,
@@ -388,7 +390,7 @@ fn key_row<'a>(
 ) {
     (
         seq,
-        hash(&record.key),
+        hash,
         &record.key.caller,
         &record.key.key,
         record.method,
