@@ -50,5 +50,5 @@ pub use crate::{
     net::server::{run, run_with_reload, serve, serve_with_reload, RunError},
     net::tls::TlsError,
     orders::service::OrderService,
-    store::{Answer, Key, OpenError, Store, StoreOptions, MAX_KEY_CHARS},
+    store::{Answer, Key, OpenError, Store, StoreOptions, MAX_KEY_CHARS, PREFETCH_BYTES},
 };

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{open_store, Db, TestDb, TestServer};
 use futures::{channel::mpsc, SinkExt};
 use order_api::pb::Order;
-use order_server::{Config, OrderService, Store};
+use order_server::{Config, OrderService, Store, PREFETCH_BYTES};
 use rstest::rstest;
 use sqlx::Connection;
 use tonic::{Code, Request};
@@ -334,10 +334,9 @@ async fn idle_client_streams_do_not_starve_the_pool(#[values(Db::Sqlite, Db::Pos
     let mut client = server.native().await;
     let health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     for id in ["102", "103", "104", "105", "106"] {
-        let answered =
-            tokio::time::timeout(Duration::from_millis(400), client.get_order(id.to_string()))
-                .await
-                .unwrap_or_else(|_| panic!("getOrder {id} waited behind the idle streams"));
+        let answered = tokio::time::timeout(LIMIT, client.get_order(id.to_string()))
+            .await
+            .unwrap_or_else(|_| panic!("getOrder {id} hung behind the idle streams"));
         answered.unwrap_or_else(|status| panic!("getOrder {id}: {status:?}"));
     }
     let serving = health
@@ -362,7 +361,6 @@ async fn long_client_streams_hold_at_most_half_the_pool_and_cancelled_store_noth
     #[values(Db::Sqlite, Db::Postgres)] db: Db,
 ) {
     let mut config = Config::for_tests();
-    config.database_timeout = Duration::from_millis(500);
     config.cache_mb = 0;
     let (server, store, _db) = start(config, db).await;
     // About 20 KB each: 80 of them are over the 1 MiB a stream holds in memory.
@@ -386,14 +384,31 @@ async fn long_client_streams_hold_at_most_half_the_pool_and_cancelled_store_noth
         calls.push(tokio::spawn(async move { client.add_orders(stream).await }));
     }
     // Half the pool's worth of streams (4) get permits and all their orders read; the others
-    // wait for a permit, unread past their first 1 MiB.
-    received(&server, "addOrders", 4.0 * 80.0).await;
+    // wait for a permit, unread past the order that takes them to 1 MiB. Once all of those are
+    // read, every stream has asked for a permit, and only the four with one hold a connection.
+    let mut bytes = 0;
+    let in_memory = 1
+        + (0..80)
+            .position(|m| {
+                bytes += prost::Message::encoded_len(&big(format!("long-0-{m}")));
+                bytes >= PREFETCH_BYTES
+            })
+            .expect("a stream is over 1 MiB") as u32;
+    received(&server, "addOrders", f64::from(4 * 80 + 4 * in_memory)).await;
+    let pool = store.pool_use();
+    assert!(
+        pool.open - pool.idle <= 4,
+        "more than half the pool staging: {pool:?}"
+    );
     let mut client = server.native().await;
+    // A call waiting behind them for a connection would fail after `--database-timeout` with
+    // `UNAVAILABLE`; the limit here only catches a hang. (A limit of 400 ms measured the
+    // machine instead: on 2 cores a `getOrder` took up to 118 ms here, once over 400 ms; and a
+    // `--database-timeout` of 500 ms failed the staging streams when other tests ran too.)
     for id in ["102", "103", "104", "105", "106"] {
-        let answered =
-            tokio::time::timeout(Duration::from_millis(400), client.get_order(id.to_string()))
-                .await
-                .unwrap_or_else(|_| panic!("getOrder {id} waited behind the long streams"));
+        let answered = tokio::time::timeout(LIMIT, client.get_order(id.to_string()))
+            .await
+            .unwrap_or_else(|_| panic!("getOrder {id} hung behind the long streams"));
         answered.unwrap_or_else(|status| panic!("getOrder {id}: {status:?}"));
     }
     // The clients cancel, their streams still open.
