@@ -37,8 +37,9 @@ use sha2::{Digest as _, Sha256};
 use sqlx::SqliteConnection;
 
 use super::{
-    batch, json,
-    keys::{hex, Key, KeyRecord, Stored},
+    batch,
+    keys::{Key, KeyRecord, Stored},
+    sqlite::{pad, pad_as, values_sql, VALUES_ROWS},
     write::Commit,
 };
 use crate::error::Error;
@@ -47,53 +48,52 @@ use crate::error::Error;
 /// them into the key table.
 pub(super) const MERGE_AT: i64 = 8192;
 
-/// The row stored under each key of `?1` (a JSON array of `[caller, key, expired_before, seq]`,
-/// `seq` the log's row for the key's hash or null), unless stored before its `expired_before`:
-/// the log's if it has one, else the table's.
-const STORED_SQL: &str = "SELECT w.caller, w.key, coalesce(r.method, k.method),
-         coalesce(r.digest, k.digest), coalesce(r.answer, k.answer)
-     FROM (SELECT value->>0 AS caller, value->>1 AS key, value->>2 AS expired,
-                  value->>3 AS seq FROM json_each(?1)) AS w
-     LEFT JOIN recent_keys AS r ON r.seq = w.seq AND r.caller = w.caller AND r.key = w.key
-     LEFT JOIN idempotency_keys AS k
-         ON r.seq IS NULL AND k.caller = w.caller AND k.key = w.key
-     WHERE coalesce(r.created, k.created) >= w.expired";
+/// The row stored under each key of a row `(caller, key, expired_before, seq)` (see
+/// [`values_sql`]; `seq` the log's row for the key's hash, or null), unless stored before its
+/// `expired_before`: the log's if it has one, else the table's.
+fn stored_sql(rows: usize) -> String {
+    values_sql(
+        "WITH w (caller, key, expired, seq) AS (VALUES ",
+        4,
+        rows,
+        ") SELECT w.caller, w.key, coalesce(r.method, k.method),
+                  coalesce(r.digest, k.digest), coalesce(r.answer, k.answer)
+           FROM w
+           LEFT JOIN recent_keys AS r ON r.seq = w.seq AND r.caller = w.caller AND r.key = w.key
+           LEFT JOIN idempotency_keys AS k
+               ON r.seq IS NULL AND k.caller = w.caller AND k.key = w.key
+           WHERE coalesce(r.created, k.created) >= w.expired",
+    )
+}
 
-/// [`STORED_SQL`] without the map (`?1` has each key's hash in place of `seq`): the log read
+/// [`stored_sql`] without the map (each row has the key's hash in place of `seq`): the log read
 /// through, newest row first.
-const STORED_BY_HASH_SQL: &str = "SELECT w.caller, w.key, coalesce(r.method, k.method),
-         coalesce(r.digest, k.digest), coalesce(r.answer, k.answer)
-     FROM (SELECT value->>0 AS caller, value->>1 AS key, value->>2 AS expired,
-                  value->>3 AS hash FROM json_each(?1)) AS w
-     LEFT JOIN recent_keys AS r ON r.seq = (SELECT max(seq) FROM recent_keys
-                                            WHERE hash = w.hash)
-         AND r.caller = w.caller AND r.key = w.key
-     LEFT JOIN idempotency_keys AS k
-         ON r.seq IS NULL AND k.caller = w.caller AND k.key = w.key
-     WHERE coalesce(r.created, k.created) >= w.expired";
+fn stored_by_hash_sql(rows: usize) -> String {
+    values_sql(
+        "WITH w (caller, key, expired, hash) AS (VALUES ",
+        4,
+        rows,
+        ") SELECT w.caller, w.key, coalesce(r.method, k.method),
+                  coalesce(r.digest, k.digest), coalesce(r.answer, k.answer)
+           FROM w
+           LEFT JOIN recent_keys AS r ON r.seq = (SELECT max(seq) FROM recent_keys
+                                                  WHERE hash = w.hash)
+               AND r.caller = w.caller AND r.key = w.key
+           LEFT JOIN idempotency_keys AS k
+               ON r.seq IS NULL AND k.caller = w.caller AND k.key = w.key
+           WHERE coalesce(r.created, k.created) >= w.expired",
+    )
+}
 
-/// Appends the keys of `?1` (rows of [`key_rows`], each with its place in the log) to the log,
-/// each unless the table has it stored since `?2`.
-const APPEND_SQL: &str =
-    "INSERT INTO recent_keys (seq, hash, caller, key, method, digest, answer, created)
-     SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4,
-            unhex(j.value->>5), j.value->>6, j.value->>7
-     FROM json_each(?1) AS j
-     WHERE NOT EXISTS (SELECT 1 FROM idempotency_keys AS k WHERE k.caller = j.value->>2
-                           AND k.key = j.value->>3 AND k.created >= ?2)";
-
-/// Stores a key (a row of [`key_rows`], its place the log's row of the same hash) in that place,
-/// over the row there if it expired before `?2` (or where it was, if it was forgotten), unless
-/// the table has the key stored since `?2`.
+/// Stores a key (`?1` its place, the log's row of the same hash, then the other columns) in that
+/// place, over the row there if it expired before `?9` (or where it was, if it was forgotten).
 const REPLACE_SQL: &str =
     "INSERT INTO recent_keys (seq, hash, caller, key, method, digest, answer, created)
-     SELECT ?1->>0, ?1->>1, ?1->>2, ?1->>3, ?1->>4, unhex(?1->>5), ?1->>6, ?1->>7
-     WHERE NOT EXISTS (SELECT 1 FROM idempotency_keys AS k WHERE k.caller = ?1->>2
-                           AND k.key = ?1->>3 AND k.created >= ?2)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
      ON CONFLICT (seq) DO UPDATE SET hash = excluded.hash, caller = excluded.caller,
          key = excluded.key, method = excluded.method, digest = excluded.digest,
          answer = excluded.answer, created = excluded.created
-     WHERE recent_keys.created < ?2";
+     WHERE recent_keys.created < ?9";
 
 /// The log's keys by hash, as this process has them: see the module's documentation.
 #[derive(Debug)]
@@ -169,33 +169,28 @@ pub(super) async fn stored(
     if locked {
         sync(conn, recent).await?;
     }
-    let lookups = {
-        let log = recent.log();
-        match &*log {
-            Some(log) => {
-                let rows: Vec<_> = keys
-                    .iter()
-                    .map(|(key, expired)| {
-                        (&key.caller, &key.key, expired, log.seqs.get(&hash(key)))
-                    })
-                    .collect();
-                Some(json(&rows)?)
-            }
-            None => None,
+    // Each key's row in the log, by the map (`Some`), or its hash to look for (`None`).
+    let places: Option<Vec<Option<i64>>> = recent.log().as_ref().map(|log| {
+        keys.iter()
+            .map(|(key, _)| log.seqs.get(&hash(key)).copied())
+            .collect()
+    });
+    let mut rows = Vec::new();
+    for (n, part) in keys.chunks(VALUES_ROWS).enumerate() {
+        let sql = match places {
+            Some(_) => stored_sql(part.len()),
+            None => stored_by_hash_sql(part.len()),
+        };
+        let mut query = sqlx::query_as(&sql);
+        for (m, (key, expired)) in part.iter().enumerate() {
+            query = query.bind(&key.caller).bind(&key.key).bind(expired);
+            query = match &places {
+                Some(places) => query.bind(places[n * VALUES_ROWS + m]),
+                None => query.bind(hash(key)),
+            };
         }
-    };
-    let rows = match lookups {
-        Some(lookups) => sqlx::query_as(STORED_SQL).bind(lookups),
-        None => {
-            let rows: Vec<_> = keys
-                .iter()
-                .map(|(key, expired)| (&key.caller, &key.key, expired, hash(key)))
-                .collect();
-            sqlx::query_as(STORED_BY_HASH_SQL).bind(json(&rows)?)
-        }
+        rows.extend(pad_as(query, 4, part.len()).fetch_all(&mut *conn).await?);
     }
-    .fetch_all(conn)
-    .await?;
     Ok(batch::stored_by_key(rows))
 }
 
@@ -212,9 +207,11 @@ pub(super) async fn stored_one(
         .remove(key))
 }
 
-/// Stores each key with its answer, unless a row stored since `expired_before` has it already
-/// (or, in the log, has its hash); returns the keys stored. The caller's transaction holds the
-/// write lock. Moves the log into the table once it holds [`MERGE_AT`] keys.
+/// Stores each key with its answer, unless a live row of the log has its hash; returns the keys
+/// stored. The caller's transaction holds the write lock and has looked these keys up ([`stored`],
+/// since `expired_before` or later) and found none: the table is not searched for them again (a
+/// second probe of it for every key cost a tenth of a keyed `addOrder`). Moves the log into the
+/// table once it holds [`MERGE_AT`] keys.
 pub(super) async fn store(
     conn: &mut SqliteConnection,
     recent: &Recent,
@@ -243,8 +240,7 @@ pub(super) async fn store(
     // A hash the log has already: the key takes that row's place if it expired.
     for &(n, hash, seq) in &placed {
         if let Some(seq) = seq {
-            let replaced = sqlx::query(REPLACE_SQL)
-                .bind(json(&key_row(seq, hash, keys[n]))?)
+            let replaced = bind_key(sqlx::query(REPLACE_SQL), seq, hash, keys[n])
                 .bind(expired_before)
                 .execute(&mut *conn)
                 .await?
@@ -262,30 +258,13 @@ pub(super) async fn store(
         .map(|(&(n, hash, _), seq)| (seq, hash, keys[n]))
         .collect();
     if !rows.is_empty() {
-        let appended = sqlx::query(APPEND_SQL)
-            .bind(key_rows(&rows)?)
-            .bind(expired_before)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        // All of them, unless the table had some stored already (found by their place).
-        let kept: HashSet<i64> = match appended as usize == rows.len() {
-            true => rows.iter().map(|&(seq, _, _)| seq).collect(),
-            false => sqlx::query_scalar("SELECT seq FROM recent_keys WHERE seq > ?1")
-                .bind(last)
-                .fetch_all(&mut *conn)
-                .await?
-                .into_iter()
-                .collect(),
-        };
+        append(conn, &rows).await?;
         let mut log = recent.log();
         let log = log.as_mut().expect("made right above");
         for &(seq, hash, (record, _, _)) in &rows {
-            if kept.contains(&seq) {
-                log.seqs.insert(hash, seq);
-                log.last = log.last.max(seq);
-                stored.insert(record.key.clone());
-            }
+            log.seqs.insert(hash, seq);
+            log.last = log.last.max(seq);
+            stored.insert(record.key.clone());
         }
     }
     let full = matches!(&*recent.log(), Some(log) if log.last >= MERGE_AT);
@@ -363,39 +342,43 @@ pub(super) async fn forget(
     Ok(forgotten)
 }
 
-/// Keys to store as one JSON parameter: a [`key_row`] each.
-fn key_rows(keys: &[(i64, i64, (&KeyRecord, &str, &Commit))]) -> Result<String, Error> {
-    let rows: Vec<_> = keys
-        .iter()
-        .map(|&(seq, hash, key)| key_row(seq, hash, key))
-        .collect();
-    json(&rows)
+/// Appends `rows` to the log, each at its place (see [`values_sql`]).
+async fn append(
+    conn: &mut SqliteConnection,
+    rows: &[(i64, i64, (&KeyRecord, &str, &Commit))],
+) -> Result<(), sqlx::Error> {
+    for part in rows.chunks(VALUES_ROWS) {
+        let sql = values_sql(
+            "INSERT INTO recent_keys (seq, hash, caller, key, method, digest, answer, created)
+             SELECT * FROM (VALUES ",
+            8,
+            part.len(),
+            ") WHERE column1 IS NOT NULL",
+        );
+        let mut query = sqlx::query(&sql);
+        for &(seq, hash, key) in part {
+            query = bind_key(query, seq, hash, key);
+        }
+        pad(query, 8, part.len()).execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
-/// A key to store in the log at `seq` (its hash computed once, by [`store`]): `[seq, hash,
-/// caller, key, method, digest as hex, answer, created]`.
-fn key_row<'a>(
+/// Binds a key to store in the log at `seq` (its hash computed once, by [`store`]): `seq, hash,
+/// caller, key, method, digest, answer, created`.
+fn bind_key<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
     seq: i64,
     hash: i64,
-    (record, answer, commit): (&'a KeyRecord, &'a str, &Commit),
-) -> (
-    i64,
-    i64,
-    &'a str,
-    &'a str,
-    &'static str,
-    String,
-    &'a str,
-    i64,
-) {
-    (
-        seq,
-        hash,
-        &record.key.caller,
-        &record.key.key,
-        record.method,
-        hex(&record.digest),
-        answer,
-        commit.now,
-    )
+    (record, answer, commit): (&'q KeyRecord, &'q str, &Commit),
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    query
+        .bind(seq)
+        .bind(hash)
+        .bind(&record.key.caller)
+        .bind(&record.key.key)
+        .bind(record.method)
+        .bind(&record.digest)
+        .bind(answer)
+        .bind(commit.now)
 }
