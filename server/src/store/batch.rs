@@ -88,8 +88,8 @@ pub(super) trait Engine: Send + Sync {
         keys: &'c [(&'c Key, i64)],
     ) -> impl std::future::Future<Output = Result<HashMap<Key, Stored>, Error>> + Send + 'c;
 
-    /// Inserts each order under its ID, in one statement, skipping IDs taken (by an order stored
-    /// or one earlier in `orders`); returns the IDs inserted.
+    /// Inserts each order under its ID, in one statement (SQLite: one per 64 orders), skipping
+    /// IDs taken (by an order stored or one earlier in `orders`); returns the IDs inserted.
     fn insert_orders<'c>(
         &'c self,
         conn: &'c mut <Self::Db as sqlx::Database>::Connection,
@@ -104,9 +104,10 @@ pub(super) trait Engine: Send + Sync {
         count: usize,
     ) -> impl std::future::Future<Output = Result<Vec<i64>, Error>> + Send + 'c;
 
-    /// Stores each key with its answer, in one statement, replacing only rows stored before
-    /// `expired_before`; returns the keys stored (one missing was stored meanwhile by another
-    /// server's call).
+    /// Stores each key with its answer, in one statement (SQLite: one per 64), replacing only
+    /// rows stored before `expired_before`; returns the keys stored (one missing was stored
+    /// meanwhile by another server's call). The keys were looked up in this transaction first
+    /// ([`Engine::stored_keys`]) and found not stored.
     fn insert_keys<'c>(
         &'c self,
         conn: &'c mut <Self::Db as sqlx::Database>::Connection,

@@ -210,7 +210,7 @@ pub(super) async fn stored_one(
 /// Stores each key with its answer, unless a live row of the log has its hash; returns the keys
 /// stored. The caller's transaction holds the write lock and has looked these keys up ([`stored`],
 /// since `expired_before` or later) and found none: the table is not searched for them again (a
-/// second probe of it for every key cost a tenth of a keyed `addOrder`). Moves the log into the
+/// second probe of it for every key cost a sixth of a keyed `addOrder`'s instructions). Moves the log into the
 /// table once it holds [`MERGE_AT`] keys.
 pub(super) async fn store(
     conn: &mut SqliteConnection,
