@@ -52,36 +52,36 @@ pub(super) const MERGE_AT: i64 = 8192;
 /// [`values_sql`]; `seq` the log's row for the key's hash, or null), unless stored before its
 /// `expired_before`: the log's if it has one, else the table's.
 fn stored_sql(rows: usize) -> String {
-    values_sql(
-        "WITH w (caller, key, expired, seq) AS (VALUES ",
-        4,
-        rows,
-        ") SELECT w.caller, w.key, coalesce(r.method, k.method),
-                  coalesce(r.digest, k.digest), coalesce(r.answer, k.answer)
-           FROM w
-           LEFT JOIN recent_keys AS r ON r.seq = w.seq AND r.caller = w.caller AND r.key = w.key
-           LEFT JOIN idempotency_keys AS k
-               ON r.seq IS NULL AND k.caller = w.caller AND k.key = w.key
-           WHERE coalesce(r.created, k.created) >= w.expired",
-    )
+    lookup_sql(rows, "seq", "w.seq")
 }
 
 /// [`stored_sql`] without the map (each row has the key's hash in place of `seq`): the log read
 /// through, newest row first.
 fn stored_by_hash_sql(rows: usize) -> String {
+    lookup_sql(
+        rows,
+        "hash",
+        "(SELECT max(seq) FROM recent_keys WHERE hash = w.hash)",
+    )
+}
+
+/// The lookup of [`stored_sql`], each key's fourth value named `fourth` and its log row found at
+/// the place `log_row`.
+fn lookup_sql(rows: usize, fourth: &str, log_row: &str) -> String {
     values_sql(
-        "WITH w (caller, key, expired, hash) AS (VALUES ",
+        &format!("WITH w (caller, key, expired, {fourth}) AS (VALUES "),
         4,
         rows,
-        ") SELECT w.caller, w.key, coalesce(r.method, k.method),
-                  coalesce(r.digest, k.digest), coalesce(r.answer, k.answer)
-           FROM w
-           LEFT JOIN recent_keys AS r ON r.seq = (SELECT max(seq) FROM recent_keys
-                                                  WHERE hash = w.hash)
-               AND r.caller = w.caller AND r.key = w.key
-           LEFT JOIN idempotency_keys AS k
-               ON r.seq IS NULL AND k.caller = w.caller AND k.key = w.key
-           WHERE coalesce(r.created, k.created) >= w.expired",
+        &format!(
+            ") SELECT w.caller, w.key, coalesce(r.method, k.method),
+                      coalesce(r.digest, k.digest), coalesce(r.answer, k.answer)
+               FROM w
+               LEFT JOIN recent_keys AS r
+                   ON r.seq = {log_row} AND r.caller = w.caller AND r.key = w.key
+               LEFT JOIN idempotency_keys AS k
+                   ON r.seq IS NULL AND k.caller = w.caller AND k.key = w.key
+               WHERE coalesce(r.created, k.created) >= w.expired"
+        ),
     )
 }
 
