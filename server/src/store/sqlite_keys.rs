@@ -30,16 +30,16 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Mutex, PoisonError},
+    sync::{LazyLock, Mutex, PoisonError},
 };
 
 use sha2::{Digest as _, Sha256};
-use sqlx::SqliteConnection;
+use sqlx::{sqlite::SqliteRow, FromRow, SqliteConnection};
 
 use super::{
     batch,
     keys::{Key, KeyRecord, Stored},
-    sqlite::{pad, pad_as, values_sql, VALUES_ROWS},
+    sqlite::{SqliteQuery, Values, VALUES_ROWS},
     write::Commit,
 };
 use crate::error::Error;
@@ -48,30 +48,26 @@ use crate::error::Error;
 /// them into the key table.
 pub(super) const MERGE_AT: i64 = 8192;
 
-/// The row stored under each key of a row `(caller, key, expired_before, seq)` (see
-/// [`values_sql`]; `seq` the log's row for the key's hash, or null), unless stored before its
-/// `expired_before`: the log's if it has one, else the table's.
-fn stored_sql(rows: usize) -> String {
-    lookup_sql(rows, "seq", "w.seq")
-}
+/// The row stored under each key of a row `(caller, key, expired_before, seq)` (`seq` the log's
+/// row for the key's hash, or null), unless stored before its `expired_before`: the log's if it
+/// has one, else the table's.
+static LOOKUP: LazyLock<Values> = LazyLock::new(|| lookup("seq", "w.seq"));
 
-/// [`stored_sql`] without the map (each row has the key's hash in place of `seq`): the log read
+/// [`LOOKUP`] without the map (each row has the key's hash in place of `seq`): the log read
 /// through, newest row first.
-fn stored_by_hash_sql(rows: usize) -> String {
-    lookup_sql(
-        rows,
+static LOOKUP_BY_HASH: LazyLock<Values> = LazyLock::new(|| {
+    lookup(
         "hash",
         "(SELECT max(seq) FROM recent_keys WHERE hash = w.hash)",
     )
-}
+});
 
-/// The lookup of [`stored_sql`], each key's fourth value named `fourth` and its log row found at
-/// the place `log_row`.
-fn lookup_sql(rows: usize, fourth: &str, log_row: &str) -> String {
-    values_sql(
+/// The lookup of [`LOOKUP`], each key's fourth value named `fourth` and its log row found at the
+/// place `log_row`.
+fn lookup(fourth: &str, log_row: &str) -> Values {
+    Values::new(
         &format!("WITH w (caller, key, expired, {fourth}) AS (VALUES "),
         4,
-        rows,
         &format!(
             ") SELECT w.caller, w.key, coalesce(r.method, k.method),
                       coalesce(r.digest, k.digest), coalesce(r.answer, k.answer)
@@ -84,6 +80,16 @@ fn lookup_sql(rows: usize, fourth: &str, log_row: &str) -> String {
         ),
     )
 }
+
+/// Appends keys to the log, each at its place: a row of [`bind_key`]'s values each.
+static APPEND: LazyLock<Values> = LazyLock::new(|| {
+    Values::new(
+        "INSERT INTO recent_keys (seq, hash, caller, key, method, digest, answer, created)
+         SELECT * FROM (VALUES ",
+        8,
+        ") WHERE column1 IS NOT NULL",
+    )
+});
 
 /// Stores a key (`?1` its place, the log's row of the same hash, then the other columns) in that
 /// place, over the row there if it expired before `?9` (or where it was, if it was forgotten).
@@ -169,27 +175,36 @@ pub(super) async fn stored(
     if locked {
         sync(conn, recent).await?;
     }
-    // Each key's row in the log, by the map (`Some`), or its hash to look for (`None`).
-    let places: Option<Vec<Option<i64>>> = recent.log().as_ref().map(|log| {
-        keys.iter()
-            .map(|(key, _)| log.seqs.get(&hash(key)).copied())
-            .collect()
-    });
-    let mut rows = Vec::new();
-    for (n, part) in keys.chunks(VALUES_ROWS).enumerate() {
-        let sql = match places {
-            Some(_) => stored_sql(part.len()),
-            None => stored_by_hash_sql(part.len()),
-        };
-        let mut query = sqlx::query_as(&sql);
-        for (m, (key, expired)) in part.iter().enumerate() {
-            query = query.bind(&key.caller).bind(&key.key).bind(expired);
-            query = match &places {
-                Some(places) => query.bind(places[n * VALUES_ROWS + m]),
-                None => query.bind(hash(key)),
-            };
+    // Each key's row in the log by the map, or without the map its hash to look for.
+    let (lookup, fourth): (&Values, Vec<Option<i64>>) = match &*recent.log() {
+        Some(log) => (
+            &LOOKUP,
+            keys.iter()
+                .map(|(key, _)| log.seqs.get(&hash(key)).copied())
+                .collect(),
+        ),
+        None => (
+            &LOOKUP_BY_HASH,
+            keys.iter().map(|(key, _)| Some(hash(key))).collect(),
+        ),
+    };
+    let mut rows: Vec<(String, String, String, Vec<u8>, String)> = Vec::new();
+    for (part, fourth) in keys.chunks(VALUES_ROWS).zip(fourth.chunks(VALUES_ROWS)) {
+        let mut query = lookup.query(part.len());
+        for ((key, expired), fourth) in part.iter().zip(fourth) {
+            query = query
+                .bind(&key.caller)
+                .bind(&key.key)
+                .bind(expired)
+                .bind(*fourth);
         }
-        rows.extend(pad_as(query, 4, part.len()).fetch_all(&mut *conn).await?);
+        rows.extend(
+            lookup
+                .pad(query, part.len())
+                .try_map(|row: SqliteRow| FromRow::from_row(&row))
+                .fetch_all(&mut *conn)
+                .await?,
+        );
     }
     Ok(batch::stored_by_key(rows))
 }
@@ -342,24 +357,17 @@ pub(super) async fn forget(
     Ok(forgotten)
 }
 
-/// Appends `rows` to the log, each at its place (see [`values_sql`]).
+/// Appends `rows` to the log, each at its place ([`APPEND`]).
 async fn append(
     conn: &mut SqliteConnection,
     rows: &[(i64, i64, (&KeyRecord, &str, &Commit))],
 ) -> Result<(), sqlx::Error> {
     for part in rows.chunks(VALUES_ROWS) {
-        let sql = values_sql(
-            "INSERT INTO recent_keys (seq, hash, caller, key, method, digest, answer, created)
-             SELECT * FROM (VALUES ",
-            8,
-            part.len(),
-            ") WHERE column1 IS NOT NULL",
-        );
-        let mut query = sqlx::query(&sql);
+        let mut query = APPEND.query(part.len());
         for &(seq, hash, key) in part {
             query = bind_key(query, seq, hash, key);
         }
-        pad(query, 8, part.len()).execute(&mut *conn).await?;
+        APPEND.pad(query, part.len()).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -367,11 +375,11 @@ async fn append(
 /// Binds a key to store in the log at `seq` (its hash computed once, by [`store`]): `seq, hash,
 /// caller, key, method, digest, answer, created`.
 fn bind_key<'q>(
-    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    query: SqliteQuery<'q>,
     seq: i64,
     hash: i64,
     (record, answer, commit): (&'q KeyRecord, &'q str, &Commit),
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+) -> SqliteQuery<'q> {
     query
         .bind(seq)
         .bind(hash)
