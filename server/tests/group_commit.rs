@@ -217,6 +217,65 @@ async fn calls_waiting_together_share_one_commit_and_one_failure_fails_no_other(
     );
 }
 
+/// A batch bigger than one statement (SQLite takes 64 rows a statement): 150 keyed `addOrder`s
+/// held together, every tenth naming an ID already taken. Each taken one alone fails, every other
+/// is stored, and the same 150 calls again get the same answers from their keys.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_several_statements_keeps_each_calls_outcome(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
+    const CALLS: usize = 150;
+    let db = db.create().await;
+    let mut config = config_on(&db);
+    config.database_timeout = Duration::from_secs(30);
+    let server = TestServer::start_on_existing(config).await;
+    let url = server.url();
+    let client = server.native().await;
+    let all_calls = || {
+        let mut calls = tokio::task::JoinSet::new();
+        for n in 0..CALLS {
+            let mut client = client.clone();
+            calls.spawn(async move {
+                let id = match n % 10 {
+                    7 => "102".to_owned(),
+                    _ => format!("big-{n}"),
+                };
+                let request = keyed(order(&id, "big"), &format!("big-key-{n}"));
+                (n, client.add_order(request).await.map(|r| r.into_inner()))
+            });
+        }
+        calls
+    };
+    let answers = |mut calls: tokio::task::JoinSet<(usize, Result<String, tonic::Status>)>| async move {
+        let mut answers = std::collections::BTreeMap::new();
+        while let Some(joined) = calls.join_next().await {
+            let (n, answer) = joined.unwrap();
+            answers.insert(n, answer.map_err(|status| status.code()));
+        }
+        answers
+    };
+
+    let hold = Hold::take(&db.url).await;
+    let calls = all_calls();
+    wait_for_writes(&url, CALLS as f64).await;
+    hold.release().await;
+    let first = answers(calls).await;
+    for (n, answer) in &first {
+        match n % 10 {
+            7 => assert_eq!(answer, &Err(Code::AlreadyExists), "call {n}"),
+            _ => assert_eq!(answer, &Ok(format!("big-{n}")), "call {n}"),
+        }
+    }
+    let again = answers(all_calls()).await;
+    assert_eq!(first, again, "the same calls again");
+    let mut c = client.clone();
+    for n in (0..CALLS).filter(|n| n % 10 != 7) {
+        let stored = c.get_order(format!("big-{n}")).await.unwrap().into_inner();
+        assert_eq!(stored.items, ["big"], "big-{n}");
+    }
+}
+
 /// A batch's key lookup reads only its own keys, never the whole key table, even when its plan
 /// was made while the table was empty (as it is at start, and then cached on each connection):
 /// the very statement the store runs, planned on a new database.
