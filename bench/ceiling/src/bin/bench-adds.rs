@@ -5,7 +5,7 @@
 //! Usage: `bench-adds URL SECONDS CONNECTIONS STREAMS [--keys]`. Opens CONNECTIONS HTTP/2
 //! connections with STREAMS calls in flight on each, for SECONDS, and prints one line:
 //! `done=N failed=M rps=R`. Every call adds the benchmark's order (`Bench item`, to `Bench, CA`);
-//! with `--keys` each carries a key of its own, as `order-client` sends them.
+//! with `--keys` each carries a random key of its own (a UUID), as `order-client` sends them.
 
 use std::{
     sync::{
@@ -34,20 +34,18 @@ async fn main() {
     let start = Instant::now();
     let end = start + duration;
     let mut tasks = Vec::new();
-    for connection in 0..parse(connections) {
+    for _ in 0..parse(connections) {
         let channel = Channel::from_shared(url.clone())
             .expect("a URL")
             .connect()
             .await
             .expect("connect");
-        for stream in 0..parse(streams) {
+        for _ in 0..parse(streams) {
             let client = OrderManagementClient::new(channel.clone());
             let (done, failed) = (done.clone(), failed.clone());
             tasks.push(tokio::spawn(async move {
                 let mut client = client;
-                let mut seq = 0u64;
                 while Instant::now() < end {
-                    seq += 1;
                     let mut request = Request::new(Order {
                         id: String::new(),
                         items: vec!["Bench item".into()],
@@ -56,8 +54,7 @@ async fn main() {
                         destination: "Bench, CA".into(),
                     });
                     if keys {
-                        let key =
-                            format!("bench-{}-{connection}-{stream}-{seq}", std::process::id());
+                        let key = new_key();
                         request
                             .metadata_mut()
                             .insert("idempotency-key", key.parse().expect("a key"));
@@ -80,4 +77,19 @@ async fn main() {
         failed.load(Ordering::Relaxed),
         done as f64 / elapsed
     );
+}
+
+/// A random idempotency key in the UUID format (version 4), as order-client and the page make
+/// them: each falls anywhere in the key order, as clients' keys do.
+fn new_key() -> String {
+    let bits = (fastrand::u128(..) & !(0xf000 << 64) & !(0xc << 60)) | (0x4000 << 64) | (0x8 << 60);
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
