@@ -47,7 +47,7 @@ pub(super) struct Sqlite {
     /// batch to the next, where a connection taken from `pool` would find that others had
     /// written since its last turn and read every page again.
     writer: SqlitePool,
-    /// The idempotency keys of the log of recent keys, by hash (see [`sqlite_keys`]).
+    /// The idempotency keys not yet in the index by hash, by hash (see [`sqlite_keys`]).
     recent: Arc<Recent>,
     /// Held (locked) for as long as the store is open.
     _lock: Option<File>,
@@ -1317,10 +1317,10 @@ mod key_tests {
         stored
     }
 
-    /// Two keys whose hashes collide: the second is refused until the log has moved (its call
-    /// gets `ABORTED`, to retry), and neither ever gets the other's answer.
+    /// Two keys whose hashes collide: the second is refused until the tail is indexed (its call
+    /// gets `ABORTED`, to retry), and never gets the other's answer.
     #[tokio::test]
-    async fn a_key_whose_hash_another_has_in_the_log_is_refused_not_confused() {
+    async fn a_key_whose_hash_another_has_in_the_tail_is_refused_not_confused() {
         let (_dir, store) = new_store().await;
         let mut keys = Keys(7);
         let (first, second) = (keys.next(), keys.next());
@@ -1378,9 +1378,9 @@ mod key_tests {
         assert_eq!(answer().await.as_deref(), Some("1"));
     }
 
-    /// A batch of keyed writes appends its keys to the log of recent keys: a few pages written
-    /// to the WAL however many keys are stored already, where a table in key order took a leaf
-    /// page per key (and durable keyed `addOrder`s were half as many as unkeyed ones).
+    /// A batch of keyed writes appends its keys to the table in the order stored: a few pages
+    /// written to the WAL however many keys are stored already, where a table in key order took
+    /// a leaf page per key (and durable keyed `addOrder`s were half as many as unkeyed ones).
     #[tokio::test]
     async fn a_batch_of_keys_writes_a_few_pages_not_one_per_key() {
         let (dir, store) = new_store().await;
@@ -1395,7 +1395,7 @@ mod key_tests {
     }
 
     /// A batch bigger than one statement's rows (and not a power of two): every key stored,
-    /// found by the map and through the log; every order inserted but those whose ID was taken,
+    /// found by the map and through the tail; every order inserted but those whose ID was taken,
     /// in whichever statement they fall.
     #[tokio::test]
     async fn a_batch_over_several_statements_stores_every_key_and_order() {
@@ -1446,12 +1446,12 @@ mod key_tests {
         assert_eq!(stored as usize, ids.len() - 1);
     }
 
-    /// The log's keys by hash are this process's map, so every way a transaction can end is
-    /// tried against it: keys rolled back are not found and can be stored after; a move of the
-    /// log rolled back leaves every key of the log found, by a reader at once and by the next
-    /// write; a key forgotten by the pruning and stored again takes its old place.
+    /// The tail's keys by hash are this process's map, so every way a transaction can end is
+    /// tried against it: keys rolled back are not found and can be stored after; an indexing of
+    /// the tail rolled back leaves every key of the tail found, by a reader at once and by the
+    /// next write; a key forgotten by the pruning can be stored again.
     #[tokio::test]
-    async fn the_map_of_the_log_follows_rollbacks_moves_and_the_pruning() {
+    async fn the_map_of_the_tail_follows_rollbacks_indexing_and_the_pruning() {
         let (_dir, store) = new_store().await;
         let mut keys = Keys(0x853c_49e6_748f_ea9b);
         let found = |key: Key| {
@@ -1488,7 +1488,7 @@ mod key_tests {
         assert!(!found(lost[0].clone()).await);
         assert_eq!(store_keys(&store, &lost).await.len(), 32);
         assert!(found(lost[31].clone()).await);
-        // The log one batch short of its move; the move rolled back.
+        // The tail one batch short of its indexing; the indexing rolled back.
         let mut kept = lost.clone();
         while kept.len() < (MERGE_AT - 32) as usize {
             let batch: Vec<Key> = (0..32).map(|_| keys.next()).collect();
@@ -1632,7 +1632,8 @@ mod key_tests {
              INSERT INTO idempotency_keys (hash, caller, key, method, digest, answer, created)
              SELECT random(), 'anonymous', lower(hex(randomblob(16))), 'addOrder',
                     randomblob(32), i, unixepoch() * 1000 FROM n",
-            "INSERT INTO idempotency_keys_by_hash (hash, seq) SELECT hash, seq FROM idempotency_keys",
+            "INSERT INTO idempotency_keys_by_hash (hash, seq)
+             SELECT hash, seq FROM idempotency_keys",
             "UPDATE idempotency_keys_indexed SET upto = (SELECT max(seq) FROM idempotency_keys)",
         ] {
             sqlx::query(sql).execute(&store.writer).await.unwrap();

@@ -2,10 +2,12 @@
 //!
 //! `idempotency_keys` keeps each key's row in the order keys are stored (`seq`): a batch of keys
 //! fills the table's last page or two, wherever its keys fall in key order. Clients' keys are
-//! random (UUIDs): a table ordered by key changed a leaf page of its own for nearly every key,
-//! and once it held a few hundred thousand keys, each move of a log of recent keys into it
-//! rewrote most of its pages (130 ms of statements and megabytes of WAL every 8 192 keys, which
-//! took durable keyed `addOrder`s from 18 000 to 10 000 a second).
+//! random (UUIDs): a table ordered by key changed a leaf page of its own for nearly every key.
+//! Keys first appended to a log and moved into such a table 8 192 at a time fared little better
+//! once it held a few hundred thousand: each move changed most of its pages (110–135 ms of
+//! statements a move with 300 000 keys stored, and keyed `addOrder`s with UUID keys at
+//! 9 900–11 900 a second against 17 200–18 300 with keys that all fell in one stretch of the key
+//! order).
 //!
 //! Rows are found by a 64-bit hash of the caller and the key, in `idempotency_keys_by_hash`: an
 //! entry of two integers a key, a few hundred a page. The newest rows, after
@@ -95,12 +97,12 @@ static APPEND: LazyLock<Values> = LazyLock::new(|| {
 #[derive(Debug)]
 pub(super) struct Recent {
     /// `None` until read from the table, and from an indexing to the end of its transaction.
-    log: Mutex<Option<Log>>,
+    tail: Mutex<Option<Tail>>,
 }
 
 /// The tail's rows by hash (the newest of each), its newest place and where it begins.
 #[derive(Debug, Default)]
-struct Log {
+struct Tail {
     seqs: HashMap<i64, i64>,
     last: i64,
     indexed: i64,
@@ -110,17 +112,17 @@ impl Recent {
     /// A map to be read from the table by the first transaction that stores a key.
     pub(super) fn new() -> Self {
         Self {
-            log: Mutex::new(None),
+            tail: Mutex::new(None),
         }
     }
 
-    fn log(&self) -> std::sync::MutexGuard<'_, Option<Log>> {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    fn tail(&self) -> std::sync::MutexGuard<'_, Option<Tail>> {
+        self.tail.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Forgets the map: the next transaction that stores a key reads it from the table.
     pub(super) fn forget(&self) {
-        *self.log() = None;
+        *self.tail() = None;
     }
 }
 
@@ -151,7 +153,7 @@ async fn places(conn: &mut SqliteConnection) -> Result<(i64, i64), sqlx::Error> 
 /// tail read again unless the map ends where the table does and begins where the index ends.
 async fn sync(conn: &mut SqliteConnection, recent: &Recent) -> Result<(), Error> {
     let (last, indexed) = places(conn).await?;
-    if matches!(&*recent.log(), Some(log) if (log.last, log.indexed) == (last, indexed)) {
+    if matches!(&*recent.tail(), Some(tail) if (tail.last, tail.indexed) == (last, indexed)) {
         return Ok(());
     }
     let rows: Vec<(i64, i64)> =
@@ -159,7 +161,7 @@ async fn sync(conn: &mut SqliteConnection, recent: &Recent) -> Result<(), Error>
             .bind(indexed)
             .fetch_all(&mut *conn)
             .await?;
-    *recent.log() = Some(Log {
+    *recent.tail() = Some(Tail {
         seqs: rows.into_iter().collect(),
         last,
         indexed,
@@ -180,12 +182,12 @@ pub(super) async fn stored(
     }
     let hashes: Vec<i64> = keys.iter().map(|(key, _)| hash(key)).collect();
     // Each key's row in the tail by the map; without the map, the tail is searched.
-    let (lookup, seqs): (&Values, Vec<Option<i64>>) = match &*recent.log() {
-        Some(log) => (
+    let (lookup, seqs): (&Values, Vec<Option<i64>>) = match &*recent.tail() {
+        Some(tail) => (
             &LOOKUP,
             hashes
                 .iter()
-                .map(|hash| log.seqs.get(hash).copied())
+                .map(|hash| tail.seqs.get(hash).copied())
                 .collect(),
         ),
         None => (&LOOKUP_IN_TAIL, vec![None; keys.len()]),
@@ -243,19 +245,19 @@ pub(super) async fn store(
     // Each key's hash, and the tail's row of that hash if it has one.
     let mut seen = HashSet::new();
     let (last, placed): (i64, Vec<(usize, i64, Option<i64>)>) = {
-        let log = recent.log();
-        let log = log.as_ref().expect("made right above");
+        let tail = recent.tail();
+        let tail = tail.as_ref().expect("made right above");
         let placed = keys
             .iter()
             .enumerate()
             .map(|(n, (record, _, _))| {
                 let hash = hash(&record.key);
-                (n, hash, log.seqs.get(&hash).copied())
+                (n, hash, tail.seqs.get(&hash).copied())
             })
             // Two keys of one hash in one batch: the second is refused.
             .filter(|&(_, hash, _)| seen.insert(hash))
             .collect();
-        (log.last, placed)
+        (tail.last, placed)
     };
     // A hash the tail has already: the key is stored only if that row expired (or is gone).
     let mut free = Vec::with_capacity(placed.len());
@@ -282,15 +284,15 @@ pub(super) async fn store(
     let mut stored = HashSet::new();
     if !rows.is_empty() {
         append(conn, &rows).await?;
-        let mut log = recent.log();
-        let log = log.as_mut().expect("made right above");
+        let mut tail = recent.tail();
+        let tail = tail.as_mut().expect("made right above");
         for &(seq, hash, (record, _, _)) in &rows {
-            log.seqs.insert(hash, seq);
-            log.last = log.last.max(seq);
+            tail.seqs.insert(hash, seq);
+            tail.last = tail.last.max(seq);
             stored.insert(record.key.clone());
         }
     }
-    let full = matches!(&*recent.log(), Some(log) if log.last - log.indexed >= MERGE_AT);
+    let full = matches!(&*recent.tail(), Some(tail) if tail.last - tail.indexed >= MERGE_AT);
     if full {
         index_tail(conn, recent).await?;
     }
