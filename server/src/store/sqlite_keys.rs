@@ -323,10 +323,7 @@ pub(super) async fn store_one(
 
 /// Adds every key of the tail to the index, in hash order, and moves the index's mark to the
 /// table's newest place. No statement here can fail halfway, so none keeps a journal of its own.
-pub(super) async fn index_tail(
-    conn: &mut SqliteConnection,
-    recent: &Recent,
-) -> Result<(), sqlx::Error> {
+async fn index_tail(conn: &mut SqliteConnection, recent: &Recent) -> Result<(), sqlx::Error> {
     // Until this transaction's end, the map is the tail as it was: read again after it.
     recent.forget();
     let (last, indexed) = places(conn).await?;
@@ -406,9 +403,10 @@ fn bind_key<'q>(
 }
 
 /// Moves up to `limit` of the keys stored before keys were found by hash (the table
-/// `idempotency_keys_unhashed`, see the migration `keys_by_hash`) into the table, indexed, and
-/// drops that table once it is empty; how many moved (0: none are left). In a transaction that
-/// holds the write lock.
+/// `idempotency_keys_unhashed`, see the migration `keys_by_hash`) into the table; once that table
+/// is empty, drops it and indexes every key moved, in one statement in hash order (indexed a
+/// thousand at a time, each batch would change most pages of the index). How many moved (0: none
+/// are left). In a transaction that holds the write lock, before the server serves a call.
 pub(super) async fn move_unhashed(
     conn: &mut SqliteConnection,
     recent: &Recent,
@@ -433,28 +431,29 @@ pub(super) async fn move_unhashed(
         sqlx::query("DROP TABLE idempotency_keys_unhashed")
             .execute(&mut *conn)
             .await?;
+        index_tail(conn, recent).await?;
         return Ok(0);
     }
     let (last, _) = places(conn).await?;
-    for ((caller, key, method, digest, answer, created), seq) in rows.iter().zip(last + 1..) {
-        let hash = hash(&Key {
-            caller: caller.clone(),
-            key: key.clone(),
-        });
-        sqlx::query(
-            "INSERT INTO idempotency_keys (seq, hash, caller, key, method, digest, answer, created)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .bind(seq)
-        .bind(hash)
-        .bind(caller)
-        .bind(key)
-        .bind(method)
-        .bind(digest)
-        .bind(answer)
-        .bind(created)
-        .execute(&mut *conn)
-        .await?;
+    let places: Vec<i64> = (last + 1..).take(rows.len()).collect();
+    for (part, places) in rows.chunks(VALUES_ROWS).zip(places.chunks(VALUES_ROWS)) {
+        let mut query = APPEND.query(part.len());
+        for ((caller, key, method, digest, answer, created), seq) in part.iter().zip(places) {
+            let hash = hash(&Key {
+                caller: caller.clone(),
+                key: key.clone(),
+            });
+            query = query
+                .bind(seq)
+                .bind(hash)
+                .bind(caller)
+                .bind(key)
+                .bind(method)
+                .bind(digest)
+                .bind(answer)
+                .bind(created);
+        }
+        APPEND.pad(query, part.len()).execute(&mut *conn).await?;
     }
     sqlx::query(
         "DELETE FROM idempotency_keys_unhashed WHERE (caller, key) IN
@@ -463,6 +462,5 @@ pub(super) async fn move_unhashed(
     .bind(limit)
     .execute(&mut *conn)
     .await?;
-    index_tail(conn, recent).await?;
     Ok(rows.len())
 }
