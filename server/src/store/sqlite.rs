@@ -86,27 +86,14 @@ impl Sqlite {
             recent: Arc::new(Recent::new()),
             _lock: lock,
         };
-        store
-            .move_unhashed_keys()
-            .await
-            .map_err(|source| OpenError::Connect {
-                url: redact(url),
-                source,
-            })?;
-        store
-            .fill_search_text()
-            .await
-            .map_err(|source| OpenError::Connect {
-                url: redact(url),
-                source,
-            })?;
-        store
-            .set_up(options.sample_data)
-            .await
-            .map_err(|source| OpenError::Connect {
-                url: redact(url),
-                source,
-            })?;
+        // What is left of the upgrade (each step at most once), then the set-up.
+        let failed = |source| OpenError::Connect {
+            url: redact(url),
+            source,
+        };
+        store.move_unhashed_keys().await.map_err(failed)?;
+        store.fill_search_text().await.map_err(failed)?;
+        store.set_up(options.sample_data).await.map_err(failed)?;
         Ok(store)
     }
 

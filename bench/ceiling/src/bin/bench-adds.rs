@@ -54,7 +54,7 @@ async fn main() {
                         destination: "Bench, CA".into(),
                     });
                     if keys {
-                        let key = new_key();
+                        let key = uuid::Uuid::new_v4().to_string();
                         request
                             .metadata_mut()
                             .insert("idempotency-key", key.parse().expect("a key"));
@@ -77,19 +77,4 @@ async fn main() {
         failed.load(Ordering::Relaxed),
         done as f64 / elapsed
     );
-}
-
-/// A random idempotency key in the UUID format (version 4), as order-client and the page make
-/// them: each falls anywhere in the key order, as clients' keys do.
-fn new_key() -> String {
-    let bits = (fastrand::u128(..) & !(0xf000 << 64) & !(0xc << 60)) | (0x4000 << 64) | (0x8 << 60);
-    let hex = format!("{bits:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
 }
