@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{open_store, Db, TestDb, TestServer};
+use common::{config_on, open_store, Db, TestDb, TestServer};
 use futures::{channel::mpsc, SinkExt};
 use order_api::pb::Order;
 use order_server::{Config, OrderService, Store, PREFETCH_BYTES};
@@ -629,6 +629,68 @@ async fn the_key_works_over_grpc_web() {
         .unwrap()
         .into_inner();
     assert_eq!(first, again);
+}
+
+/// SQLite's keys as the release before keys were found by hash left them: half in the key table
+/// ordered by key, half in the log of recent keys. After the upgrade at start, every retry is
+/// answered with its first answer, not applied again; a new key is a new write.
+#[tokio::test]
+async fn keys_stored_before_the_upgrade_still_answer_their_retries() {
+    let db = Db::Sqlite.create().await;
+    let server = TestServer::start_on_existing(config_on(&db)).await;
+    let mut client = server.native().await;
+    let request = |n: usize| {
+        keyed(
+            order("", &format!("upgrade {n}")),
+            &format!("k-upgrade-{n}"),
+        )
+    };
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        ids.push(client.add_order(request(n)).await.unwrap().into_inner());
+    }
+    drop(client);
+    server.stop().await.unwrap();
+    let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql(
+        "DROP TABLE idempotency_keys_by_hash;
+         DROP TABLE idempotency_keys_indexed;
+         DROP INDEX idempotency_keys_by_age;
+         ALTER TABLE idempotency_keys RENAME TO hashed;
+         CREATE TABLE idempotency_keys (
+             caller TEXT NOT NULL, key TEXT NOT NULL, method TEXT NOT NULL,
+             digest BLOB NOT NULL, answer TEXT NOT NULL, created INTEGER NOT NULL,
+             PRIMARY KEY (caller, key)) WITHOUT ROWID;
+         CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created);
+         CREATE TABLE recent_keys (
+             seq INTEGER PRIMARY KEY, hash INTEGER NOT NULL, caller TEXT NOT NULL,
+             key TEXT NOT NULL, method TEXT NOT NULL, digest BLOB NOT NULL,
+             answer TEXT NOT NULL, created INTEGER NOT NULL);
+         INSERT INTO idempotency_keys
+             SELECT caller, key, method, digest, answer, created FROM hashed WHERE seq % 2 = 0;
+         INSERT INTO recent_keys SELECT * FROM hashed WHERE seq % 2 = 1;
+         DROP TABLE hashed;
+         DELETE FROM _sqlx_migrations WHERE version = 20261210000001;",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let table: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(table, 20, "half the keys in the old key table");
+    drop(conn);
+
+    let server = TestServer::start_on_existing(config_on(&db)).await;
+    let mut client = server.native().await;
+    for (n, id) in ids.iter().enumerate() {
+        let again = client.add_order(request(n)).await.unwrap().into_inner();
+        assert_eq!(&again, id, "key k-upgrade-{n} answered anew");
+    }
+    let new = client.add_order(request(40)).await.unwrap().into_inner();
+    assert!(!ids.contains(&new));
+    server.stop().await.unwrap();
 }
 
 /// A key older than `--idempotency-ttl` is forgotten: the same request is a new write.
