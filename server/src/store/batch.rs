@@ -104,9 +104,9 @@ pub(super) trait Engine: Send + Sync {
         count: usize,
     ) -> impl std::future::Future<Output = Result<Vec<i64>, Error>> + Send + 'c;
 
-    /// Stores each key with its answer, in one statement (SQLite: one per 64), replacing only
-    /// rows stored before `expired_before`; returns the keys stored (one missing was stored
-    /// meanwhile by another server's call). The keys were looked up in this transaction first
+    /// Stores each key with its answer, in one statement (SQLite: one per 64), over (PostgreSQL)
+    /// or beside (SQLite) only rows stored before `expired_before`; returns the keys stored (one
+    /// missing was stored meanwhile by another server's call). The keys were looked up in this transaction first
     /// ([`Engine::stored_keys`]) and found not stored.
     fn insert_keys<'c>(
         &'c self,

@@ -275,8 +275,7 @@ static INSERT_ORDERS: LazyLock<Values> = LazyLock::new(|| {
 pub(super) const VALUES_ROWS: usize = 64;
 
 /// A query with SQLite's arguments.
-pub(super) type SqliteQuery<'q> =
-    sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
 
 /// A statement over a `VALUES` list of up to [`VALUES_ROWS`] rows of `width` parameters, each
 /// value bound one by one: a JSON parameter cost SQLite a render and a parse of every row

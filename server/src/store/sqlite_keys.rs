@@ -46,7 +46,7 @@ use sqlx::{sqlite::SqliteRow, FromRow, SqliteConnection};
 use super::{
     batch,
     keys::{Key, KeyRecord, Stored},
-    sqlite::{SqliteQuery, Values, VALUES_ROWS},
+    sqlite::{Values, VALUES_ROWS},
     write::Commit,
 };
 use crate::error::Error;
@@ -83,7 +83,7 @@ fn lookup(in_tail: &str) -> Values {
     )
 }
 
-/// Appends keys to the table, each at its place: a row of [`bind_key`]'s values each.
+/// Appends keys to the table, each at its place: a row of [`KeyRow`], after its place and hash.
 static APPEND: LazyLock<Values> = LazyLock::new(|| {
     Values::new(
         "INSERT INTO idempotency_keys (seq, hash, caller, key, method, digest, answer, created)
@@ -283,7 +283,11 @@ pub(super) async fn store(
         .collect();
     let mut stored = HashSet::new();
     if !rows.is_empty() {
-        append(conn, &rows).await?;
+        let appended: Vec<_> = rows
+            .iter()
+            .map(|&(seq, hash, key)| (seq, hash, KeyRow::of(key)))
+            .collect();
+        append(conn, &appended).await?;
         let mut tail = recent.tail();
         let tail = tail.as_mut().expect("made right above");
         for &(seq, hash, (record, _, _)) in &rows {
@@ -368,38 +372,51 @@ pub(super) async fn forget(
     .rows_affected())
 }
 
-/// Appends `rows` to the table, each at its place ([`APPEND`]).
+/// Appends `rows` (place, hash, row) to the table ([`APPEND`]).
 async fn append(
     conn: &mut SqliteConnection,
-    rows: &[(i64, i64, (&KeyRecord, &str, &Commit))],
+    rows: &[(i64, i64, KeyRow<'_>)],
 ) -> Result<(), sqlx::Error> {
     for part in rows.chunks(VALUES_ROWS) {
         let mut query = APPEND.query(part.len());
-        for &(seq, hash, key) in part {
-            query = bind_key(query, seq, hash, key);
+        for (seq, hash, row) in part {
+            query = query
+                .bind(seq)
+                .bind(hash)
+                .bind(row.caller)
+                .bind(row.key)
+                .bind(row.method)
+                .bind(row.digest)
+                .bind(row.answer)
+                .bind(row.created);
         }
         APPEND.pad(query, part.len()).execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-/// Binds a key to store at `seq` (its hash computed once, by [`store`]): `seq, hash, caller, key,
-/// method, digest, answer, created`.
-fn bind_key<'q>(
-    query: SqliteQuery<'q>,
-    seq: i64,
-    hash: i64,
-    (record, answer, commit): (&'q KeyRecord, &'q str, &Commit),
-) -> SqliteQuery<'q> {
-    query
-        .bind(seq)
-        .bind(hash)
-        .bind(&record.key.caller)
-        .bind(&record.key.key)
-        .bind(record.method)
-        .bind(&record.digest)
-        .bind(answer)
-        .bind(commit.now)
+/// A key's row, beside its place and hash: whose key, which request, its answer, and when.
+struct KeyRow<'a> {
+    caller: &'a str,
+    key: &'a str,
+    method: &'a str,
+    digest: &'a [u8],
+    answer: &'a str,
+    created: i64,
+}
+
+impl<'a> KeyRow<'a> {
+    /// The row of a key stored by a write now.
+    fn of((record, answer, commit): (&'a KeyRecord, &'a str, &Commit)) -> Self {
+        Self {
+            caller: &record.key.caller,
+            key: &record.key.key,
+            method: record.method,
+            digest: &record.digest,
+            answer,
+            created: commit.now,
+        }
+    }
 }
 
 /// Moves up to `limit` of the keys stored before keys were found by hash (the table
@@ -435,26 +452,26 @@ pub(super) async fn move_unhashed(
         return Ok(0);
     }
     let (last, _) = places(conn).await?;
-    let places: Vec<i64> = (last + 1..).take(rows.len()).collect();
-    for (part, places) in rows.chunks(VALUES_ROWS).zip(places.chunks(VALUES_ROWS)) {
-        let mut query = APPEND.query(part.len());
-        for ((caller, key, method, digest, answer, created), seq) in part.iter().zip(places) {
+    let moved: Vec<(i64, i64, KeyRow)> = rows
+        .iter()
+        .zip(last + 1..)
+        .map(|((caller, key, method, digest, answer, created), seq)| {
             let hash = hash(&Key {
                 caller: caller.clone(),
                 key: key.clone(),
             });
-            query = query
-                .bind(seq)
-                .bind(hash)
-                .bind(caller)
-                .bind(key)
-                .bind(method)
-                .bind(digest)
-                .bind(answer)
-                .bind(created);
-        }
-        APPEND.pad(query, part.len()).execute(&mut *conn).await?;
-    }
+            let row = KeyRow {
+                caller,
+                key,
+                method,
+                digest,
+                answer,
+                created: *created,
+            };
+            (seq, hash, row)
+        })
+        .collect();
+    append(conn, &moved).await?;
     sqlx::query(
         "DELETE FROM idempotency_keys_unhashed WHERE (caller, key) IN
              (SELECT caller, key FROM idempotency_keys_unhashed ORDER BY caller, key LIMIT ?1)",
