@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config_on, metrics_at, Db, TestServer};
+use common::{config_on, metrics_at, Db, TestDb, TestServer};
 use order_api::pb::Order;
 use rstest::rstest;
 use sqlx::Connection;
@@ -43,6 +43,16 @@ async fn wait_for_writes(url: &str, count: f64) {
     })
     .await
     .expect("the calls reach the store");
+}
+
+/// A server on a new database of `db`'s kind whose calls wait up to 30 s for the database (as
+/// long as a test may hold its lock), and that database.
+async fn start_waiting(db: Db) -> (TestDb, TestServer) {
+    let db = db.create().await;
+    let mut config = config_on(&db);
+    config.database_timeout = Duration::from_secs(30);
+    let server = TestServer::start_on_existing(config).await;
+    (db, server)
 }
 
 /// A lock taken from outside that keeps the server's next write waiting.
@@ -86,10 +96,7 @@ impl Hold {
 async fn calls_waiting_together_share_one_commit_and_one_failure_fails_no_other(
     #[values(Db::Sqlite, Db::Postgres)] db: Db,
 ) {
-    let db = db.create().await;
-    let mut config = config_on(&db);
-    config.database_timeout = Duration::from_secs(30);
-    let server = TestServer::start_on_existing(config).await;
+    let (db, server) = start_waiting(db).await;
     let url = server.url();
     let client = server.native().await;
     client
@@ -226,10 +233,7 @@ async fn a_batch_over_several_statements_keeps_each_calls_outcome(
     #[values(Db::Sqlite, Db::Postgres)] db: Db,
 ) {
     const CALLS: usize = 150;
-    let db = db.create().await;
-    let mut config = config_on(&db);
-    config.database_timeout = Duration::from_secs(30);
-    let server = TestServer::start_on_existing(config).await;
+    let (db, server) = start_waiting(db).await;
     let url = server.url();
     let client = server.native().await;
     let all_calls = || {
