@@ -1004,6 +1004,7 @@ impl Backend for Sqlite {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let forgotten = sqlite_keys::forget(&mut tx, before, limit).await?;
         tx.commit().await?;
+        self.recent.forgotten(forgotten);
         Ok(forgotten)
     }
 
@@ -1510,6 +1511,70 @@ mod key_tests {
         .await
         .unwrap();
         assert_eq!(rows, MERGE_AT - 32, "the tail");
+    }
+
+    /// Under the write lock, the filter has seen every key stored: read from the table (an index
+    /// of several of its pages, and a tail), kept by this process's writes, read again once the
+    /// table has a key no write of this process stored. A key it has not seen is not looked up
+    /// on disk at all (checked with the index gone).
+    #[tokio::test]
+    async fn the_filter_has_seen_every_key_stored_and_spares_new_keys_a_lookup() {
+        let (_dir, store) = new_store().await;
+        let mut keys = Keys(0xd1b5_4a32_d192_ed03);
+        let locked = |keys: Vec<Key>| {
+            let store = &store;
+            async move {
+                let lookups: Vec<(&Key, i64)> = keys.iter().map(|key| (key, 0)).collect();
+                let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await.unwrap();
+                let found = sqlite_keys::stored(&mut tx, &store.recent, &lookups, true).await;
+                tx.rollback().await.unwrap();
+                found.map(|found| found.len())
+            }
+        };
+        let mut stored = Vec::new();
+        while stored.len() < (MERGE_AT + 1000) as usize {
+            let batch: Vec<Key> = (0..32).map(|_| keys.next()).collect();
+            assert_eq!(store_keys(&store, &batch).await.len(), 32);
+            stored.extend(batch);
+        }
+        assert_eq!(locked(stored.clone()).await.unwrap(), stored.len());
+        // As a new process: read from the table.
+        store.recent.forget();
+        assert_eq!(locked(stored.clone()).await.unwrap(), stored.len());
+        // A key this process did not store, after its newest.
+        let other = keys.next();
+        sqlx::query(
+            "INSERT INTO idempotency_keys (seq, hash, caller, key, method, digest, answer,
+                                           created)
+             SELECT max(seq) + 1, ?1, ?2, ?3, 'addOrder', x'00', '1', 0 FROM idempotency_keys",
+        )
+        .bind(sqlite_keys::hash(&other))
+        .bind(&other.caller)
+        .bind(&other.key)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(locked(vec![other]).await.unwrap(), 1);
+        // The pruning forgets more than half of what the filter has seen: read again.
+        let (forgotten, kept) = stored.split_at(stored.len() * 3 / 5);
+        sqlx::query("UPDATE idempotency_keys SET created = 0 WHERE seq <= ?1")
+            .bind(forgotten.len() as i64)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let pruned = super::Backend::forget_keys(&store, 1, 1_000_000).await;
+        assert_eq!(pruned.unwrap(), forgotten.len() as u64 + 1);
+        assert_eq!(locked(kept.to_vec()).await.unwrap(), kept.len());
+        // Without the index, new keys and forgotten ones are still answered (none stored),
+        // not one that is stored.
+        sqlx::query("ALTER TABLE idempotency_keys_by_hash RENAME TO gone")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let new: Vec<Key> = (0..1000).map(|_| keys.next()).collect();
+        assert_eq!(locked(new).await.unwrap(), 0);
+        assert_eq!(locked(forgotten.to_vec()).await.unwrap(), 0);
+        assert!(locked(vec![kept[0].clone()]).await.is_err());
     }
 
     /// A database made before keys were found by hash: the keys of its key table (more than one

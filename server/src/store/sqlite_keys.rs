@@ -34,6 +34,15 @@
 //! tail of 8 192 keys; on purpose, a client can only make its own keys collide (the hash covers
 //! the caller), with billions of tries. The index keeps every row of a hash (its key is
 //! `(hash, seq)`), so it has no collisions to refuse.
+//!
+//! Most keys a write brings are new, and a new key's lookup in the index would read a page of it
+//! that the page cache seldom holds once there are a few hundred thousand keys. So the
+//! transactions holding the write lock also keep a filter of the hashes that may have a row
+//! ([`Filter`], two bits a hash): a key whose bits are not both set has no row and is not looked
+//! up. The filter is read from the table by the first of those transactions, and again when the
+//! table has a place it never saw (stored by no transaction of this process) or once the pruning
+//! has forgotten half as many keys as it has seen (each leaves its bits behind). A bit set for a
+//! key that rolled back, or was forgotten, only costs a lookup.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -93,11 +102,14 @@ static APPEND: LazyLock<Values> = LazyLock::new(|| {
     )
 });
 
-/// The tail's keys by hash, as this process has them: see the module's documentation.
+/// The tail's keys by hash, as this process has them, and the filter of every hash stored: see
+/// the module's documentation.
 #[derive(Debug)]
 pub(super) struct Recent {
     /// `None` until read from the table, and from an indexing to the end of its transaction.
     tail: Mutex<Option<Tail>>,
+    /// `None` until read from the table, and from the pruning that left it too stale.
+    filter: Mutex<Option<Filter>>,
 }
 
 /// The tail's rows by hash (the newest of each), its newest place and where it begins.
@@ -108,11 +120,70 @@ struct Tail {
     indexed: i64,
 }
 
+/// Bits of a [`Filter`]: 2 MiB. With a million keys, about one new key in 80 is looked up.
+const FILTER_BITS: u64 = 1 << 24;
+
+/// Which hashes may have a row (a Bloom filter with two bits a hash, from two parts of the hash,
+/// which is uniform already): every key of the table has its two bits set, and every key stored
+/// since the filter was read sets its own, committed or not.
+#[derive(Debug)]
+struct Filter {
+    bits: Vec<u64>,
+    /// The newest place it has seen.
+    last: i64,
+    /// Keys it has seen, and keys the pruning has forgotten since it was read.
+    seen: u64,
+    forgotten: u64,
+}
+
+impl Filter {
+    fn new(last: i64) -> Self {
+        Self {
+            bits: vec![0; (FILTER_BITS / 64) as usize],
+            last,
+            seen: 0,
+            forgotten: 0,
+        }
+    }
+
+    /// The two bits of `hash`: its word and the bit in it, each.
+    fn bits(hash: i64) -> [(usize, u64); 2] {
+        let hash = hash as u64;
+        [hash, hash >> 24].map(|part| {
+            let bit = part % FILTER_BITS;
+            ((bit / 64) as usize, 1 << (bit % 64))
+        })
+    }
+
+    fn insert(&mut self, hash: i64) {
+        for (word, bit) in Self::bits(hash) {
+            self.bits[word] |= bit;
+        }
+        self.seen += 1;
+    }
+
+    /// Inserts each hash of a list as SQLite's `group_concat` writes it.
+    fn insert_all(&mut self, hashes: Option<&str>) -> Result<(), sqlx::Error> {
+        for hash in hashes.into_iter().flat_map(|list| list.split(',')) {
+            self.insert(hash.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?);
+        }
+        Ok(())
+    }
+
+    /// False only if no key of `hash` is stored.
+    fn may_have(&self, hash: i64) -> bool {
+        Self::bits(hash)
+            .iter()
+            .all(|&(word, bit)| self.bits[word] & bit != 0)
+    }
+}
+
 impl Recent {
-    /// A map to be read from the table by the first transaction that stores a key.
+    /// A map and a filter to be read from the table by the first transaction that stores a key.
     pub(super) fn new() -> Self {
         Self {
             tail: Mutex::new(None),
+            filter: Mutex::new(None),
         }
     }
 
@@ -120,9 +191,28 @@ impl Recent {
         self.tail.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Forgets the map: the next transaction that stores a key reads it from the table.
+    fn filter(&self) -> std::sync::MutexGuard<'_, Option<Filter>> {
+        self.filter.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts keys the pruning has forgotten (committed): once they are half the keys the filter
+    /// has seen, the next transaction that stores a key reads it again.
+    pub(super) fn forgotten(&self, count: u64) {
+        let mut filter = self.filter();
+        if let Some(seen) = filter.as_mut() {
+            seen.forgotten += count;
+            if seen.forgotten * 2 > seen.seen {
+                *filter = None;
+            }
+        }
+    }
+
+    /// Forgets the map and the filter, as a new process starts: the next transaction that
+    /// stores a key reads them from the table.
+    #[cfg(test)]
     pub(super) fn forget(&self) {
         *self.tail() = None;
+        *self.filter() = None;
     }
 }
 
@@ -149,10 +239,14 @@ async fn places(conn: &mut SqliteConnection) -> Result<(i64, i64), sqlx::Error> 
     .await
 }
 
-/// Makes the map right for the transaction on `conn`, which holds the database's write lock: the
-/// tail read again unless the map ends where the table does and begins where the index ends.
+/// Makes the map and the filter right for the transaction on `conn`, which holds the database's
+/// write lock: the tail read again unless the map ends where the table does and begins where the
+/// index ends; the filter read again if it is gone or the table has a place it never saw.
 async fn sync(conn: &mut SqliteConnection, recent: &Recent) -> Result<(), Error> {
     let (last, indexed) = places(conn).await?;
+    if !matches!(&*recent.filter(), Some(filter) if filter.last >= last) {
+        *recent.filter() = Some(read_filter(conn, last, indexed).await?);
+    }
     if matches!(&*recent.tail(), Some(tail) if (tail.last, tail.indexed) == (last, indexed)) {
         return Ok(());
     }
@@ -169,6 +263,35 @@ async fn sync(conn: &mut SqliteConnection, recent: &Recent) -> Result<(), Error>
     Ok(())
 }
 
+/// A filter of every hash in the table (whose newest place is `last`, indexed up to `indexed`):
+/// the index's a few thousand at a time in its order, each few thousand as one text (a million
+/// hashes in 0.3 s; a row a hash took four times as long), then the tail's.
+async fn read_filter(
+    conn: &mut SqliteConnection,
+    last: i64,
+    indexed: i64,
+) -> Result<Filter, sqlx::Error> {
+    const PAGE: &str = "SELECT max(hash), group_concat(hash) FROM
+        (SELECT hash FROM idempotency_keys_by_hash WHERE hash >= ?1 ORDER BY hash LIMIT 4096)";
+    const TAIL: &str = "SELECT NULL, group_concat(hash) FROM idempotency_keys WHERE seq > ?1";
+    let mut filter = Filter::new(last);
+    let mut from = Some(i64::MIN);
+    while let Some(first) = from {
+        let (end, hashes): (Option<i64>, Option<String>) = sqlx::query_as(PAGE)
+            .bind(first)
+            .fetch_one(&mut *conn)
+            .await?;
+        filter.insert_all(hashes.as_deref())?;
+        from = end.and_then(|end| end.checked_add(1));
+    }
+    let (_, hashes): (Option<i64>, Option<String>) = sqlx::query_as(TAIL)
+        .bind(indexed)
+        .fetch_one(&mut *conn)
+        .await?;
+    filter.insert_all(hashes.as_deref())?;
+    Ok(filter)
+}
+
 /// The rows stored under `keys`, each unless stored before its `expired_before`. `locked`: the
 /// caller's transaction holds the write lock (the map is made right first).
 pub(super) async fn stored(
@@ -180,26 +303,31 @@ pub(super) async fn stored(
     if locked {
         sync(conn, recent).await?;
     }
-    let hashes: Vec<i64> = keys.iter().map(|(key, _)| hash(key)).collect();
+    let mut keys: Vec<(&Key, i64, i64)> = keys
+        .iter()
+        .map(|&(key, expired)| (key, expired, hash(key)))
+        .collect();
+    // Under the write lock, a key the filter has not seen is not stored: not looked up.
+    if let (true, Some(filter)) = (locked, &*recent.filter()) {
+        keys.retain(|&(_, _, hash)| filter.may_have(hash));
+    }
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
     // Each key's row in the tail by the map; without the map, the tail is searched.
     let (lookup, seqs): (&Values, Vec<Option<i64>>) = match &*recent.tail() {
         Some(tail) => (
             &LOOKUP,
-            hashes
-                .iter()
-                .map(|hash| tail.seqs.get(hash).copied())
+            keys.iter()
+                .map(|(_, _, hash)| tail.seqs.get(hash).copied())
                 .collect(),
         ),
         None => (&LOOKUP_IN_TAIL, vec![None; keys.len()]),
     };
     let mut rows: Vec<(String, String, String, Vec<u8>, String)> = Vec::new();
-    for ((part, seqs), hashes) in keys
-        .chunks(VALUES_ROWS)
-        .zip(seqs.chunks(VALUES_ROWS))
-        .zip(hashes.chunks(VALUES_ROWS))
-    {
+    for (part, seqs) in keys.chunks(VALUES_ROWS).zip(seqs.chunks(VALUES_ROWS)) {
         let mut query = lookup.query(part.len());
-        for (((key, expired), seq), hash) in part.iter().zip(seqs).zip(hashes) {
+        for ((key, expired, hash), seq) in part.iter().zip(seqs) {
             query = query
                 .bind(&key.caller)
                 .bind(&key.key)
@@ -287,6 +415,13 @@ pub(super) async fn store(
             .iter()
             .map(|&(seq, hash, key)| (seq, hash, KeyRow::of(key)))
             .collect();
+        // Seen by the filter before the rows exist: a lookup never misses them.
+        if let Some(filter) = &mut *recent.filter() {
+            for &(seq, hash, _) in &rows {
+                filter.insert(hash);
+                filter.last = filter.last.max(seq);
+            }
+        }
         append(conn, &appended).await?;
         let mut tail = recent.tail();
         let tail = tail.as_mut().expect("made right above");
@@ -329,7 +464,7 @@ pub(super) async fn store_one(
 /// table's newest place. No statement here can fail halfway, so none keeps a journal of its own.
 async fn index_tail(conn: &mut SqliteConnection, recent: &Recent) -> Result<(), sqlx::Error> {
     // Until this transaction's end, the map is the tail as it was: read again after it.
-    recent.forget();
+    *recent.tail() = None;
     let (last, indexed) = places(conn).await?;
     sqlx::query(
         "INSERT OR IGNORE INTO idempotency_keys_by_hash (hash, seq)
