@@ -290,7 +290,9 @@ async fn the_key_lookup_goes_through_the_index_even_planned_on_an_empty_table() 
     let mut connection = sqlx::PgConnection::connect(&db.url).await.unwrap();
     let sql = include_str!("../src/store/stored_keys.pg.sql");
     let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {sql}"))
-        .bind(r#"[["anonymous", "a-key", 0]]"#)
+        .bind(["anonymous"])
+        .bind(["a-key"])
+        .bind([0_i64])
         .fetch_all(&mut connection)
         .await
         .unwrap();

@@ -509,15 +509,6 @@ async fn add_all<E: Engine>(
     Ok(Adds::All(outcomes.into_iter().collect()))
 }
 
-/// A batch's key lookup as one JSON parameter: `[caller, key, expired_before]` each.
-pub(super) fn key_lookups(keys: &[(&Key, i64)]) -> Result<String, Error> {
-    let rows: Vec<_> = keys
-        .iter()
-        .map(|(key, expired)| (&key.caller, &key.key, expired))
-        .collect();
-    super::json(&rows)
-}
-
 /// A key lookup's rows (`caller, key, method, digest, answer`) by key.
 pub(super) fn stored_by_key(
     rows: Vec<(String, String, String, Vec<u8>, String)>,
@@ -534,26 +525,7 @@ pub(super) fn stored_by_key(
         .collect()
 }
 
-/// A batch's keys to store as one JSON parameter: `[caller, key, method, digest as hex, answer,
-/// created]` each.
-pub(super) fn key_rows(keys: &[(&KeyRecord, &str, &Commit)]) -> Result<String, Error> {
-    let rows: Vec<_> = keys
-        .iter()
-        .map(|(record, answer, commit)| {
-            (
-                &record.key.caller,
-                &record.key.key,
-                record.method,
-                super::keys::hex(&record.digest),
-                answer,
-                commit.now,
-            )
-        })
-        .collect();
-    super::json(&rows)
-}
-
-/// The keys an insert of [`key_rows`] returned (`caller, key`).
+/// The keys an insert of keys returned (`caller, key`).
 pub(super) fn keys_of(rows: Vec<(String, String)>) -> HashSet<Key> {
     rows.into_iter()
         .map(|(caller, key)| Key { caller, key })

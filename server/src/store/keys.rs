@@ -205,21 +205,6 @@ pub(super) async fn remember<'c>(
     }
 }
 
-/// `bytes` in lowercase hexadecimal (a digest, for SQL that decodes it).
-pub(super) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    bytes
-        .iter()
-        .flat_map(|byte| {
-            [
-                DIGITS[usize::from(byte >> 4)],
-                DIGITS[usize::from(byte & 15)],
-            ]
-        })
-        .map(char::from)
-        .collect()
-}
-
 /// Keys stored before this (Unix milliseconds) are older than `ttl`: expired.
 pub(super) fn expired_before(ttl: std::time::Duration) -> i64 {
     unix_millis().saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))

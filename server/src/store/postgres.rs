@@ -359,15 +359,15 @@ const INSERT_ORDERS_SQL: &str =
      FROM json_array_elements($1::json) AS j
      ON CONFLICT (id) DO NOTHING RETURNING id";
 
-/// Stores the keys of `$1` (a JSON array of `[caller, key, method, digest as hex, answer,
-/// created]`) as [`super::keys::INSERT_KEY`] does one; the keys stored.
+/// Stores the keys of `$1` to `$6` (arrays of callers, keys, methods, digests, answers and
+/// creation times, one element a key) as [`super::keys::INSERT_KEY`] does one; the keys stored.
 const INSERT_KEYS_SQL: &str =
     "INSERT INTO idempotency_keys (caller, key, method, digest, answer, created)
-     SELECT j->>0, j->>1, j->>2, decode(j->>3, 'hex'), j->>4, (j->>5)::bigint
-     FROM json_array_elements($1::json) AS j
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[],
+                          $6::bigint[])
      ON CONFLICT (caller, key) DO UPDATE SET method = excluded.method,
          digest = excluded.digest, answer = excluded.answer, created = excluded.created
-     WHERE idempotency_keys.created < $2
+     WHERE idempotency_keys.created < $7
      RETURNING caller, key";
 
 impl batch::Engine for Postgres {
@@ -379,7 +379,9 @@ impl batch::Engine for Postgres {
         keys: &'c [(&'c Key, i64)],
     ) -> Result<HashMap<Key, Stored>, Error> {
         let rows = sqlx::query_as(STORED_KEYS_SQL)
-            .bind(batch::key_lookups(keys)?)
+            .bind(keys.iter().map(|(key, _)| &key.caller).collect::<Vec<_>>())
+            .bind(keys.iter().map(|(key, _)| &key.key).collect::<Vec<_>>())
+            .bind(keys.iter().map(|&(_, expired)| expired).collect::<Vec<_>>())
             .fetch_all(conn)
             .await?;
         Ok(batch::stored_by_key(rows))
@@ -436,8 +438,24 @@ impl batch::Engine for Postgres {
         keys: &'c [(&'c KeyRecord, &'c str, &'c Commit)],
         expired_before: i64,
     ) -> Result<HashSet<Key>, Error> {
+        let texts = |of: fn(&(&'c KeyRecord, &'c str, &'c Commit)) -> &'c str| -> Vec<&str> {
+            keys.iter().map(of).collect()
+        };
         let kept = sqlx::query_as(INSERT_KEYS_SQL)
-            .bind(batch::key_rows(keys)?)
+            .bind(texts(|(record, _, _)| &record.key.caller))
+            .bind(texts(|(record, _, _)| &record.key.key))
+            .bind(texts(|(record, _, _)| record.method))
+            .bind(
+                keys.iter()
+                    .map(|(record, _, _)| record.digest.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(texts(|(_, answer, _)| answer))
+            .bind(
+                keys.iter()
+                    .map(|(_, _, commit)| commit.now)
+                    .collect::<Vec<_>>(),
+            )
             .bind(expired_before)
             .fetch_all(conn)
             .await?;
