@@ -344,8 +344,9 @@ async fn write_one(conn: &mut PgConnection, order: &Order, kind: Kind) -> Result
     }
 }
 
-/// The rows stored under the keys of `$1` (a JSON array of `[caller, key, expired_before]`), a
-/// key at a time through the index (the file says why; a test plans it on an empty table).
+/// The rows stored under the keys of `$1` to `$3` (arrays of callers, keys and each key's
+/// `expired_before`), a key at a time through the index (the file says why; a test plans it on an
+/// empty table).
 const STORED_KEYS_SQL: &str = include_str!("stored_keys.pg.sql");
 
 /// Inserts the orders of `$1` (a JSON array of `[id, items, description, price, destination,
