@@ -371,6 +371,11 @@ const INSERT_KEYS_SQL: &str =
      WHERE idempotency_keys.created < $7
      RETURNING caller, key";
 
+/// One field of every row, as the array a statement `unnest`s.
+fn column<'a, R, T>(rows: &'a [R], field: impl Fn(&'a R) -> T) -> Vec<T> {
+    rows.iter().map(field).collect()
+}
+
 impl batch::Engine for Postgres {
     type Db = Pg;
 
@@ -380,9 +385,9 @@ impl batch::Engine for Postgres {
         keys: &'c [(&'c Key, i64)],
     ) -> Result<HashMap<Key, Stored>, Error> {
         let rows = sqlx::query_as(STORED_KEYS_SQL)
-            .bind(keys.iter().map(|(key, _)| &key.caller).collect::<Vec<_>>())
-            .bind(keys.iter().map(|(key, _)| &key.key).collect::<Vec<_>>())
-            .bind(keys.iter().map(|&(_, expired)| expired).collect::<Vec<_>>())
+            .bind(column(keys, |(key, _)| key.caller.as_str()))
+            .bind(column(keys, |(key, _)| key.key.as_str()))
+            .bind(column(keys, |&(_, expired)| expired))
             .fetch_all(conn)
             .await?;
         Ok(batch::stored_by_key(rows))
@@ -439,24 +444,13 @@ impl batch::Engine for Postgres {
         keys: &'c [(&'c KeyRecord, &'c str, &'c Commit)],
         expired_before: i64,
     ) -> Result<HashSet<Key>, Error> {
-        let texts = |of: fn(&(&'c KeyRecord, &'c str, &'c Commit)) -> &'c str| -> Vec<&str> {
-            keys.iter().map(of).collect()
-        };
         let kept = sqlx::query_as(INSERT_KEYS_SQL)
-            .bind(texts(|(record, _, _)| &record.key.caller))
-            .bind(texts(|(record, _, _)| &record.key.key))
-            .bind(texts(|(record, _, _)| record.method))
-            .bind(
-                keys.iter()
-                    .map(|(record, _, _)| record.digest.as_slice())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(texts(|(_, answer, _)| answer))
-            .bind(
-                keys.iter()
-                    .map(|(_, _, commit)| commit.now)
-                    .collect::<Vec<_>>(),
-            )
+            .bind(column(keys, |(record, _, _)| record.key.caller.as_str()))
+            .bind(column(keys, |(record, _, _)| record.key.key.as_str()))
+            .bind(column(keys, |(record, _, _)| record.method))
+            .bind(column(keys, |(record, _, _)| record.digest.as_slice()))
+            .bind(column(keys, |(_, answer, _)| *answer))
+            .bind(column(keys, |(_, _, commit)| commit.now))
             .bind(expired_before)
             .fetch_all(conn)
             .await?;
