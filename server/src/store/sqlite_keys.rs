@@ -273,7 +273,7 @@ async fn read_filter(
 ) -> Result<Filter, sqlx::Error> {
     const PAGE: &str = "SELECT max(hash), group_concat(hash) FROM
         (SELECT hash FROM idempotency_keys_by_hash WHERE hash >= ?1 ORDER BY hash LIMIT 4096)";
-    const TAIL: &str = "SELECT NULL, group_concat(hash) FROM idempotency_keys WHERE seq > ?1";
+    const TAIL: &str = "SELECT group_concat(hash) FROM idempotency_keys WHERE seq > ?1";
     let mut filter = Filter::new(last);
     let mut from = Some(i64::MIN);
     while let Some(first) = from {
@@ -284,7 +284,7 @@ async fn read_filter(
         filter.insert_all(hashes.as_deref())?;
         from = end.and_then(|end| end.checked_add(1));
     }
-    let (_, hashes): (Option<i64>, Option<String>) = sqlx::query_as(TAIL)
+    let hashes: Option<String> = sqlx::query_scalar(TAIL)
         .bind(indexed)
         .fetch_one(&mut *conn)
         .await?;
